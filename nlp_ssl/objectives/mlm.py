@@ -1,0 +1,104 @@
+"""Masked language modelling (BERT): 15% of tokens predicted, 80% [MASK] / 10% random / 10% kept."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from nlp_ssl.errors import DataError
+from nlp_ssl.objectives.masking import (
+    apply_mask_replacement,
+    attention_mask_from_lengths,
+    batch_generator,
+    check_probabilities,
+    choose_masked_positions,
+    non_special_vocab,
+    pad_column,
+)
+
+
+def contiguous_word_index(word_ids: torch.Tensor) -> torch.Tensor:
+    """Renumber word ids per row as 0, 1, 2, ... in order of appearance (``-1`` stays ``-1``)."""
+    new_word = torch.ones_like(word_ids, dtype=torch.bool)
+    new_word[:, 1:] = word_ids[:, 1:] != word_ids[:, :-1]
+    new_word &= word_ids >= 0
+    index = new_word.long().cumsum(1) - 1
+    return torch.where(word_ids >= 0, index.clamp(min=0), torch.full_like(index, -1))
+
+
+class MLMCollator:
+    """Turn ``[{"input_ids": [...], ...}]`` into ``input_ids``, ``attention_mask`` and ``labels``.
+
+    With ``whole_word_mask``, every example needs a ``word_ids`` field (the word each token belongs
+    to, ``-1`` for none), which :func:`nlp_ssl.data.text.tokenize_and_pack` writes from the fast
+    tokenizer's own word boundaries, so it works for WordPiece, BPE and byte-level BPE alike.
+    ``token_type_ids`` pass through when present.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        mlm_probability: float = 0.15,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
+        whole_word_mask: bool = False,
+        pad_to_multiple_of: int | None = None,
+        seed: int = 0,
+    ):
+        if tokenizer.mask_token_id is None:
+            name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+            raise DataError(f"tokenizer {name!r} has no mask token; MLM needs one (e.g. [MASK] or <mask>)")
+        if tokenizer.pad_token_id is None:
+            name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+            raise DataError(f"tokenizer {name!r} has no pad token; set tokenizer.pad_token first")
+        check_probabilities(mlm_probability, mask_replace_prob, random_replace_prob)
+        self.mlm_probability = mlm_probability
+        self.mask_replace_prob = mask_replace_prob
+        self.random_replace_prob = random_replace_prob
+        self.whole_word_mask = whole_word_mask
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.seed = seed
+        self.pad_token_id = tokenizer.pad_token_id
+        self.mask_token_id = tokenizer.mask_token_id
+        self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        self.random_token_ids = non_special_vocab(len(tokenizer), tokenizer.all_special_ids)
+
+    def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        ids_np, lengths = pad_column(examples, "input_ids", self.pad_token_id, self.pad_to_multiple_of)
+        input_ids = torch.from_numpy(ids_np)
+        attention_mask = attention_mask_from_lengths(lengths, input_ids.shape[1])
+        generator = batch_generator(self.seed, ids_np)
+        maskable = attention_mask.bool() & ~torch.isin(input_ids, self.special_ids)
+        word_ids = None
+        if self.whole_word_mask:
+            if "word_ids" not in examples[0]:
+                raise DataError(
+                    "whole_word_mask needs a 'word_ids' field in every example; tokenize with "
+                    "nlp_ssl.data.text.tokenize_and_pack(..., word_ids=True)"
+                )
+            word_np, _ = pad_column(examples, "word_ids", -1, self.pad_to_multiple_of)
+            word_ids = contiguous_word_index(torch.from_numpy(word_np))
+        masked = choose_masked_positions(maskable, generator, self.mlm_probability, word_ids)
+        input_ids, labels = apply_mask_replacement(
+            input_ids,
+            masked,
+            generator,
+            self.mask_token_id,
+            self.random_token_ids,
+            self.mask_replace_prob,
+            self.random_replace_prob,
+        )
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if "token_type_ids" in examples[0]:
+            batch["token_type_ids"] = torch.from_numpy(pad_column(examples, "token_type_ids", 0, self.pad_to_multiple_of)[0])
+        return batch
+
+
+def unigram_baseline_accuracy(token_counts: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy of always predicting the most frequent training token, at the masked positions."""
+    labels = labels[labels != -100]
+    if labels.size == 0:
+        return float("nan")
+    return float((labels == int(np.argmax(token_counts))).mean())
