@@ -1,0 +1,268 @@
+"""Unlabelled text in, fixed-length token blocks out.
+
+Sources: local txt/jsonl/csv/parquet files, a ``save_to_disk`` folder, a Hub dataset name, or the
+built-in corpus (``builtin:wiki``). Local files are checked before anything else runs, so an empty
+file, bytes that are not UTF-8 or a missing column fail with the file, line and field named.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
+
+from nlp_ssl.errors import DataError
+
+BUILTIN_PREFIX = "builtin:"
+FILE_BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass
+class TextDataConfig:
+    #: ``builtin:wiki`` (English, test split held out), ``builtin:wiki_fr``, ``builtin:wiki_es``,
+    #: a ``save_to_disk`` folder, or a Hub dataset name. Ignored when ``train_file`` is set.
+    source: str = "builtin:wiki"
+    dataset_config: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    text_column: str = "text"
+    #: Fraction held out for validation when the source has no validation split.
+    validation_split: float = 0.05
+    block_size: int = 128
+    #: Stream the corpus (an IterableDataset) instead of loading it: for corpora larger than memory.
+    streaming: bool = False
+    #: In streaming mode: documents held out for validation, and the shuffle buffer.
+    streaming_validation_documents: int = 1000
+    shuffle_buffer: int = 10_000
+    num_proc: int | None = None
+    max_train_documents: int | None = None
+    cache_dir: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks on local files
+
+
+def check_text_file(path: str | Path, role: str) -> Path:
+    """Fail clearly on a missing, empty or non-UTF-8 file (``role`` is the config key, e.g. train_file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{role} {path}: file does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in FILE_BUILDERS:
+        raise DataError(f"{role} {path}: unsupported extension {suffix!r}; use one of {sorted(FILE_BUILDERS)}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{role} {path}: file is empty")
+    if suffix == ".parquet":
+        return path
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line, has_text = 1, False
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                text = decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                before = chunk[: e.start]
+                bad_line = line + before.count(b"\n")
+                raise DataError(
+                    f"{role} {path} line {bad_line}: not valid UTF-8 (byte 0x{chunk[e.start]:02x}); "
+                    "re-encode the file as UTF-8"
+                ) from None
+            line += chunk.count(b"\n")
+            has_text = has_text or bool(text.strip())
+    if not has_text:
+        raise DataError(f"{role} {path}: file is empty (only whitespace)")
+    return path
+
+
+def _row_to_line(path: Path, index: int) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return f"line {index + 2}"  # header line first
+    if suffix in (".jsonl", ".txt", ".text"):
+        return f"line {index + 1}"
+    return f"row {index}"
+
+
+def check_text_column(ds: Dataset, column: str, where: str, path: Path | None = None) -> None:
+    """The column exists and no row lacks text; ``where`` names the source in the message."""
+    if column not in ds.column_names:
+        raise DataError(f"{where}: no column {column!r} (columns: {', '.join(ds.column_names)}); set data.text_column")
+    arrow = ds.data.column(column)
+    if arrow.null_count:
+        first = pc.index(pc.is_null(arrow), True).as_py()
+        at = _row_to_line(path, first) if path else f"row {first}"
+        raise DataError(f"{where} {at}: field {column!r} missing")
+    if len(ds) == 0:
+        raise DataError(f"{where}: no rows")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _load_file(path: Path, role: str, cfg: TextDataConfig, streaming: bool):
+    builder = FILE_BUILDERS[path.suffix.lower()]
+    if builder == "text" and cfg.text_column != "text":
+        raise DataError(f"{role} {path}: a .txt file has one column, 'text', not {cfg.text_column!r}")
+    try:
+        ds = load_dataset(builder, data_files={"train": str(path)}, split="train", streaming=streaming, cache_dir=cfg.cache_dir)
+    except Exception as e:  # datasets' own parse errors are long; keep the cause, name the file
+        raise DataError(f"{role} {path}: could not be read as {builder} ({type(e).__name__}: {str(e)[:200]})") from None
+    if not streaming:
+        check_text_column(ds, cfg.text_column, f"{role} {path}", path)
+    elif cfg.text_column not in (ds.column_names or [cfg.text_column]):
+        raise DataError(f"{role} {path}: no column {cfg.text_column!r} (columns: {', '.join(ds.column_names)})")
+    return ds
+
+
+def _builtin(cfg: TextDataConfig) -> Dataset:
+    from nlp_ssl.data.wiki import load_wiki_corpus
+
+    name = cfg.source[len(BUILTIN_PREFIX):]
+    splits = {"wiki": "en_train", "wiki_en": "en_train", "wiki_fr": "fr", "wiki_es": "es"}
+    if name not in splits:
+        raise DataError(f"data.source {cfg.source!r}: unknown built-in corpus; choose one of {[BUILTIN_PREFIX + s for s in splits]}")
+    return load_wiki_corpus(cfg.cache_dir)[splits[name]]
+
+
+def _split(ds: Dataset, cfg: TextDataConfig, seed: int) -> DatasetDict:
+    if not 0 < cfg.validation_split < 1:
+        raise DataError(f"data.validation_split must be in (0, 1), got {cfg.validation_split}")
+    parts = ds.train_test_split(test_size=cfg.validation_split, seed=seed, shuffle=True)
+    return DatasetDict(train=parts["train"], validation=parts["test"])
+
+
+def load_text_splits(cfg: TextDataConfig, seed: int = 0) -> DatasetDict | dict[str, IterableDataset]:
+    """``{"train", "validation"}`` of raw text; validation is carved out when the source has none."""
+    if cfg.streaming:
+        return _load_streaming(cfg, seed)
+    if cfg.train_file:
+        train = _load_file(check_text_file(cfg.train_file, "data.train_file"), "data.train_file", cfg, False)
+        if cfg.validation_file:
+            validation = _load_file(check_text_file(cfg.validation_file, "data.validation_file"), "data.validation_file", cfg, False)
+            splits = DatasetDict(train=train, validation=validation)
+        else:
+            splits = _split(train, cfg, seed)
+    elif cfg.source.startswith(BUILTIN_PREFIX):
+        splits = _split(_builtin(cfg), cfg, seed)
+    else:
+        loaded = load_from_disk(cfg.source) if os.path.isdir(cfg.source) else load_dataset(cfg.source, cfg.dataset_config, cache_dir=cfg.cache_dir)
+        if isinstance(loaded, Dataset):
+            splits = _split(loaded, cfg, seed)
+        elif "train" not in loaded:
+            raise DataError(f"data.source {cfg.source}: no 'train' split (splits: {', '.join(loaded)})")
+        elif "validation" in loaded:
+            splits = DatasetDict(train=loaded["train"], validation=loaded["validation"])
+        else:
+            splits = _split(loaded["train"], cfg, seed)
+        for name, ds in splits.items():
+            check_text_column(ds, cfg.text_column, f"data.source {cfg.source} [{name}]")
+    if cfg.validation_file and not cfg.train_file:
+        splits["validation"] = _load_file(check_text_file(cfg.validation_file, "data.validation_file"), "data.validation_file", cfg, False)
+    if cfg.max_train_documents:
+        splits["train"] = splits["train"].select(range(min(cfg.max_train_documents, len(splits["train"]))))
+    return splits
+
+
+def _load_streaming(cfg: TextDataConfig, seed: int) -> dict[str, IterableDataset]:
+    if cfg.train_file:
+        stream = _load_file(check_text_file(cfg.train_file, "data.train_file"), "data.train_file", cfg, True)
+    elif cfg.source.startswith(BUILTIN_PREFIX):
+        stream = _builtin(cfg).to_iterable_dataset()
+    else:
+        stream = load_dataset(cfg.source, cfg.dataset_config, split="train", streaming=True, cache_dir=cfg.cache_dir)
+    if cfg.validation_file:
+        validation = _load_file(check_text_file(cfg.validation_file, "data.validation_file"), "data.validation_file", cfg, True)
+        train = stream
+    else:
+        validation = stream.take(cfg.streaming_validation_documents)
+        train = stream.skip(cfg.streaming_validation_documents)
+    train = train.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer)
+    return {"train": train, "validation": validation}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenization and packing
+
+
+def special_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts around one sequence, e.g. ([CLS], [SEP]) or ([], [])."""
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    return [], []
+
+
+def document_separator(tokenizer) -> int:
+    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if sep is None:
+        raise DataError(f"tokenizer {tokenizer.name_or_path!r} has neither a sep nor an eos token to separate documents")
+    return sep
+
+
+class BlockPacker:
+    """Batched ``datasets.map`` function: tokenize documents and pack them into ``block_size`` blocks.
+
+    Documents are joined with the tokenizer's separator (``[SEP]`` / EOS) and each block is framed by
+    the tokenizer's own specials (``[CLS] ... [SEP]`` for BERT, nothing for GPT-2). With
+    ``word_ids=True`` each token also gets the index of its word (from the fast tokenizer's word
+    boundaries, ``-1`` for specials), which whole-word masking needs. A picklable class, so that
+    ``datasets`` can fingerprint it and reuse the cache on the next run.
+    """
+
+    def __init__(self, tokenizer, text_column: str, block_size: int, word_ids: bool = False):
+        self.tokenizer = tokenizer
+        self.text_column = text_column
+        self.word_ids = word_ids
+        self.prefix, self.suffix = special_frame(tokenizer)
+        self.separator = document_separator(tokenizer)
+        self.body = block_size - len(self.prefix) - len(self.suffix)
+        if self.body < 2:
+            raise DataError(f"data.block_size {block_size} leaves no room for tokens between the special tokens")
+
+    def __call__(self, batch: dict) -> dict:
+        enc = self.tokenizer(batch[self.text_column], add_special_tokens=False)
+        ids: list[int] = []
+        words: list[int] = []
+        word_base = 0
+        for i, doc in enumerate(enc["input_ids"]):
+            ids.extend(doc)
+            ids.append(self.separator)
+            if self.word_ids:
+                doc_words = [-1 if w is None else w + word_base for w in enc.word_ids(i)]
+                words.extend(doc_words)
+                words.append(-1)
+                word_base = max([word_base - 1, *doc_words]) + 1
+        n_blocks = len(ids) // self.body
+        body = self.body
+        frame_words = ([-1] * len(self.prefix), [-1] * len(self.suffix))
+        out = {"input_ids": [self.prefix + ids[k * body : (k + 1) * body] + self.suffix for k in range(n_blocks)]}
+        if self.word_ids:
+            out["word_ids"] = [frame_words[0] + words[k * body : (k + 1) * body] + frame_words[1] for k in range(n_blocks)]
+        return out
+
+
+def tokenize_and_pack(
+    ds: Dataset | IterableDataset,
+    tokenizer,
+    text_column: str,
+    block_size: int,
+    word_ids: bool = False,
+    num_proc: int | None = None,
+    map_batch_size: int = 1000,
+) -> Dataset | IterableDataset:
+    """Packed ``input_ids`` blocks (and ``word_ids``); cached by ``datasets`` across runs."""
+    packer = BlockPacker(tokenizer, text_column, block_size, word_ids)
+    columns = ds.column_names
+    kwargs = {} if isinstance(ds, IterableDataset) else {"num_proc": num_proc, "desc": f"Tokenizing and packing into {block_size}-token blocks"}
+    packed = ds.map(packer, batched=True, batch_size=map_batch_size, remove_columns=columns, **kwargs)
+    if not isinstance(packed, IterableDataset) and len(packed) == 0:
+        raise DataError(f"no {block_size}-token block could be packed from {len(ds)} documents: the text is too short")
+    return packed

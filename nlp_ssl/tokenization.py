@@ -1,0 +1,101 @@
+"""Train WordPiece (BERT), byte-level BPE (GPT-2) and BPE (XLM) tokenizers with 🤗 tokenizers.
+
+The result is saved as a folder that ``AutoTokenizer.from_pretrained`` loads with no nlp_ssl code.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+TokenizerKind = Literal["wordpiece", "bytelevel_bpe", "bpe"]
+
+# Special tokens per kind, in id order; the first ones get ids 0, 1, 2, ...
+SPECIALS: dict[str, dict[str, str]] = {
+    "wordpiece": {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"},
+    "bytelevel_bpe": {"eos_token": "<|endoftext|>", "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"},
+    # XLM's ids: <s>=0 (bos), </s>=1 (eos, also cls and sep), <pad>=2, <unk>=3, <mask>=4.
+    "bpe": {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"},
+}
+
+
+def _build(kind: str, vocab_size: int, lowercase: bool) -> tuple[Tokenizer, trainers.Trainer]:
+    specials = list(dict.fromkeys(SPECIALS[kind].values()))
+    if kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=2)
+    elif kind == "bytelevel_bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=specials,
+            min_frequency=2,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+    elif kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token="<unk>", end_of_word_suffix="</w>"))
+        norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+        tok.normalizer = normalizers.Sequence(norm)
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+        tok.decoder = decoders.BPEDecoder(suffix="</w>")
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials, min_frequency=2, end_of_word_suffix="</w>"
+        )
+    else:
+        raise ValueError(f"tokenizer kind {kind!r} is not one of {list(SPECIALS)}")
+    return tok, trainer
+
+
+def _post_processor(kind: str, tok: Tokenizer):
+    if kind == "wordpiece":
+        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        return processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+        )
+    if kind == "bpe":  # XLM: </s> A </s> [B </s>]
+        eos = tok.token_to_id("</s>")
+        return processors.TemplateProcessing(
+            single="</s> $A </s>", pair="</s> $A </s> $B:1 </s>:1", special_tokens=[("</s>", eos)]
+        )
+    return processors.ByteLevel(trim_offsets=False)
+
+
+def train_tokenizer(
+    kind: TokenizerKind,
+    texts: Iterable[str],
+    vocab_size: int,
+    output_dir: str | Path,
+    lowercase: bool = True,
+    model_max_length: int = 512,
+) -> PreTrainedTokenizerFast:
+    """Train a tokenizer of ``kind`` on ``texts`` and save it atomically to ``output_dir``."""
+    tok, trainer = _build(kind, vocab_size, lowercase)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = _post_processor(kind, tok)
+    specials = dict(SPECIALS[kind])
+    if kind == "bpe":
+        specials.update(cls_token="</s>", sep_token="</s>")
+    input_names = ["input_ids", "token_type_ids", "attention_mask"] if kind == "wordpiece" else ["input_ids", "attention_mask"]
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, model_max_length=model_max_length, model_input_names=input_names, **specials
+    )
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    fast.save_pretrained(tmp)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    os.replace(tmp, output_dir)
+    return AutoTokenizer.from_pretrained(output_dir)
