@@ -1,0 +1,504 @@
+"""Images into 🤗 datasets, and the transforms the vision collators apply (torch ops and PIL only).
+
+Every loader returns a ``datasets.Dataset`` with an ``image`` column (a ``datasets.Image()``
+feature, decoded to PIL) and, when the source has labels, a ``label`` ClassLabel column. So the
+collators in ``nlp_ssl.objectives`` see one schema whatever the source.
+
+torchvision is not required: resizing, cropping and flipping are done on tensors, and randomness
+comes from a ``torch.Generator`` that the caller passes in (the collators seed it per batch).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from nlp_ssl.errors import DataError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+#: Per-channel mean and std of the 60,000 Fashion-MNIST training images, pixels scaled to [0, 1].
+FASHION_MNIST_MEAN = (0.2860,)
+FASHION_MNIST_STD = (0.3530,)
+_FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loaders
+
+
+def _image_features(class_names: Sequence[str] | None):
+    import datasets
+
+    features = {"image": datasets.Image()}
+    if class_names is not None:
+        features["label"] = datasets.ClassLabel(names=list(class_names))
+    return datasets.Features(features)
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def _check_image_file(path: Path) -> None:
+    """Read the file's header only, so a stray text or archive file fails here and not mid-epoch."""
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018 - the header is parsed lazily
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(
+            f"image folder: {path} is not an image PIL can read ({err.__class__.__name__}); "
+            "remove it or move it out of the folder"
+        ) from None
+
+
+def load_image_folder(path: str | os.PathLike, check_files: bool = True):
+    """Load a folder of images; each sub-folder is a class, named after the sub-folder.
+
+    Layout ``root/<class>/**/<image>`` gives a ``label`` ClassLabel with the sub-folder names in
+    sorted order; a folder with no sub-folders gives an unlabelled dataset (``image`` only).
+    Hidden files (name starting with ``.``, e.g. ``.DS_Store``) are ignored. Any other file that is
+    not an image raises a ``DataError`` naming it, rather than being skipped with a warning: a
+    silently dropped file is a silently wrong dataset. ``check_files=False`` skips opening each
+    file up front (faster on very large folders); bad files then fail when decoded.
+    Images of any size and PIL mode may be mixed; the transforms make them uniform.
+    """
+    import datasets
+
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"image folder {root}: no such directory")
+    entries = sorted(p for p in root.iterdir() if not _is_hidden(p))
+    class_dirs = [p for p in entries if p.is_dir()]
+    files: list[Path] = []
+    labels: list[int] = []
+    if class_dirs:
+        stray = [p for p in entries if not p.is_dir()]
+        if stray:
+            raise DataError(
+                f"image folder {root}: {stray[0]} sits next to the class sub-folders "
+                f"({', '.join(p.name for p in class_dirs[:5])}); put every image in a class sub-folder"
+            )
+        for label, class_dir in enumerate(class_dirs):
+            for file in sorted(class_dir.rglob("*")):
+                hidden = any(part.startswith(".") for part in file.relative_to(class_dir).parts)
+                if file.is_file() and not hidden:
+                    files.append(file)
+                    labels.append(label)
+    else:
+        files = [p for p in entries if p.is_file()]
+    if not files:
+        raise DataError(f"image folder {root}: no image files found")
+    if check_files:
+        for file in files:
+            _check_image_file(file)
+    class_names = [p.name for p in class_dirs] if class_dirs else None
+    columns = {"image": [str(f) for f in files]}
+    if class_names is not None:
+        columns["label"] = labels
+    return datasets.Dataset.from_dict(columns, features=_image_features(class_names))
+
+
+def _read_idx(path: Path, magic: int, offset: int) -> np.ndarray:
+    """Parse one gzip IDX file (the MNIST format): big-endian header, then uint8 data."""
+    try:
+        with gzip.open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as err:
+        raise DataError(f"fashion_mnist: cannot read {path}: {err}") from None
+    found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    if found != magic:
+        raise DataError(f"fashion_mnist: {path} has magic number {found}, expected {magic} (not an IDX file?)")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range((offset - 4) // 4)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=offset)
+    if data.size != math.prod(dims):
+        raise DataError(f"fashion_mnist: {path} holds {data.size} bytes of data, header says {dims}")
+    return data.reshape(dims)
+
+
+def _pgm_bytes(pixels: np.ndarray) -> bytes:
+    """Binary PGM: lossless like PNG but needs no compression, so 70,000 images encode in a second."""
+    height, width = pixels.shape
+    return b"P5 %d %d 255\n" % (width, height) + pixels.tobytes()
+
+
+def _build_fashion_mnist(split: str, root: Path):
+    import datasets
+
+    image_file, label_file = (root / name for name in _FASHION_MNIST_FILES[split])
+    missing = [str(p) for p in (image_file, label_file) if not p.is_file()]
+    if missing:
+        raise DataError(
+            f"fashion_mnist: {missing[0]} not found; install it with "
+            "`apt-get install dataset-fashion-mnist` (or see data_scripts/prepare_fashion_mnist.py "
+            "for the Hub copy)"
+        )
+    images = _read_idx(image_file, 2051, 16)
+    labels = _read_idx(label_file, 2049, 8)
+    if len(images) != len(labels):
+        raise DataError(f"fashion_mnist: {image_file} has {len(images)} images but {label_file} {len(labels)} labels")
+    if labels.size and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
+        raise DataError(f"fashion_mnist: {label_file} has label {int(labels.max())}, expected 0..9")
+    columns = {
+        "image": [{"bytes": _pgm_bytes(x), "path": None} for x in images],
+        "label": labels.astype(np.int64),
+    }
+    return datasets.Dataset.from_dict(columns, features=_image_features(FASHION_MNIST_CLASSES))
+
+
+def load_fashion_mnist(
+    split: str = "train", cache_dir: str | os.PathLike | None = None, root: str | os.PathLike = FASHION_MNIST_DIR
+):
+    """Fashion-MNIST (28x28 grayscale, 10 classes) from the Debian ``dataset-fashion-mnist`` files.
+
+    ``split`` is ``"train"`` (60,000 images) or ``"test"`` (10,000). With ``cache_dir`` the dataset
+    is written once with ``save_to_disk`` under ``cache_dir/fashion_mnist/<split>`` (atomically, so
+    concurrent processes never read half a cache) and later calls just memory-map it.
+    """
+    import datasets
+
+    if split not in _FASHION_MNIST_FILES:
+        raise DataError(f"fashion_mnist: split {split!r} does not exist; use one of {sorted(_FASHION_MNIST_FILES)}")
+    if cache_dir is None:
+        return _build_fashion_mnist(split, Path(root))
+    target = Path(cache_dir) / "fashion_mnist" / split
+    if not target.is_dir():
+        dataset = _build_fashion_mnist(split, Path(root))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{split}-", dir=target.parent))
+        try:
+            dataset.save_to_disk(str(staging))
+            try:
+                staging.rename(target)
+            except OSError:
+                if not target.is_dir():  # lost a race to another process: theirs is as good as ours
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return datasets.load_from_disk(str(target))
+
+
+def load_digits_dataset():
+    """scikit-learn's 1,797 handwritten digits (8x8 grayscale, labels "0".."9"): tiny, for tests.
+
+    The 0..16 intensities are scaled to 0..255. There is no train/test split; split it yourself
+    (``dataset.train_test_split``).
+    """
+    import datasets
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    columns = {
+        "image": [{"bytes": _pgm_bytes(x), "path": None} for x in pixels],
+        "label": digits.target.astype(np.int64),
+    }
+    return datasets.Dataset.from_dict(columns, features=_image_features([str(i) for i in range(10)]))
+
+
+def _standardise_columns(dataset, source: str, image_column: str | None, label_column: str | None):
+    """Rename the source's image and label columns to ``image`` and ``label``; drop nothing else."""
+    import datasets
+
+    features = dataset.features
+    if image_column is None:
+        image_columns = [name for name, f in features.items() if isinstance(f, datasets.Image)]
+        if not image_columns:
+            raise DataError(f"image dataset {source}: no column has the Image feature; columns are {list(features)}")
+        image_column = "image" if "image" in image_columns else image_columns[0]
+    elif image_column not in features:
+        raise DataError(f"image dataset {source}: image_column {image_column!r} not found; columns are {list(features)}")
+    if label_column is None:
+        label_column = next((c for c in ("label", "labels") if c in features), None)
+        if label_column is None:
+            label_column = next((n for n, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
+    elif label_column not in features:
+        raise DataError(f"image dataset {source}: label_column {label_column!r} not found; columns are {list(features)}")
+    renames = {}
+    for old, new in ((image_column, "image"), (label_column, "label")):
+        if old is not None and old != new:
+            if new in features:
+                dataset = dataset.remove_columns(new)
+            renames[old] = new
+    if renames:
+        dataset = dataset.rename_columns(renames)
+    if not isinstance(dataset.features["image"], datasets.Image):
+        dataset = dataset.cast_column("image", datasets.Image())
+    return dataset
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def load_image_dataset(
+    source: str,
+    split: str = "train",
+    cache_dir: str | os.PathLike | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+):
+    """One entry point for every image source, picked from the ``source`` string.
+
+    - ``"fashion_mnist"``: :func:`load_fashion_mnist` (``split`` = train/test, cached in ``cache_dir``);
+    - ``"digits"``: :func:`load_digits_dataset` (the whole set; ``split`` is ignored);
+    - a folder written by ``save_to_disk`` (a Dataset, or a DatasetDict from which ``split`` is taken);
+    - any other folder: :func:`load_image_folder`;
+    - otherwise a Hub dataset name, loaded with ``datasets.load_dataset(source, split=split)``.
+
+    The image column (``image_column``, else ``image``, else the first Image-feature column) becomes
+    ``image`` and the label column (``label_column``, else ``label``/``labels``, else the first
+    ClassLabel) becomes ``label``.
+    """
+    import datasets
+
+    key = source.strip().lower().replace("-", "_")
+    if key == "fashion_mnist":
+        return load_fashion_mnist(split, cache_dir)
+    if key == "digits":
+        return load_digits_dataset()
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if _is_saved_dataset(path):
+            dataset = datasets.load_from_disk(str(path))
+            if isinstance(dataset, datasets.DatasetDict):
+                if split not in dataset:
+                    raise DataError(f"image dataset {source}: split {split!r} not found; it has {list(dataset)}")
+                dataset = dataset[split]
+            return _standardise_columns(dataset, source, image_column, label_column)
+        return _standardise_columns(load_image_folder(path), source, image_column, label_column)
+    if source.startswith((".", "/", "~")) or path.suffix or os.sep + os.sep in source:
+        raise DataError(f"image dataset {source}: no such folder")
+    try:
+        dataset = datasets.load_dataset(source, split=split, cache_dir=None if cache_dir is None else str(cache_dir))
+    except Exception as err:  # the Hub raises many types; the user needs the name and the reason
+        raise DataError(f"image dataset {source!r} (split {split!r}) could not be loaded from the Hub: {err}") from err
+    return _standardise_columns(dataset, source, image_column, label_column)
+
+
+# ----------------------------------------------------------------------------------------------
+# Transforms
+
+_LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601, the weights PIL's convert("L") uses
+
+
+def _pil_to_8bit(image: Image.Image) -> Image.Image:
+    """Bring 16-bit and float images into 8 bits by scaling, not clipping as ``convert("L")`` would."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255):
+        pass
+    elif image.mode == "F" and values.max(initial=0) <= 1.0:
+        values = values * 255.0
+    return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), mode="L")
+
+
+def pil_to_channels(image: Image.Image, num_channels: int) -> Image.Image:
+    """Any PIL mode to ``"L"`` (1 channel) or ``"RGB"`` (3 channels).
+
+    Transparent images (RGBA, LA, P with transparency) are composited onto black, so a
+    transparent pixel reads as background rather than as whatever colour it happened to store.
+    """
+    if num_channels not in (1, 3):
+        raise ValueError(f"num_channels must be 1 or 3, got {num_channels}")
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _pil_to_8bit(image)
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+    target = "L" if num_channels == 1 else "RGB"
+    return image if image.mode == target else image.convert(target)
+
+
+def image_to_tensor(image, num_channels: int) -> torch.Tensor:
+    """A PIL image, an ``H×W[×C]`` uint8 numpy array, or a ``[C×]H×W`` tensor → float ``C×H×W`` in [0, 1].
+
+    Tensors are raw pixels (uint8 0..255, or float 0..1), never already normalised; a 4-channel
+    tensor is treated as RGBA and premultiplied by its alpha, like PIL images.
+    """
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise DataError(f"image: numpy arrays must be uint8 H×W or H×W×C, got {image.dtype} {image.shape}")
+        image = Image.fromarray(image)
+    if isinstance(image, Image.Image):
+        image = pil_to_channels(image, num_channels)
+        array = np.asarray(image, dtype=np.uint8)
+        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        return torch.tensor(array, dtype=torch.float32).div_(255.0)
+    if not isinstance(image, torch.Tensor):
+        raise DataError(f"image: expected a PIL image, numpy array or tensor, got {type(image).__name__}")
+    x = image.detach().cpu()
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3 or x.shape[0] not in (1, 3, 4):
+        raise DataError(f"image: tensor must be H×W or C×H×W with C in 1, 3, 4; got shape {tuple(image.shape)}")
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    if x.shape[0] == 4:
+        x = x[:3] * x[3:]
+    if x.shape[0] == 1 and num_channels == 3:
+        x = x.expand(3, -1, -1)
+    elif x.shape[0] == 3 and num_channels == 1:
+        x = (x * _LUMA[:, None, None]).sum(0, keepdim=True)
+    elif num_channels not in (1, 3):
+        raise ValueError(f"num_channels must be 1 or 3, got {num_channels}")
+    return x.contiguous()
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize ``C×H×W`` to ``C×size×size`` (antialiased bilinear); a no-op when already that size."""
+    if x.shape[-2:] == (size, size):
+        return x
+    return torch.nn.functional.interpolate(
+        x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )[0]
+
+
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.67, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)`` of a crop covering ``scale`` of the area with aspect ratio in ``ratio``.
+
+    Tries ten draws, then falls back to the largest centred crop whose ratio is within bounds.
+    """
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        u = torch.rand(2, generator=generator).tolist()
+        target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u[1])
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            return top, left, h, w
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif aspect > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _check_stats(name: str, values: Sequence[float], num_channels: int) -> torch.Tensor:
+    values = tuple(float(v) for v in values)
+    if len(values) == 1:
+        values = values * num_channels
+    if len(values) != num_channels:
+        raise ValueError(f"{name} needs 1 or {num_channels} values (one per channel), got {values}")
+    return torch.tensor(values).view(-1, 1, 1)
+
+
+class ImageTransform:
+    """Image → normalised float tensor ``C×S×S`` for a ViT with ``num_channels`` inputs.
+
+    Eval (``train=False``): convert the channels, resize to ``image_size×image_size`` (non-square
+    images are stretched, keeping all of their content), normalise. Train: a random resized crop
+    (``scale``, ``ratio``) then a horizontal flip with probability ``flip_prob``, both drawn from
+    the ``generator`` passed to each call, so a collator controls the randomness.
+    ``mean``/``std`` default to 0.5 per channel (pixels mapped to [-1, 1]).
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        num_channels: int = 3,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        train: bool = False,
+        scale: tuple[float, float] = (0.67, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_prob: float = 0.5,
+    ):
+        if int(image_size) <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        if num_channels not in (1, 3):
+            raise ValueError(f"num_channels must be 1 or 3, got {num_channels}")
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
+        if not 0 <= flip_prob <= 1:
+            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
+        self.image_size = int(image_size)
+        self.num_channels = num_channels
+        self.mean = _check_stats("mean", (0.5,) if mean is None else mean, num_channels)
+        self.std = _check_stats("std", (0.5,) if std is None else std, num_channels)
+        if (self.std <= 0).any():
+            raise ValueError(f"std must be positive, got {self.std.flatten().tolist()}")
+        self.train = train
+        self.scale = tuple(scale)
+        self.ratio = tuple(ratio)
+        self.flip_prob = flip_prob
+
+    def __call__(self, image, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = image_to_tensor(image, self.num_channels)
+        if self.train:
+            if generator is None:
+                raise ValueError("ImageTransform(train=True) needs a torch.Generator for its random crop and flip")
+            top, left, h, w = random_resized_crop_box(x.shape[1], x.shape[2], generator, self.scale, self.ratio)
+            x = resize(x[:, top : top + h, left : left + w], self.image_size)
+            if float(torch.rand((), generator=generator)) < self.flip_prob:
+                x = x.flip(-1)
+        else:
+            x = resize(x, self.image_size)
+        return (x - self.mean) / self.std
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared by the image collators
+
+
+def image_fingerprint(image) -> np.ndarray:
+    """The raw bytes of an image (plus its size and mode) as a uint8 array, to seed a batch's RNG."""
+    if isinstance(image, Image.Image):
+        header = f"{image.mode}:{image.width}x{image.height}".encode()
+        body = image.tobytes()
+    elif isinstance(image, torch.Tensor):
+        array = image.detach().cpu().contiguous().numpy()
+        header, body = f"{array.dtype}:{array.shape}".encode(), array.tobytes()
+    elif isinstance(image, np.ndarray):
+        header, body = f"{image.dtype}:{image.shape}".encode(), np.ascontiguousarray(image).tobytes()
+    else:
+        raise DataError(f"image: expected a PIL image, numpy array or tensor, got {type(image).__name__}")
+    return np.frombuffer(header + body, dtype=np.uint8)
+
+
+def images_of(examples: Sequence[dict], key: str = "image") -> list:
+    """The ``key`` field of every example, with a DataError naming the field when it is missing."""
+    if len(examples) == 0:
+        raise DataError("collator: got an empty batch")
+    try:
+        return [example[key] for example in examples]
+    except (KeyError, TypeError):
+        raise DataError(f"collator: example is missing the field {key!r}") from None

@@ -1,0 +1,341 @@
+"""Labelled text for fine-tuning and the few-label study: load any table, fix the classes, sample k.
+
+Every loader returns a ``datasets.Dataset`` whose label column is a ``ClassLabel``, so a model's
+``num_labels`` and ``id2label`` come from the data, and a class id means the same thing in every
+split. Mistakes in the data (a missing column, rows without a label) are reported with the file and
+the rows at fault before any training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict
+
+from nlp_ssl.errors import DataError
+
+#: File suffixes ``load_labeled_dataset`` reads, besides ``save_to_disk`` folders.
+SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+#: How many offending rows an error message lists.
+SHOWN_ROWS = 5
+
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def load_labeled_dataset(
+    source: str | Path,
+    text_column: str = "text",
+    label_column: str = "label",
+    *,
+    split: str = "train",
+    config_name: str | None = None,
+) -> Dataset:
+    """Read a labelled csv, jsonl/json, parquet file, ``save_to_disk`` folder or Hub dataset.
+
+    String labels become a ``ClassLabel`` whose names are the sorted distinct labels; integer labels
+    keep their values (names ``"0"`` … ``"max"``); a ``ClassLabel`` column is kept as it is. In a CSV
+    file, a label column whose every value is an integer is read as integers. ``split`` picks the
+    split of a ``DatasetDict`` folder or a Hub dataset. Other columns are kept.
+    """
+    dataset, where, row_name = _read(source, split, config_name, (text_column, label_column))
+    for role, column in (("text", text_column), ("label", label_column)):
+        if column not in dataset.column_names:
+            raise DataError(
+                f"{where}: {role} column {column!r} not found; available columns: {', '.join(dataset.column_names)}"
+            )
+    _check_texts(dataset[text_column][:], where, text_column, row_name)
+    labels = dataset[label_column][:]
+    is_class_label = isinstance(dataset.features[label_column], ClassLabel)
+    _check_labels_present(labels, where, label_column, row_name, is_class_label)
+    if is_class_label:
+        return dataset
+    feature, codes = _encode_labels(labels, where, label_column, row_name, untyped=where.endswith(".csv"))
+    return _replace_column(dataset, label_column, codes, feature)
+
+
+def sample_k_per_class(dataset: Dataset, label_column: str, k: int | None, seed: int) -> Dataset:
+    """Exactly ``k`` rows of every class present, in their original order; ``k=None`` or 0: all rows.
+
+    Each class is shuffled by its own generator, seeded from ``seed`` and the class, so the rows
+    picked for k are a subset of those picked for a larger k with the same seed: a few-label curve
+    then adds examples instead of redrawing them, and its points differ only by the extra data.
+    """
+    if k is None or k == 0:
+        return dataset
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise DataError(f"k per class must be a positive integer, None or 0 (all rows), got {k!r}")
+    labels = _label_array(dataset, label_column)
+    feature = dataset.features[label_column]
+    classes, inverse = np.unique(labels, return_inverse=True)
+    members = [np.flatnonzero(inverse == i) for i in range(len(classes))]
+    short = [(_class_name(feature, c), len(m)) for c, m in zip(classes, members) if len(m) < k]
+    if short:
+        listed = "; ".join(f"class {name!r} has {count}" for name, count in short)
+        raise DataError(
+            f"{label_column!r}: cannot sample k={k} examples per class, {len(short)} class(es) have fewer: {listed}"
+        )
+    chosen = []
+    for value, rows in zip(classes, members):
+        class_key = zlib.crc32(repr(_class_name(None, value)).encode())
+        generator = np.random.default_rng([int(seed) & 0xFFFF_FFFF_FFFF_FFFF, class_key])
+        chosen.append(generator.permutation(rows)[:k])
+    return dataset.select(np.sort(np.concatenate(chosen)))
+
+
+def drop_classes(dataset: Dataset, label_column: str, names: str | Iterable[str | int]) -> Dataset:
+    """Remove the rows of the named classes and the classes themselves.
+
+    On a ``ClassLabel`` column the remaining classes keep their order and are renumbered from 0, so
+    a classifier gets no output for a class it never sees (the built-in topic task drops
+    ``"Uncategorized"``). Integers name class ids there; on a plain column, names are label values.
+    """
+    names = [names] if isinstance(names, (str, int)) else list(names)
+    if not names:
+        return dataset
+    labels = _label_array(dataset, label_column)
+    feature = dataset.features[label_column]
+    if not isinstance(feature, ClassLabel):
+        present = set(labels.tolist())
+        unknown = [n for n in names if n not in present]
+        if unknown:
+            raise DataError(
+                f"{label_column!r}: cannot drop {unknown}: no such label; labels: {_preview(sorted(present, key=str))}"
+            )
+        dropped = set(names)
+        keep = np.fromiter((v not in dropped for v in labels.tolist()), dtype=bool, count=len(labels))
+        return _nonempty(dataset.select(np.flatnonzero(keep)), label_column, names)
+    dropped = set()
+    for name in names:
+        if isinstance(name, str) and name in feature.names:
+            dropped.add(feature.names.index(name))
+        elif isinstance(name, (int, np.integer)) and not isinstance(name, bool) and 0 <= name < feature.num_classes:
+            dropped.add(int(name))
+        else:
+            raise DataError(f"{label_column!r}: cannot drop {name!r}: no such class; classes: {_preview(feature.names)}")
+    kept = [i for i in range(feature.num_classes) if i not in dropped]
+    renumber = np.full(feature.num_classes, -1, dtype=np.int64)
+    renumber[kept] = np.arange(len(kept))
+    rows = np.flatnonzero(renumber[labels] >= 0)
+    subset = _nonempty(dataset.select(rows), label_column, names)
+    return _replace_column(
+        subset, label_column, renumber[labels[rows]], ClassLabel(names=[feature.names[i] for i in kept])
+    )
+
+
+# --------------------------------------------------------------------------------------- reading
+
+
+def _read(source, split: str, config_name: str | None, string_columns: Sequence[str]) -> tuple[Dataset, str, Callable[[int], str]]:
+    """(dataset, how to name the source in messages, how to name row i in messages)."""
+    path = Path(source).expanduser()
+    data_row = lambda i: f"row {i + 1}"  # noqa: E731 - rows count from 1, as a person reads them
+    if path.is_dir():
+        return _read_folder(path, split), str(path), data_row
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            return _read_csv(path, string_columns), str(path), data_row
+        if suffix in (".jsonl", ".json"):
+            dataset, json_row = _read_json(path)
+            return dataset, str(path), json_row
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                return Dataset(pq.read_table(path)), str(path), data_row
+            except Exception as error:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
+                raise DataError(f"{path}: not a readable parquet file ({error})") from None
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)} or a save_to_disk folder")
+    if path.suffix.lower() in SUFFIXES or str(source).startswith((".", "/", "~")):
+        raise DataError(f"{source}: no such file or folder")
+    return _read_hub(str(source), split, config_name), f"Hub dataset {source!r} split {split!r}", data_row
+
+
+def _read_folder(path: Path, split: str) -> Dataset:
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except FileNotFoundError:
+        raise DataError(f"{path}: a folder that datasets' save_to_disk did not write (no dataset_info.json/state.json)") from None
+    if isinstance(loaded, DatasetDict):
+        if split not in loaded:
+            raise DataError(f"{path}: no split {split!r}; splits: {', '.join(loaded)}")
+        return loaded[split]
+    return loaded
+
+
+def _read_csv(path: Path, string_columns: Sequence[str]) -> Dataset:
+    import pandas as pd
+
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+        # Text and labels are read as strings ("007" stays "007"); empty cells become missing values.
+        frame = pd.read_csv(path, dtype={c: str for c in header if c in string_columns})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not a readable CSV file ({error})") from None
+    frame = frame.astype(object).where(frame.notna(), None)
+    return Dataset.from_dict({str(c): frame[c].tolist() for c in frame.columns})
+
+
+def _read_json(path: Path) -> tuple[Dataset, Callable[[int], str]]:
+    """JSON lines, or one JSON document: a list of objects or an object of objects (keyed by id).
+
+    Also returns how to name row i in messages: its line for JSON lines, its position otherwise.
+    """
+    text = path.read_text(encoding="utf-8")
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, dict) and whole and all(isinstance(v, dict) for v in whole.values()):
+        whole = list(whole.values())
+    if isinstance(whole, list):
+        records = whole
+        row_name = lambda i: f"record {i + 1}"  # noqa: E731
+    else:
+        records, lines = [], []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path} line {number}: not valid JSON ({error.msg})") from None
+            lines.append(number)
+        row_name = lambda i: f"line {lines[i]}"  # noqa: E731
+    columns: dict[str, list] = {}
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError(f"{path} {row_name(i)}: expected a JSON object, got {type(record).__name__}")
+        for key in record:
+            columns.setdefault(key, [None] * i)
+        for key, values in columns.items():
+            values.append(record.get(key))
+    try:
+        return Dataset.from_dict(columns), row_name
+    except (TypeError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        bad = next((k for k, v in columns.items() if len({type(x) for x in v if x is not None}) > 1), None)
+        which = f"column {bad!r} mixes value types" if bad else "cannot build a table"
+        raise DataError(f"{path}: {which} ({error})") from None
+
+
+def _read_hub(name: str, split: str, config_name: str | None) -> Dataset:
+    try:
+        return datasets.load_dataset(name, config_name, split=split)
+    except Exception as error:  # noqa: BLE001 - offline, missing, gated, bad split: all mean "can't use it"
+        raise DataError(
+            f"{name!r} is not a local file or folder, and loading it as a Hub dataset (split {split!r}) failed: "
+            f"{type(error).__name__}: {error}"
+        ) from None
+
+
+# ------------------------------------------------------------------------------------ validating
+
+
+def _is_missing(value) -> bool:
+    return (
+        value is None
+        or (isinstance(value, float) and math.isnan(value))
+        or (isinstance(value, str) and not value.strip())
+    )
+
+
+def _rows_message(rows: Sequence[int], row_name: Callable[[int], str]) -> str:
+    shown = ", ".join(row_name(i) for i in rows[:SHOWN_ROWS])
+    return f"{len(rows)} row(s): {shown}" + (", ..." if len(rows) > SHOWN_ROWS else "")
+
+
+def _check_texts(texts: Sequence, where: str, column: str, row_name) -> None:
+    missing = [i for i, t in enumerate(texts) if _is_missing(t)]
+    if missing:
+        raise DataError(f"{where}: text column {column!r} is missing or empty in {_rows_message(missing, row_name)}")
+    not_text = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if not_text:
+        raise DataError(
+            f"{where}: text column {column!r} holds non-text values "
+            f"(e.g. {texts[not_text[0]]!r}) in {_rows_message(not_text, row_name)}"
+        )
+
+
+def _check_labels_present(labels: Sequence, where: str, column: str, row_name, is_class_label: bool) -> None:
+    """No row may lack a label; in a ``ClassLabel`` column, -1 is how datasets writes "no label"."""
+    if not labels:
+        raise DataError(f"{where}: no rows")
+    missing = [i for i, v in enumerate(labels) if _is_missing(v) or (is_class_label and v < 0)]
+    if missing:
+        raise DataError(f"{where}: label column {column!r} has no label in {_rows_message(missing, row_name)}")
+
+
+def _encode_labels(labels: Sequence, where: str, column: str, row_name, untyped: bool) -> tuple[ClassLabel, np.ndarray]:
+    """Class ids for ``labels``: sorted names for strings, the values themselves for integers."""
+    if untyped and all(isinstance(v, str) and _INTEGER.fullmatch(v.strip()) for v in labels):
+        labels = [int(v) for v in labels]
+    kinds: dict[str, int] = {}
+    for i, value in enumerate(labels):
+        if isinstance(value, str):
+            kinds.setdefault("str", i)
+        elif isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer()):
+            kinds.setdefault("int", i)
+        else:
+            raise DataError(
+                f"{where}: label column {column!r} {row_name(i)}: {value!r} is neither a class name nor a class id"
+            )
+    if len(kinds) > 1:
+        raise DataError(
+            f"{where}: label column {column!r} mixes class names and ids: {labels[kinds['str']]!r} in "
+            f"{row_name(kinds['str'])} and {labels[kinds['int']]!r} in {row_name(kinds['int'])}"
+        )
+    if "str" in kinds:
+        names = sorted(set(labels))
+        index = {name: i for i, name in enumerate(names)}
+        return ClassLabel(names=names), np.fromiter((index[v] for v in labels), dtype=np.int64, count=len(labels))
+    codes = np.asarray(labels, dtype=np.int64)
+    if codes.min() < 0:
+        raise DataError(f"{where}: label column {column!r} {row_name(int(codes.argmin()))}: class id {codes.min()} is negative")
+    return ClassLabel(names=[str(i) for i in range(int(codes.max()) + 1)]), codes
+
+
+def _label_array(dataset: Dataset, column: str) -> np.ndarray:
+    if column not in dataset.column_names:
+        raise DataError(f"label column {column!r} not found; available columns: {', '.join(dataset.column_names)}")
+    values = dataset[column][:]
+    _check_labels_present(
+        values, "dataset", column, lambda i: f"row {i + 1}", isinstance(dataset.features[column], ClassLabel)
+    )
+    try:
+        array = np.asarray(values)
+        np.unique(array)
+    except TypeError:
+        raise DataError(f"label column {column!r} mixes value types: {_preview(values)}") from None
+    return array
+
+
+def _class_name(feature, value):
+    """How a person knows the class: its name for a ClassLabel id, else the plain value."""
+    if isinstance(feature, ClassLabel):
+        return feature.int2str(int(value))
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _preview(values: Sequence, limit: int = 20) -> str:
+    shown = ", ".join(repr(v) for v in list(values)[:limit])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+def _nonempty(dataset: Dataset, column: str, names) -> Dataset:
+    if len(dataset) == 0:
+        raise DataError(f"{column!r}: dropping {names} leaves no rows")
+    return dataset
+
+
+def _replace_column(dataset: Dataset, column: str, values: np.ndarray, feature: ClassLabel) -> Dataset:
+    """``dataset`` with ``column`` set to ``values`` typed ``feature``, in the same column position."""
+    order = dataset.column_names
+    replaced = dataset.remove_columns(column).add_column(column, np.asarray(values, dtype=np.int64), feature=feature)
+    return replaced.select_columns(order)

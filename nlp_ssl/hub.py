@@ -1,0 +1,551 @@
+"""Push training outputs to the Hugging Face Hub in the background, and resume from a pushed checkpoint.
+
+The trainer owns one :class:`HubPusher`. It calls ``start()`` before training (creates the repo, so a
+bad token fails in seconds, not after the first epoch), ``on_save(checkpoint_dir, step)`` after each
+checkpoint, ``on_end(output_dir)`` after the final save, then ``wait()``. Uploads run on one worker
+thread, so commits land in order and training never waits on the network.
+
+Uploads go through ``HfApi.upload_folder``: it already retries transient HTTP errors on the requests
+it knows to be idempotent (preupload, commit on an explicit branch). Around the whole upload this
+module adds a few slower retries for what is left (a dropped connection on another request, a Hub
+that stays down for a minute) and turns errors into one-line :class:`HubError` messages. Failures
+that a retry cannot fix (401/403, a missing repo) are not retried.
+
+The token is resolved by ``huggingface_hub`` as usual (``HF_TOKEN``, then ``hf auth login``). It is
+never logged, never part of an error message, and a folder whose small text files contain it is
+refused rather than uploaded.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import http
+import itertools
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, TypeVar
+
+from nlp_ssl.errors import ConfigError, NlpSslError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Where the resumable training state lives inside the Hub repo (overwritten by every push).
+CHECKPOINT_PATH = "checkpoints/last"
+#: Folder inside ``output_dir`` where checkpoints are copied before a background upload.
+STAGING_DIR = ".hub_staging"
+#: Files of a checkpoint that are training state, not model: not copied to the repo root.
+STATE_PATTERNS = (
+    "optimizer*", "scheduler*", "scaler*", "random_states*", "rng_state*", "custom_checkpoint*", "*.pkl",
+)
+#: What ``on_end`` leaves out of the final push: local checkpoints and our own staging copies.
+END_IGNORE_PATTERNS = (f"{STAGING_DIR}/*", "checkpoint-*", "checkpoints/*", "*.lock", "*.tmp")
+#: Text files scanned for the token before upload (binary weights are not scanned).
+_SCANNED_SUFFIXES = {".json", ".yaml", ".yml", ".txt", ".md", ".log", ".cfg", ".ini", ".toml", ".csv", ".py", ""}
+_SCAN_LIMIT = 2 * 1024 * 1024
+#: Config keys whose values are secrets: kept out of reprs and of saved configs (see ``scrub_secrets``).
+SECRET_FIELDS = frozenset({"hub_token"})
+
+Strategy = Literal["end", "every_save", "checkpoint"]
+
+
+class HubError(NlpSslError):
+    """A push to, or a download from, the Hub that failed: one line, never containing the token."""
+
+
+class HubCheckpointMissing(HubError):
+    """The repo, revision or its ``checkpoints/last`` does not exist (``resume`` can then start fresh)."""
+
+
+@dataclass
+class HubConfig:
+    """What to push, where, and when. ``hub_token`` is normally left unset (HF_TOKEN / saved login)."""
+
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private: bool = False
+    hub_revision: str | None = None
+    hub_strategy: Strategy = "end"
+    hub_token: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        # Spelled out (not just repr=False) so the reader sees that the token is set without its value.
+        shown = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.name not in SECRET_FIELDS
+        )
+        return f"HubConfig({shown}, hub_token={'<set>' if self.hub_token else None})"
+
+
+def scrub_secrets(tree):
+    """A copy of a config dict (as from ``dataclasses.asdict``) with secret values replaced by ``"***"``.
+
+    Use it before writing a config into ``output_dir``, which may itself be pushed to the Hub.
+    """
+    if isinstance(tree, dict):
+        return {k: ("***" if k in SECRET_FIELDS and v else scrub_secrets(v)) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [scrub_secrets(v) for v in tree]
+    return tree
+
+
+@dataclass
+class PushResult:
+    what: str
+    commit_url: str | None
+
+
+@dataclass
+class PushSummary:
+    """What ``HubPusher.wait`` saw: the pushes that landed and those skipped because a newer one replaced them."""
+
+    repo_id: str | None
+    pushed: list[PushResult] = field(default_factory=list)
+    superseded: int = 0
+
+
+def _http_status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    try:
+        import httpx2
+    except ImportError:  # pragma: no cover - older huggingface_hub used requests/httpx
+        httpx2 = None
+    if httpx2 is not None and isinstance(exc, httpx2.TransportError):
+        return True
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    line = next((part.strip() for part in str(text).splitlines() if part.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class HubPusher:
+    """Pushes a run's outputs to ``config.hub_model_id`` on a background thread, in order, with retries.
+
+    ``retries``/``backoff``/``max_backoff`` control the retries around each whole upload (``backoff``
+    doubles each time). ``endpoint`` defaults to ``HF_ENDPOINT``. With ``config.push_to_hub`` false every
+    method is a no-op, so the trainer can call them unconditionally.
+    """
+
+    def __init__(
+        self,
+        config: HubConfig,
+        output_dir: str | os.PathLike,
+        *,
+        retries: int = 5,
+        backoff: float = 2.0,
+        max_backoff: float = 60.0,
+        endpoint: str | None = None,
+    ) -> None:
+        self.config = config
+        self.output_dir = Path(output_dir)
+        self.enabled = bool(config.push_to_hub)
+        self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
+        self.repo_id: str | None = None
+        self._endpoint = endpoint
+        self._api = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._futures: list[tuple[str, concurrent.futures.Future]] = []
+        self._pending_checkpoint: tuple[concurrent.futures.Future, Path, int] | None = None
+        self._superseded = 0
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+        if self.enabled:
+            self._validate()
+
+    # ------------------------------------------------------------------ setup
+    def _validate(self) -> None:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        if self.config.hub_strategy not in ("end", "every_save", "checkpoint"):
+            raise ConfigError(
+                f"hub_strategy {self.config.hub_strategy!r} is not one of ['end', 'every_save', 'checkpoint']"
+            )
+        try:
+            validate_repo_id(self.repo_name)
+        except HFValidationError as e:
+            raise ConfigError(f"hub_model_id {self.repo_name!r} is not a valid repo id: {_first_line(e)}") from None
+
+    @property
+    def repo_name(self) -> str:
+        """The repo as configured: ``hub_model_id``, else the output folder's name (as HF Trainer does)."""
+        return self.config.hub_model_id or self.output_dir.resolve().name
+
+    @property
+    def api(self):
+        if self._api is None:
+            from huggingface_hub import HfApi
+
+            self._api = HfApi(endpoint=self._endpoint, token=self.config.hub_token or None,
+                              library_name="nlp_ssl")
+        return self._api
+
+    def _token(self) -> str | None:
+        from huggingface_hub import get_token
+
+        return self.config.hub_token or get_token()
+
+    def _scrub(self, text: str) -> str:
+        token = self._token()
+        return text.replace(token, "***") if token else text
+
+    def start(self) -> str | None:
+        """Create the repo (and branch) if missing; returns the full repo id. Raises HubError at once."""
+        if not self.enabled:
+            return None
+        if not self._token():
+            raise HubError("push to hub: no Hugging Face token found: set HF_TOKEN or run `hf auth login`")
+        url = self._call(
+            lambda: self.api.create_repo(self.repo_name, private=self.config.hub_private, exist_ok=True),
+            f"create repo {self.repo_name}",
+        )
+        self.repo_id = url.repo_id
+        revision = self.config.hub_revision
+        if revision and revision != "main":
+            self._call(lambda: self.api.create_branch(self.repo_id, branch=revision, exist_ok=True),
+                       f"create branch {revision}")
+        shutil.rmtree(self.output_dir / STAGING_DIR, ignore_errors=True)  # left by a crashed run: ours
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nlp_ssl-hub")
+        logger.info("pushing to the Hub: %s (strategy %s)", self.repo_id, self.config.hub_strategy)
+        return self.repo_id
+
+    # ------------------------------------------------------------------ errors and retries
+    def _error(self, exc: BaseException, what: str) -> HubError:
+        status = _http_status(exc)
+        where = f"for repo {self.repo_id or self.repo_name} at {self.api.endpoint}"
+        if status is not None:
+            try:
+                phrase = http.HTTPStatus(status).phrase
+            except ValueError:
+                phrase = "error"
+            msg = f"push to hub: {status} {phrase} {where} ({what})"
+            if status in (401, 403):
+                msg += ": check HF_TOKEN or `hf auth login`"
+                if status == 403:
+                    msg += " (the token needs write access to this namespace)"
+            else:
+                server = getattr(exc, "server_message", None)
+                if server:
+                    msg += f": {_first_line(server)}"
+        else:
+            name = type(exc).__name__
+            msg = f"push to hub: {what} failed {where}: {name}: {_first_line(exc)}"
+        return HubError(self._scrub(msg))
+
+    @staticmethod
+    def _retryable(exc: BaseException) -> bool:
+        status = _http_status(exc)
+        if status is not None:
+            return status >= 500 or status in (408, 429)
+        return _is_network_error(exc)
+
+    def _call(self, fn: Callable[[], T], what: str) -> T:
+        """``fn()``, retried on network errors and 5xx with exponential backoff; other errors raise at once."""
+        from huggingface_hub.errors import OfflineModeIsEnabled
+
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except HubError:
+                raise
+            except OfflineModeIsEnabled:
+                raise HubError("push to hub: HF_HUB_OFFLINE=1 is set: unset it to push to the Hub") from None
+            except Exception as exc:  # noqa: BLE001 - classified below, re-raised as HubError
+                if not self._retryable(exc) or attempt == self.retries:
+                    err = self._error(exc, what)
+                    if attempt:
+                        err = HubError(f"{err} (gave up after {attempt + 1} attempts)")
+                    raise err from None
+                logger.warning("%s; retrying in %.1fs (%d/%d)", self._error(exc, what), delay, attempt + 1,
+                               self.retries)
+                time.sleep(delay)
+                delay = min(self.max_backoff, delay * 2)
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ pushing
+    def _check_no_token(self, folder: Path, ignore_patterns) -> None:
+        """Refuse to upload a folder whose small text files contain the token (e.g. a dumped config)."""
+        from huggingface_hub.utils import filter_repo_objects
+
+        token = self._token()
+        if not token:
+            return
+        needle = token.encode()
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        relpaths = {p.relative_to(folder).as_posix(): p for p in files}
+        for rel in filter_repo_objects(relpaths, ignore_patterns=list(ignore_patterns or ())):
+            path = relpaths[rel]
+            if path.suffix.lower() in _SCANNED_SUFFIXES and path.stat().st_size <= _SCAN_LIMIT:
+                if needle in path.read_bytes():
+                    raise HubError(f"push to hub: refusing to upload {path}: it contains the Hub token")
+
+    def _upload(self, folder: Path, path_in_repo: str | None, message: str, ignore_patterns, delete_patterns,
+                cleanup: Path | None) -> PushResult:
+        what = f"upload {path_in_repo or 'the repo root'} ({message})"
+        try:
+            self._check_no_token(folder, ignore_patterns)
+            info = self._call(
+                lambda: self.api.upload_folder(
+                    repo_id=self.repo_id, folder_path=folder, path_in_repo=path_in_repo,
+                    commit_message=message, revision=self.config.hub_revision,
+                    ignore_patterns=list(ignore_patterns) if ignore_patterns else None,
+                    delete_patterns=list(delete_patterns) if delete_patterns else None,
+                ),
+                what,
+            )
+            logger.info("pushed to the Hub: %s", message)
+            return PushResult(message, getattr(info, "commit_url", None))
+        finally:
+            if cleanup is not None:
+                shutil.rmtree(cleanup, ignore_errors=True)
+
+    def push_folder(
+        self,
+        local_dir: str | os.PathLike,
+        path_in_repo: str | None = None,
+        commit_message: str = "Upload with nlp_ssl",
+        ignore_patterns=None,
+        delete_patterns=None,
+        *,
+        _cleanup: Path | None = None,
+    ) -> concurrent.futures.Future | None:
+        """Queue an upload of ``local_dir``; the returned future raises HubError if it finally fails.
+
+        The folder must not change until the upload is done (``on_save`` copies checkpoints first).
+        """
+        if not self.enabled:
+            return None
+        if self._executor is None:
+            raise HubError("push to hub: HubPusher.start() must be called before pushing")
+        future = self._executor.submit(self._upload, Path(local_dir), path_in_repo, commit_message,
+                                       ignore_patterns, delete_patterns, _cleanup)
+        with self._lock:
+            self._futures.append((commit_message, future))
+        return future
+
+    def _stage(self, checkpoint_dir: Path, step: int) -> Path:
+        """Copy a checkpoint out of the trainer's way: it may be rotated or overwritten during the upload."""
+        stage = self.output_dir / STAGING_DIR / f"{next(self._seq):04d}-step{step}"
+        if stage.exists():
+            shutil.rmtree(stage)
+        model_files = [p for p in checkpoint_dir.rglob("*") if p.is_file()]
+        strategy = self.config.hub_strategy
+        from huggingface_hub.utils import filter_repo_objects
+
+        rel = {p.relative_to(checkpoint_dir).as_posix(): p for p in model_files}
+        model_only = set(filter_repo_objects(rel, ignore_patterns=list(STATE_PATTERNS)))
+        for name, src in rel.items():
+            if strategy == "checkpoint":
+                dst = stage / CHECKPOINT_PATH / name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+            if name in model_only:
+                root_dst = stage / name
+                root_dst.parent.mkdir(parents=True, exist_ok=True)
+                if strategy == "checkpoint":
+                    try:  # the staged copy is ours and never rewritten, so a hard link is safe
+                        os.link(stage / CHECKPOINT_PATH / name, root_dst)
+                        continue
+                    except OSError:
+                        pass
+                shutil.copy2(src, root_dst)
+        return stage
+
+    def on_save(self, checkpoint_dir: str | os.PathLike, step: int) -> concurrent.futures.Future | None:
+        """After a checkpoint save: with ``every_save`` push the model to the repo root; with
+        ``checkpoint`` also replace ``checkpoints/last`` with the whole checkpoint (resumable).
+
+        One commit per save. A save that is still queued when the next one arrives is dropped: only
+        the newest state matters, and the Hub must not fall further and further behind.
+        """
+        if not self.enabled or self.config.hub_strategy == "end":
+            return None
+        checkpoint_dir = Path(checkpoint_dir)
+        if not checkpoint_dir.is_dir():
+            raise HubError(f"push to hub: checkpoint folder {checkpoint_dir} does not exist")
+        with self._lock:
+            pending = self._pending_checkpoint
+            if pending is not None and pending[0].cancel():
+                shutil.rmtree(pending[1], ignore_errors=True)
+                self._superseded += 1
+                logger.info("hub push of step %d skipped: step %d replaces it", pending[2], step)
+        stage = self._stage(checkpoint_dir, step)
+        deletes = [f"{CHECKPOINT_PATH}/*"] if self.config.hub_strategy == "checkpoint" else None
+        future = self.push_folder(stage, None, f"Training in progress, step {step}",
+                                  delete_patterns=deletes, _cleanup=stage)
+        with self._lock:
+            self._pending_checkpoint = (future, stage, step)
+        return future
+
+    def on_end(self, output_dir: str | os.PathLike | None = None, ignore_patterns=END_IGNORE_PATTERNS,
+               commit_message: str = "End of training") -> concurrent.futures.Future | None:
+        """Push the final outputs (model, tokenizer, config, README.md, plots, all_results.json).
+
+        Writes a minimal model card first if ``output_dir`` has no README.md. Local checkpoints and
+        staging copies are left out (the resumable state is under ``checkpoints/last``).
+        """
+        if not self.enabled:
+            return None
+        output_dir = Path(output_dir) if output_dir is not None else self.output_dir
+        readme = output_dir / "README.md"
+        if not readme.exists():
+            readme.write_text(model_card(self.repo_id or self.repo_name, output_dir), encoding="utf-8")
+        return self.push_folder(output_dir, None, commit_message, ignore_patterns=list(ignore_patterns))
+
+    def wait(self, timeout: float | None = None) -> PushSummary:
+        """Block until every queued push is done; raise one HubError naming the first failure."""
+        summary = PushSummary(self.repo_id)
+        if not self.enabled:
+            return summary
+        with self._lock:
+            futures, self._futures = self._futures, []
+            summary.superseded, self._superseded = self._superseded, 0
+        errors: list[str] = []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for what, future in futures:
+            if future.cancelled():
+                continue
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                summary.pushed.append(future.result(timeout=left))
+            except concurrent.futures.TimeoutError:
+                errors.append(f"push to hub: {what} still running after {timeout}s")
+            except HubError as e:
+                errors.append(str(e))
+            except Exception as e:  # noqa: BLE001 - reported in the one-line summary
+                errors.append(self._scrub(f"push to hub: {what} failed: {type(e).__name__}: {_first_line(e)}"))
+        if errors:
+            more = f" ({len(errors)} of {len(futures)} pushes failed)" if len(errors) > 1 else ""
+            raise HubError(errors[0] + more)
+        return summary
+
+    def close(self) -> None:
+        """Stop the worker thread after the queued pushes (``wait`` first to see their errors)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+
+def model_card(repo_id: str, output_dir: Path) -> str:
+    """A short model card: metadata the Hub indexes, and the final results when they exist."""
+    lines = ["---", "library_name: transformers", "tags:", "- nlp_ssl", "- self-supervised", "---", "",
+             f"# {repo_id.split('/')[-1]}", "",
+             "Pretrained with nlp_ssl (self-supervised pretraining on the Hugging Face stack).", ""]
+    results = output_dir / "all_results.json"
+    if results.is_file():
+        try:
+            data = json.loads(results.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        if isinstance(data, dict) and data:
+            lines += ["## Results", "", "| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {v} |" for k, v in sorted(data.items()) if isinstance(v, (int, float, str))]
+            lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- resuming from the Hub
+def download_checkpoint(repo_id: str, revision: str | None, local_dir: str | os.PathLike,
+                        token: str | None = None, endpoint: str | None = None) -> Path:
+    """Download ``checkpoints/last`` of ``repo_id`` into ``local_dir``; returns the checkpoint folder.
+
+    The revision is pinned to one commit for the listing and the download, and files left in
+    ``local_dir`` by an earlier download but no longer on the Hub are removed: the folder is then
+    exactly one pushed checkpoint, never a mix of two.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import (HfHubHTTPError, OfflineModeIsEnabled, RemoteEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.hf_api import RepoFile
+
+    api = HfApi(endpoint=endpoint, token=token)
+    where = f"repo {repo_id}" + (f" revision {revision}" if revision else "")
+    missing = f"resume from hub: {where} has no {CHECKPOINT_PATH}/ (push with hub_strategy=checkpoint)"
+    try:
+        sha = api.repo_info(repo_id, revision=revision).sha
+        remote = [f.path for f in api.list_repo_tree(repo_id, path_in_repo=CHECKPOINT_PATH, recursive=True,
+                                                    revision=sha) if isinstance(f, RepoFile)]
+        if not remote:
+            raise HubCheckpointMissing(missing)
+        snapshot_download(repo_id, revision=sha, allow_patterns=[f"{CHECKPOINT_PATH}/*"], local_dir=local_dir,
+                          token=token, endpoint=endpoint)
+    except HubError:
+        raise
+    except OfflineModeIsEnabled:
+        raise HubError(f"resume from hub: {where}: HF_HUB_OFFLINE=1 is set: unset it to download") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise HubCheckpointMissing(f"resume from hub: {where} not found (or no access: check HF_TOKEN)") from None
+    except RemoteEntryNotFoundError:
+        raise HubCheckpointMissing(missing) from None
+    except HfHubHTTPError as e:
+        status = _http_status(e)
+        hint = ": check HF_TOKEN or `hf auth login`" if status in (401, 403) else ""
+        raise HubError(f"resume from hub: {where}: {_first_line(e)}{hint}") from None
+    folder = Path(local_dir) / CHECKPOINT_PATH
+    keep = {p[len(CHECKPOINT_PATH) + 1:] for p in remote}
+    for path in sorted(folder.rglob("*"), reverse=True):  # children before their folders
+        if path.is_file() and path.relative_to(folder).as_posix() not in keep:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    return folder
+
+
+def resolve_hub_resume(spec, cache_dir: str | os.PathLike, config: HubConfig | None = None,
+                       output_dir: str | os.PathLike | None = None, missing_ok: bool = False) -> Path | None:
+    """Turn ``resume=hub`` or ``resume=hf://user/name[@revision]`` into a local checkpoint folder.
+
+    ``hub`` means the repo this run pushes to (``config.hub_model_id``, else the output folder's name,
+    in the token owner's namespace). Any other spec returns None: it is not a Hub resume. With
+    ``missing_ok`` a repo without a pushed checkpoint also returns None (first run of a resumable job).
+    """
+    from huggingface_hub.errors import HfUriError
+    from huggingface_hub.utils import parse_hf_uri
+
+    if not isinstance(spec, str):
+        return None
+    token = config.hub_token if config is not None else None
+    if spec == "hub":
+        if config is None or (config.hub_model_id is None and output_dir is None):
+            raise ConfigError("resume=hub needs hub_model_id (or an output_dir to name the repo)")
+        repo_id = config.hub_model_id or Path(output_dir).resolve().name
+        revision = config.hub_revision
+    elif spec.startswith("hf://"):
+        try:
+            uri = parse_hf_uri(spec)
+        except HfUriError as e:
+            raise ConfigError(f"resume {spec!r}: {_first_line(e)}") from None
+        if uri.type != "model" or uri.path_in_repo.strip("/") not in ("", CHECKPOINT_PATH):
+            raise ConfigError(f"resume {spec!r}: expected hf://namespace/name[@revision] of a model repo")
+        repo_id, revision = uri.id, uri.revision
+    else:
+        return None
+    if "/" not in repo_id:
+        from huggingface_hub import HfApi
+
+        try:
+            repo_id = f"{HfApi(token=token).whoami()['name']}/{repo_id}"
+        except Exception as e:  # noqa: BLE001 - any failure means we cannot name the repo
+            raise HubError(f"resume from hub: cannot find your Hub user name to locate {repo_id!r}: "
+                           f"{type(e).__name__} (check HF_TOKEN or `hf auth login`)") from None
+    local_dir = Path(cache_dir) / "hub-resume" / repo_id.replace("/", "--") / (revision or "main").replace("/", "--")
+    try:
+        return download_checkpoint(repo_id, revision, local_dir, token=token)
+    except HubCheckpointMissing as e:
+        if not missing_ok:
+            raise
+        logger.info("%s; starting from scratch", e)
+        return None

@@ -1,0 +1,127 @@
+"""Build BERT, GPT-2, XLM and ViT models from size presets, or from any HF config or checkpoint folder.
+
+Every model is a plain transformers class, so what the trainer saves is a standard checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import transformers
+from transformers import AutoConfig, PretrainedConfig
+
+from nlp_ssl.errors import ConfigError
+
+Arch = Literal["bert", "gpt2", "xlm", "vit"]
+Head = Literal[
+    "masked_lm", "pretraining", "causal_lm", "sequence_classification", "image_classification", "masked_image_modeling"
+]
+
+#: (layers, hidden size, attention heads); the feed-forward width is 4 × hidden.
+SIZE_PRESETS: dict[str, tuple[int, int, int]] = {
+    "tiny": (2, 128, 2),
+    "mini": (4, 256, 4),
+    "small": (4, 512, 8),
+    "medium": (8, 512, 8),
+    "base": (12, 768, 12),
+}
+
+HEAD_CLASSES: dict[str, dict[str, str]] = {
+    "bert": {
+        "masked_lm": "BertForMaskedLM",
+        "pretraining": "BertForPreTraining",
+        "sequence_classification": "BertForSequenceClassification",
+    },
+    "gpt2": {"causal_lm": "GPT2LMHeadModel", "sequence_classification": "GPT2ForSequenceClassification"},
+    "xlm": {"masked_lm": "XLMWithLMHeadModel", "causal_lm": "XLMWithLMHeadModel", "sequence_classification": "XLMForSequenceClassification"},
+    "vit": {
+        "image_classification": "ViTForImageClassification",
+        "masked_image_modeling": "ViTForMaskedImageModeling",
+    },
+}
+
+AUTO_CLASSES: dict[str, str] = {
+    "masked_lm": "AutoModelForMaskedLM",
+    "pretraining": "AutoModelForPreTraining",
+    "causal_lm": "AutoModelForCausalLM",
+    "sequence_classification": "AutoModelForSequenceClassification",
+    "image_classification": "AutoModelForImageClassification",
+    "masked_image_modeling": "AutoModelForMaskedImageModeling",
+}
+
+
+@dataclass
+class ModelConfig:
+    arch: Arch = "bert"
+    size: str = "tiny"
+    #: An HF config or checkpoint folder (or a Hub name): overrides ``arch``/``size``.
+    name_or_path: str | None = None
+    #: With ``name_or_path``: load its weights (false = same architecture, fresh weights).
+    load_weights: bool = True
+    #: Extra HF config fields, e.g. ``{hidden_dropout_prob: 0.0, max_position_embeddings: 256}``.
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def preset_config(arch: str, size: str, **fields) -> PretrainedConfig:
+    """An HF config of ``arch`` at preset ``size``; ``fields`` are arch-specific extras."""
+    if size not in SIZE_PRESETS:
+        raise ConfigError(f"model.size {size!r} is not one of {list(SIZE_PRESETS)}")
+    layers, hidden, heads = SIZE_PRESETS[size]
+    if arch == "bert":
+        base = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, intermediate_size=4 * hidden)
+        return transformers.BertConfig(**{**base, **fields})
+    if arch == "gpt2":
+        base = dict(n_layer=layers, n_embd=hidden, n_head=heads, n_inner=4 * hidden)
+        return transformers.GPT2Config(**{**base, **fields})
+    if arch == "xlm":
+        base = dict(n_layers=layers, emb_dim=hidden, n_heads=heads)
+        return transformers.XLMConfig(**{**base, **fields})
+    if arch == "vit":
+        base = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, intermediate_size=4 * hidden)
+        return transformers.ViTConfig(**{**base, **fields})
+    raise ConfigError(f"model.arch {arch!r} is not one of {list(HEAD_CLASSES)}")
+
+
+def _has_weights(path: str) -> bool:
+    folder = Path(path)
+    return folder.is_dir() and (any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin")))
+
+
+def build_model(cfg: ModelConfig, head: Head, **config_fields):
+    """The model for ``head`` (e.g. ``masked_lm``), from ``cfg``; ``config_fields`` set vocab size, labels...
+
+    Fields that the data decides (``vocab_size``, ``num_labels``, special token ids) come in
+    ``config_fields``; ``cfg.config_overrides`` is applied last, so the user has the final word.
+    """
+    fields = {**config_fields, **cfg.config_overrides}
+    if cfg.name_or_path:
+        config = AutoConfig.from_pretrained(cfg.name_or_path, **fields)
+        auto = getattr(transformers, AUTO_CLASSES[head])
+        if cfg.load_weights and (_has_weights(cfg.name_or_path) or not Path(cfg.name_or_path).exists()):
+            return auto.from_pretrained(cfg.name_or_path, config=config)
+        return auto.from_config(config)
+    classes = HEAD_CLASSES[cfg.arch]
+    if head not in classes:
+        raise ConfigError(f"model.arch {cfg.arch!r} has no {head!r} head; it has {list(classes)}")
+    config = preset_config(cfg.arch, cfg.size, **fields)
+    return getattr(transformers, classes[head])(config)
+
+
+def max_positions(config: PretrainedConfig) -> int | None:
+    """The longest sequence the model's position embeddings allow."""
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if value:
+            return int(value)
+    return None
+
+
+def check_block_size(block_size: int, config: PretrainedConfig) -> None:
+    limit = max_positions(config)
+    if limit is not None and block_size > limit:
+        raise ConfigError(
+            f"data.block_size {block_size} is larger than the model's {limit} positions; "
+            f"lower data.block_size or set model.config_overrides.max_position_embeddings"
+        )

@@ -1,0 +1,70 @@
+"""Rotation prediction (RotNet, Gidaris et al. 2018): classify which of 0/90/180/270 degrees an image was turned.
+
+Label ``k`` means the image was rotated by ``k`` quarter turns counter-clockwise, as
+``torch.rot90(x, k, dims=(-2, -1))`` does, so ``torch.rot90(pixel_values[i], -labels[i], dims=(-2, -1))``
+undoes it. Pretrain a ``ViTForImageClassification`` with ``num_labels=4`` on these batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from nlp_ssl.data.images import ImageTransform, image_fingerprint, images_of
+from nlp_ssl.errors import DataError
+from nlp_ssl.objectives.masking import batch_generator
+
+NUM_ROTATIONS = 4
+
+
+class RotationCollator:
+    """Turn ``[{"image": PIL image or tensor, ...}]`` into ``pixel_values`` (float B×C×H×W) and ``labels``.
+
+    ``mode="all"`` emits every image at all four rotations (4 rows per image, labels 0, 1, 2, 3 in
+    that order), the RotNet default; ``mode="one"`` emits each image once at a rotation drawn from
+    the batch's seeded generator. Images are first made square by ``transform`` (default: an
+    :class:`ImageTransform` that resizes to ``image_size×image_size``, stretching non-square
+    images), because a quarter turn of a non-square image would change its shape and give the
+    label away. Other fields of the examples (an original class label, say) are ignored.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        num_channels: int = 3,
+        mode: str = "all",
+        seed: int = 0,
+        transform: ImageTransform | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        augment: bool = False,
+    ):
+        if mode not in ("all", "one"):
+            raise ValueError(f"RotationCollator mode must be 'all' or 'one', got {mode!r}")
+        self.image_size = int(image_size)
+        self.num_channels = num_channels
+        self.mode = mode
+        self.seed = seed
+        self.transform = transform or ImageTransform(image_size, num_channels, mean, std, train=augment)
+
+    def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        images = images_of(examples)
+        generator = batch_generator(self.seed, *(image_fingerprint(image) for image in images))
+        squares = []
+        for image in images:
+            x = self.transform(image, generator)
+            if x.ndim != 3 or x.shape[-1] != x.shape[-2]:
+                raise DataError(
+                    f"RotationCollator: the transform gave an image of shape {tuple(x.shape)}; rotation "
+                    "needs square C×H×W images (resize to image_size×image_size first)"
+                )
+            squares.append(x)
+        batch = torch.stack(squares)
+        if self.mode == "all":
+            rotated = torch.stack([torch.rot90(batch, k, dims=(-2, -1)) for k in range(NUM_ROTATIONS)], dim=1)
+            labels = torch.arange(NUM_ROTATIONS).repeat(len(images))
+            return {"pixel_values": rotated.flatten(0, 1).contiguous(), "labels": labels}
+        labels = torch.randint(NUM_ROTATIONS, (len(images),), generator=generator)
+        rotated = torch.stack([torch.rot90(x, int(k), dims=(-2, -1)) for x, k in zip(batch, labels)])
+        return {"pixel_values": rotated, "labels": labels}

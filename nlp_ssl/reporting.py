@@ -1,0 +1,107 @@
+"""What a finished run leaves beside its model: loss curves as a PNG and a model card."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class RunDescription:
+    """What the model card says about a run; recipes fill it in."""
+
+    objective: str = ""
+    data: str = ""
+    base_model: str = "trained from scratch"
+    pipeline_tag: str | None = None
+    notes: list[str] = field(default_factory=list)
+    license: str | None = None
+
+
+def plot_loss_curves(history: list[dict], path: Path, title: str = "") -> Path | None:
+    """Training and validation loss against optimizer step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
+    valid = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if not train and not valid:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    if train:
+        ax.plot(*zip(*train), label="training loss", linewidth=1.2)
+    if valid:
+        ax.plot(*zip(*valid), "o-", label="validation loss", linewidth=1.6, markersize=3)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title or "loss curves")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_model_card(
+    output_dir: Path, description: RunDescription, results: dict, config: dict, plot_name: str | None
+) -> Path:
+    """``README.md`` with YAML front matter, so the Hub renders it; states data, objective, steps, metrics."""
+    meta = {"library_name": "transformers", "tags": ["nlp_ssl", "self-supervised"]}
+    if description.pipeline_tag:
+        meta["pipeline_tag"] = description.pipeline_tag
+    if description.license:
+        meta["license"] = description.license
+    lines = [
+        "---",
+        yaml.safe_dump(meta, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {Path(output_dir).name}",
+        "",
+        f"Pretrained with [nlp_ssl](https://github.com/) — objective: **{description.objective}**.",
+        "",
+        f"- **Data:** {description.data}",
+        f"- **Base model:** {description.base_model}",
+        f"- **Optimizer steps:** {results.get('steps', '?')}",
+        f"- **Tokens seen:** {results.get('train_tokens', '?')}",
+        *[f"- {note}" for note in description.notes],
+        "",
+        "## Results",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        *[f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items()],
+        "",
+    ]
+    if plot_name:
+        lines += ["## Loss curves", "", f"![loss curves]({plot_name})", ""]
+    lines += [
+        "## Training config",
+        "",
+        "```yaml",
+        yaml.safe_dump(config, sort_keys=False).strip(),
+        "```",
+        "",
+        "## How to load",
+        "",
+        "```python",
+        "from transformers import AutoModel",
+        f'model = AutoModel.from_pretrained("{Path(output_dir).name}")',
+        "```",
+        "",
+    ]
+    path = Path(output_dir) / "README.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def write_results(output_dir: Path, results: dict) -> Path:
+    path = Path(output_dir) / "all_results.json"
+    path.write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
+    return path

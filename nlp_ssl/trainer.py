@@ -1,0 +1,512 @@
+"""One Accelerate trainer for every objective and modality.
+
+Steps are optimizer steps. A global batch and a per-process micro batch give the gradient
+accumulation; the LR schedule is sized in optimizer steps and stepped once per optimizer step, so
+it is right under accumulation and with N processes (the transformers ``no_trainer`` examples let
+Accelerate step it N times). Losses are normalised by the items in the whole optimizer step, which
+makes one process and N processes agree at the same global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader, IterableDataset
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from nlp_ssl import checkpointing as ckpt
+from nlp_ssl.config import to_dict
+from nlp_ssl.errors import ConfigError
+from nlp_ssl.reporting import RunDescription, plot_loss_curves, write_model_card, write_results
+from nlp_ssl.tasks.base import Task
+
+logger = logging.getLogger("nlp_ssl.trainer")
+
+#: Dense bf16/fp16 peak FLOP/s of common accelerators, for MFU; set ``peak_flops`` for others.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12, "V100": 125e12, "4090": 165e12}
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "outputs/run"
+    seed: int = 42
+    max_steps: int = 1000
+    #: Examples per optimizer step, over all processes and accumulation.
+    global_batch_size: int = 32
+    #: Examples per forward pass on one process.
+    micro_batch_size: int = 32
+    eval_batch_size: int | None = None
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_epsilon: float = 1e-6
+    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: int = 0
+    #: Used when warmup_steps is 0.
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    #: ``auto``: bf16 where the hardware has it, else full precision.
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    log_every: int = 10
+    eval_every: int = 200
+    #: Cap on evaluation batches per process (None: the whole validation set).
+    eval_batches: int | None = None
+    save_every: int = 500
+    #: Checkpoints kept under output_dir/checkpoints (the best model is kept apart).
+    save_total_limit: int = 2
+    #: ``auto`` (latest checkpoint in output_dir, or a fresh start), a checkpoint path, or empty.
+    resume: str | None = None
+    metric_for_best: str = "loss"
+    #: None: lower is better for loss and perplexity, higher for anything else.
+    greater_is_better: bool | None = None
+    #: Stop after this many evaluations without improvement (0: never).
+    early_stopping_patience: int = 0
+    #: Leave the best model (by metric_for_best), not the last one, in output_dir.
+    load_best_at_end: bool = False
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    num_workers: int = 0
+    progress_bar: bool = True
+    #: Hardware peak FLOP/s for MFU (None: looked up for known GPUs, not reported on CPU).
+    peak_flops: float | None = None
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    train_tokens: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    """The run's Accelerator; create it first so data preparation can use ``main_process_first``."""
+    ckpt.resolve_resume(config.resume, Path(config.output_dir) / "checkpoints")  # fail early on a bad path
+    trackers = [t for t in config.report_to if t and t != "none"]
+    accelerator = Accelerator(
+        mixed_precision=resolve_mixed_precision(config.mixed_precision),
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed, even_batches=False),
+        step_scheduler_with_optimizer=False,
+    )
+    set_seed(config.seed)
+    return accelerator
+
+
+def gradient_accumulation_steps(config: TrainConfig, num_processes: int) -> int:
+    per_step = config.micro_batch_size * num_processes
+    if config.global_batch_size % per_step:
+        raise ConfigError(
+            f"global_batch_size {config.global_batch_size} is not a multiple of micro_batch_size "
+            f"{config.micro_batch_size} × {num_processes} process(es)"
+        )
+    return config.global_batch_size // per_step
+
+
+def flops_per_token(model_config, seq_len: int, n_params: int) -> float:
+    """nanoGPT's estimate: 6N + 12·L·H·Q·T FLOPs per token for a forward and backward pass."""
+    layers = getattr(model_config, "num_hidden_layers", None) or getattr(model_config, "n_layer", None) or getattr(model_config, "n_layers", 0)
+    heads = getattr(model_config, "num_attention_heads", None) or getattr(model_config, "n_head", None) or getattr(model_config, "n_heads", 1)
+    hidden = getattr(model_config, "hidden_size", None) or getattr(model_config, "n_embd", None) or getattr(model_config, "emb_dim", 0)
+    return 6 * n_params + 12 * layers * heads * (hidden // max(heads, 1)) * seq_len
+
+
+def _peak_flops(config: TrainConfig) -> float | None:
+    if config.peak_flops:
+        return config.peak_flops
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        for key, value in PEAK_FLOPS.items():
+            if key in name:
+                return value
+    return None
+
+
+def _flat_hparams(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_hparams(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)):
+            out[name] = value
+        elif value is not None:
+            out[name] = str(value)
+    return out
+
+
+class Trainer:
+    """Train ``task`` on ``train_dataset`` batched by ``collator``; evaluate, checkpoint, resume, report.
+
+    ``run_config`` is the recipe's whole config (saved with checkpoints and in the model card);
+    ``processor`` (a tokenizer or image processor) is saved beside the model.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        task: Task,
+        train_dataset,
+        collator,
+        eval_dataset=None,
+        eval_collator=None,
+        processor=None,
+        accelerator: Accelerator | None = None,
+        description: RunDescription | None = None,
+        run_config=None,
+        hub=None,
+    ):
+        self.config = config
+        self.accelerator = accelerator or make_accelerator(config)
+        self.output_dir = Path(config.output_dir)
+        self.checkpoint_root = self.output_dir / "checkpoints"
+        self.resume_from = ckpt.resolve_resume(config.resume, self.checkpoint_root)
+        self.accumulation = gradient_accumulation_steps(config, self.accelerator.num_processes)
+        self.task = task
+        self.processor = processor
+        self.description = description or RunDescription()
+        self.run_config = to_dict(run_config) if run_config is not None else to_dict(config)
+        self.hub = hub
+        self.state = TrainerState()
+        self._greater_is_better = (
+            config.greater_is_better if config.greater_is_better is not None else config.metric_for_best not in ("loss", "perplexity")
+        )
+        self.train_loader = self._loader(train_dataset, collator, config.micro_batch_size, train=True)
+        self.eval_loader = None
+        if eval_dataset is not None:
+            self.eval_loader = self._loader(eval_dataset, eval_collator or collator, config.eval_batch_size or config.micro_batch_size, train=False)
+        self.optimizer = self._optimizer()
+        self.scheduler = get_scheduler(
+            "cosine" if config.lr_schedule == "cosine" else "linear" if config.lr_schedule == "linear" else "constant_with_warmup",
+            self.optimizer,
+            num_warmup_steps=config.warmup_steps or int(config.warmup_ratio * config.max_steps),
+            num_training_steps=config.max_steps,
+        )
+        self.model, self.optimizer = self.accelerator.prepare(self.task, self.optimizer)
+        self.train_loader = self.accelerator.prepare(self.train_loader)
+        if self.eval_loader is not None:
+            self.eval_loader = self.accelerator.prepare(self.eval_loader)
+        # The scheduler is stepped by hand once per optimizer step, and saved with the state.
+        self.accelerator.register_for_checkpointing(self.scheduler)
+        n_params = sum(p.numel() for p in task.parameters())
+        self._n_params = n_params
+        self._peak = _peak_flops(config)
+
+    # ------------------------------------------------------------------ setup
+
+    def _loader(self, dataset, collator, batch_size: int, train: bool) -> DataLoader:
+        iterable = isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train and not iterable,
+            collate_fn=collator,
+            drop_last=train,
+            num_workers=self.config.num_workers,
+            persistent_workers=False,
+        )
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, param in self.task.named_parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        groups = [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(
+            groups,
+            lr=self.config.learning_rate,
+            betas=(self.config.adam_beta1, self.config.adam_beta2),
+            eps=self.config.adam_epsilon,
+        )
+
+    # ------------------------------------------------------------------ data
+
+    def _micro_batches(self):
+        """Endless micro-batches, epoch after epoch, starting where the state says."""
+        loader = self.train_loader
+        while True:
+            loader.set_epoch(self.state.epoch)
+            skip = self.state.batches_in_epoch
+            batches = self.accelerator.skip_first_batches(loader, skip) if skip else loader
+            produced = False
+            for batch in batches:
+                produced = True
+                self.state.batches_in_epoch += 1
+                yield batch
+            if not produced and skip == 0:
+                raise ConfigError("the training data gave no batch: it has fewer examples than micro_batch_size")
+            self.state.epoch += 1
+            self.state.batches_in_epoch = 0
+
+    # ------------------------------------------------------------------ loop
+
+    @property
+    def unwrapped_task(self) -> Task:
+        return self.accelerator.unwrap_model(self.model)
+
+    def fit(self) -> dict:
+        acc = self.accelerator
+        cfg = self.config
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        acc.init_trackers("tensorboard", config=_flat_hparams(self.run_config))
+        if self.resume_from is not None:
+            self._load_checkpoint(self.resume_from)
+        if self.hub is not None and acc.is_main_process:
+            self.hub.start()
+        batches = self._micro_batches()
+        weights = self.unwrapped_task.loss_weights
+        bar = tqdm(total=cfg.max_steps, initial=self.state.step, disable=not (cfg.progress_bar and acc.is_local_main_process), desc="training", dynamic_ncols=True)
+        window_losses: list[torch.Tensor] = []
+        window_tokens = 0
+        window_start = time.perf_counter()
+        run_start = time.perf_counter()
+        seq_len = 0
+        stop = False
+        final_eval = None
+        while self.state.step < cfg.max_steps and not stop:
+            micro = [next(batches) for _ in range(self.accumulation)]
+            counts = self._count(micro)
+            self.model.train()
+            step_loss = torch.zeros((), device=acc.device)
+            for i, batch in enumerate(micro):
+                sync = i == len(micro) - 1
+                with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+                    out = self.model(**batch)
+                    loss = sum(weights[n] * out["losses"][n][0] / counts[n] for n in weights) * acc.num_processes
+                    acc.backward(loss)
+                step_loss += loss.detach() / acc.num_processes
+                window_tokens += self.unwrapped_task.tokens_in(batch)
+                seq_len = batch["input_ids"].shape[-1] if "input_ids" in batch else seq_len
+            if cfg.max_grad_norm and cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.step += 1
+            window_losses.append(step_loss)
+            bar.update(1)
+            if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
+                elapsed = time.perf_counter() - window_start
+                record = self._log_train(window_losses, window_tokens, elapsed, seq_len)
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
+                window_losses, window_tokens, window_start = [], 0, time.perf_counter()
+            if self.eval_loader is not None and (self.state.step % cfg.eval_every == 0 or self.state.step == cfg.max_steps):
+                final_eval = self.evaluate()
+                stop = self._track_best(final_eval)
+            if self.state.step % cfg.save_every == 0 and self.state.step < cfg.max_steps and not stop:
+                self.save_checkpoint()
+        bar.close()
+        runtime = time.perf_counter() - run_start
+        return self._finish(final_eval, runtime)
+
+    def _count(self, micro: list[dict]) -> dict[str, torch.Tensor]:
+        task = self.unwrapped_task
+        totals: dict[str, torch.Tensor] = {}
+        for batch in micro:
+            for name, value in task.count_items(batch).items():
+                totals[name] = totals.get(name, 0) + value.to(self.accelerator.device, torch.float32)
+        totals = {n: self.accelerator.reduce(v, "sum") for n, v in totals.items()}
+        return {n: v.clamp(min=1.0) for n, v in totals.items()}
+
+    def _log_train(self, losses: list[torch.Tensor], tokens: int, elapsed: float, seq_len: int) -> dict:
+        acc = self.accelerator
+        loss = acc.reduce(torch.stack(losses).mean(), "sum").item()
+        tokens_all = int(acc.reduce(torch.tensor(tokens, device=acc.device, dtype=torch.float64), "sum").item())
+        self.state.train_tokens += tokens_all
+        record = {
+            "step": self.state.step,
+            "train_loss": loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens_per_s": tokens_all / max(elapsed, 1e-9),
+            "epoch": self.state.epoch,
+        }
+        if self._peak and seq_len:
+            flops = flops_per_token(self.unwrapped_task.model.config, seq_len, self._n_params)
+            record["mfu"] = flops * record["tokens_per_s"] / (self._peak * acc.num_processes)
+        self.state.history.append(record)
+        acc.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=self.state.step)
+        return record
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Loss (token-level mean over the whole validation set), perplexity, and the task's metrics."""
+        acc = self.accelerator
+        self.model.eval()
+        sums: dict[str, list[torch.Tensor]] = {}
+        for i, batch in enumerate(self.eval_loader):
+            if self.config.eval_batches is not None and i >= self.config.eval_batches:
+                break
+            out = self.model(**batch)
+            for kind in ("losses", "metrics"):
+                for name, (num, den) in out.get(kind, {}).items():
+                    key = f"{kind}/{name}"
+                    num, den = num.detach().float(), torch.as_tensor(den, device=acc.device).float()
+                    if key in sums:
+                        sums[key][0] += num
+                        sums[key][1] += den
+                    else:
+                        sums[key] = [num.clone(), den.clone()]
+        keys = sorted(sums)
+        if not keys:
+            raise ConfigError("the validation data gave no batch")
+        packed = torch.stack([torch.stack(sums[k]) for k in keys])
+        packed = acc.reduce(packed, "sum")
+        values = {k: (packed[i, 0] / packed[i, 1].clamp(min=1)).item() for i, k in enumerate(keys)}
+        weights = self.unwrapped_task.loss_weights
+        result = {"eval_loss": sum(w * values[f"losses/{n}"] for n, w in weights.items())}
+        if len(weights) > 1:
+            result.update({f"eval_{n}_loss": values[f"losses/{n}"] for n in weights})
+        if self.unwrapped_task.reports_perplexity:
+            result["eval_perplexity"] = math.exp(min(result["eval_loss"], 50.0))
+        result.update({f"eval_{k.split('/', 1)[1]}": v for k, v in values.items() if k.startswith("metrics/")})
+        self.state.history.append({"step": self.state.step, **result})
+        acc.log({f"eval/{k[5:]}": v for k, v in result.items()}, step=self.state.step)
+        if acc.is_local_main_process:
+            logger.info("step %d: %s", self.state.step, ", ".join(f"{k}={v:.4f}" for k, v in result.items()))
+        return result
+
+    def _track_best(self, result: dict) -> bool:
+        """Keep the best model by ``metric_for_best``; return True when early stopping says stop."""
+        key = self.config.metric_for_best
+        key = key if key.startswith("eval_") else f"eval_{key}"
+        if key not in result:
+            raise ConfigError(f"metric_for_best {self.config.metric_for_best!r} is not reported; choose one of {sorted(k[5:] for k in result)}")
+        value = result[key]
+        best = self.state.best_metric
+        better = best is None or (value > best if self._greater_is_better else value < best)
+        if better:
+            self.state.best_metric, self.state.best_step = value, self.state.step
+            self.state.evals_without_improvement = 0
+            self._save_model(self.output_dir / "best_model")
+        else:
+            self.state.evals_without_improvement += 1
+        patience = self.config.early_stopping_patience
+        return bool(patience) and self.state.evals_without_improvement >= patience
+
+    # ------------------------------------------------------------------ saving
+
+    def save_checkpoint(self) -> Path:
+        """Accelerate state + trainer state, written to a temporary folder and renamed when complete."""
+        acc = self.accelerator
+        final = ckpt.checkpoint_dir(self.checkpoint_root, self.state.step)
+        tmp = ckpt.temporary_dir(final)
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            ckpt.write_json_atomic(tmp / ckpt.STATE_FILE, {**self.state.__dict__, "run_config": self.run_config})
+            ckpt.publish_checkpoint(tmp, final)
+            ckpt.rotate_checkpoints(self.checkpoint_root, self.config.save_total_limit)
+            if self.hub is not None:
+                self.hub.on_save(final, self.state.step, self.output_dir / "best_model")
+        acc.wait_for_everyone()
+        return final
+
+    def _load_checkpoint(self, path: Path) -> None:
+        self.accelerator.load_state(str(path))
+        saved = json.loads((path / ckpt.STATE_FILE).read_text(encoding="utf-8"))
+        saved.pop("run_config", None)
+        self.state = TrainerState(**saved)
+        if self.accelerator.is_local_main_process:
+            logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step, self.state.epoch, self.state.batches_in_epoch)
+
+    def _save_model(self, folder: Path) -> None:
+        """The HF model (and processor) as a plain folder, written next door and swapped in."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        state_dict = acc.get_state_dict(self.model)
+        if acc.is_main_process:
+            model = self.unwrapped_task.model
+            prefix = "model."
+            inner = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            tmp = folder.parent / f".tmp-{folder.name}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp, state_dict=inner, safe_serialization=True)
+            if self.processor is not None:
+                self.processor.save_pretrained(tmp)
+            ckpt.publish_checkpoint(tmp, folder)
+        acc.wait_for_everyone()
+
+    def _finish(self, final_eval: dict | None, runtime: float) -> dict:
+        acc = self.accelerator
+        cfg = self.config
+        best_dir = self.output_dir / "best_model"
+        if cfg.load_best_at_end and best_dir.is_dir():
+            self._load_best(best_dir)
+            if self.eval_loader is not None:
+                final_eval = self.evaluate()
+        train_records = [h for h in self.state.history if "train_loss" in h]
+        results = {
+            "steps": self.state.step,
+            "train_loss": train_records[-1]["train_loss"] if train_records else None,
+            "train_tokens": self.state.train_tokens,
+            "train_runtime_s": runtime,
+            "train_tokens_per_s": (sum(h["tokens_per_s"] for h in train_records) / len(train_records)) if train_records else None,
+            **(final_eval or {}),
+        }
+        if self.state.best_step is not None:
+            results["best_step"] = self.state.best_step
+            results[f"best_{cfg.metric_for_best}"] = self.state.best_metric
+        self._save_final(results)
+        acc.end_training()
+        if self.hub is not None and acc.is_main_process:
+            self.hub.on_end(self.output_dir)
+            self.hub.wait()
+        return results
+
+    def _load_best(self, best_dir: Path) -> None:
+        from safetensors.torch import load_file
+
+        files = sorted(best_dir.glob("*.safetensors"))
+        state = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        self.unwrapped_task.model.load_state_dict(state, strict=False)
+
+    def _save_final(self, results: dict) -> None:
+        acc = self.accelerator
+        staging = self.output_dir / ".tmp-final"
+        self._save_model(staging)
+        if not acc.is_main_process:
+            return
+        for item in staging.iterdir():
+            target = self.output_dir / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+        staging.rmdir()
+        plot = plot_loss_curves(self.state.history, self.output_dir / "loss_curves.png", title=self.description.objective)
+        write_results(self.output_dir, results)
+        (self.output_dir / "trainer_history.json").write_text(json.dumps(self.state.history, indent=1), encoding="utf-8")
+        write_model_card(self.output_dir, self.description, results, self.run_config, plot.name if plot else None)

@@ -1,0 +1,79 @@
+"""Pretrain a BERT-style model with masked language modelling.
+
+    accelerate launch recipes/pretrain_mlm.py [--config recipes/configs/pretrain_mlm.yaml] [key=value ...]
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nlp_ssl.config import parse_config
+from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
+from nlp_ssl.models import ModelConfig, build_model, check_block_size
+from nlp_ssl.objectives import MLMCollator
+from nlp_ssl.reporting import RunDescription
+from nlp_ssl.tasks.masked_lm import MaskedLMTask
+from nlp_ssl.tokenizer_setup import TokenizerConfig, load_or_train_tokenizer
+from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
+
+
+@dataclass
+class MLMConfig:
+    mlm_probability: float = 0.15
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    whole_word_mask: bool = False
+    pad_to_multiple_of: int | None = None
+    #: Project to the vocabulary only at masked positions (the checkpoint is unchanged).
+    sparse_head: bool = True
+
+
+@dataclass
+class PretrainMLMConfig(TrainConfig):
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mlm: MLMConfig = field(default_factory=MLMConfig)
+
+
+def main(argv=None):
+    cfg = parse_config(PretrainMLMConfig, argv, default_yaml=Path(__file__).parent / "configs" / "pretrain_mlm.yaml")
+    accelerator = make_accelerator(cfg)
+
+    with accelerator.main_process_first():
+        raw = load_text_splits(cfg.data, seed=cfg.seed)
+        tokenizer = load_or_train_tokenizer(cfg.tokenizer, raw["train"], cfg.data.text_column, cfg.data.cache_dir)
+        collator = MLMCollator(
+            tokenizer,
+            mlm_probability=cfg.mlm.mlm_probability,
+            mask_replace_prob=cfg.mlm.mask_replace_prob,
+            random_replace_prob=cfg.mlm.random_replace_prob,
+            whole_word_mask=cfg.mlm.whole_word_mask,
+            pad_to_multiple_of=cfg.mlm.pad_to_multiple_of,
+            seed=cfg.seed,
+        )
+        model = build_model(cfg.model, "masked_lm", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        check_block_size(cfg.data.block_size, model.config)
+        blocks = {
+            split: tokenize_and_pack(ds, tokenizer, cfg.data.text_column, cfg.data.block_size, cfg.mlm.whole_word_mask, cfg.data.num_proc)
+            for split, ds in raw.items()
+        }
+
+    description = RunDescription(
+        objective=f"masked language modelling ({cfg.mlm.mlm_probability:.0%} masked, "
+        f"{'whole-word' if cfg.mlm.whole_word_mask else 'token-level'})",
+        data=cfg.data.train_file or cfg.data.source,
+        pipeline_tag="fill-mask",
+    )
+    trainer = Trainer(
+        cfg, MaskedLMTask(model, sparse=cfg.mlm.sparse_head), blocks["train"], collator,
+        eval_dataset=blocks["validation"], processor=tokenizer, accelerator=accelerator,
+        description=description, run_config=cfg,
+    )
+    results = trainer.fit()
+    if accelerator.is_main_process:
+        print({k: results[k] for k in ("steps", "eval_loss", "eval_accuracy", "eval_perplexity") if k in results})
+    return results
+
+
+if __name__ == "__main__":
+    main()
