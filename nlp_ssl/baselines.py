@@ -131,7 +131,7 @@ class _MeanPooler:
                 ).to(self.device)
                 hidden = self.model(**batch).last_hidden_state.float()
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                pooled = hidden.mean(1)
                 out.append(pooled.cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 

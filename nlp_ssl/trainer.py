@@ -104,11 +104,18 @@ def resolve_mixed_precision(choice: str) -> str:
     return "no"
 
 
+def _launched_distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def make_accelerator(config: TrainConfig) -> Accelerator:
     """The run's Accelerator; create it first so data preparation can use ``main_process_first``."""
     ckpt.resolve_resume(config.resume, Path(config.output_dir) / "checkpoints")  # fail early on a bad path
     trackers = [t for t in config.report_to if t and t != "none"]
     accelerator = Accelerator(
+        # `accelerate launch --multi_gpu` on a machine without GPUs: run real DDP over gloo on CPU
+        # instead of N independent copies of the run.
+        cpu=_launched_distributed() and not torch.cuda.is_available(),
         mixed_precision=resolve_mixed_precision(config.mixed_precision),
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs")),
@@ -197,6 +204,7 @@ class Trainer:
         self._greater_is_better = (
             config.greater_is_better if config.greater_is_better is not None else config.metric_for_best not in ("loss", "perplexity")
         )
+        self.train_collator = collator
         self.train_loader = self._loader(train_dataset, collator, config.micro_batch_size, train=True)
         self.eval_loader = None
         if eval_dataset is not None:
@@ -253,6 +261,8 @@ class Trainer:
         loader = self.train_loader
         while True:
             loader.set_epoch(self.state.epoch)
+            if hasattr(self.train_collator, "set_epoch"):
+                self.train_collator.set_epoch(self.state.epoch)
             skip = self.state.batches_in_epoch
             batches = self.accelerator.skip_first_batches(loader, skip) if skip else loader
             produced = False

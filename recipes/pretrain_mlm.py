@@ -6,6 +6,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nlp_ssl.cli import run
 from nlp_ssl.config import parse_config
 from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
 from nlp_ssl.models import ModelConfig, build_model, check_block_size
@@ -76,4 +77,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

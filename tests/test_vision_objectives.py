@@ -155,6 +155,9 @@ def test_transform_train_crop_flip_seeded_and_eval_normalises():
     assert torch.equal(out[0], out[1]) and not torch.equal(out[0], out[2])
     with pytest.raises(ValueError, match="Generator"):
         train(image)
+    # a full-image crop followed by a certain flip is the eval image mirrored left-right
+    always_flip = ImageTransform(16, 1, train=True, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=1.0)
+    assert torch.equal(always_flip(image, torch.Generator()), ImageTransform(16, 1)(image).flip(-1))
     flat = Image.new("L", (5, 9), 204)
     assert torch.allclose(ImageTransform(4, 1, mean=[0.5], std=[0.25])(flat), torch.full((1, 4, 4), 1.2))
     with pytest.raises(ValueError, match="one per channel"):
@@ -186,7 +189,7 @@ def test_image_folder_mixed_modes_give_the_model_channel_count(tmp_path):
         "rgba": Image.new("RGBA", (30, 20), (255, 255, 255, 0)),  # fully transparent
         "palette": Image.new("RGB", (16, 16), (0, 0, 255)).convert("P"),
         "gray_alpha": Image.new("LA", (8, 8), (100, 255)),
-        "sixteen_bit": Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)),
+        "sixteen_bit": Image.fromarray(np.full((8, 8), 128 * 257, dtype=np.uint16)),
     }
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
@@ -206,7 +209,7 @@ def test_image_folder_mixed_modes_give_the_model_channel_count(tmp_path):
         pv = batch["pixel_values"]
         assert torch.allclose(pv[stem["gray"]], torch.full((channels, 14, 14), 200 / 255))
         assert torch.allclose(pv[stem["rgba"]], torch.zeros(channels, 14, 14))  # transparent → black
-        assert torch.allclose(pv[stem["sixteen_bit"]], torch.ones(channels, 14, 14))  # scaled, not clipped
+        assert torch.allclose(pv[stem["sixteen_bit"]], torch.full((channels, 14, 14), 128 / 255))  # scaled, not clipped
         if channels == 3:
             assert torch.allclose(pv[stem["rgb"]][:, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
             assert torch.allclose(pv[stem["palette"]][:, 0, 0], torch.tensor([0.0, 0.0, 1.0]))

@@ -230,13 +230,17 @@ def _standardise_columns(dataset, source: str, image_column: str | None, label_c
             raise DataError(f"image dataset {source}: no column has the Image feature; columns are {list(features)}")
         image_column = "image" if "image" in image_columns else image_columns[0]
     elif image_column not in features:
-        raise DataError(f"image dataset {source}: image_column {image_column!r} not found; columns are {list(features)}")
+        raise DataError(
+            f"image dataset {source}: image_column {image_column!r} not found; columns are {list(features)}"
+        )
     if label_column is None:
         label_column = next((c for c in ("label", "labels") if c in features), None)
         if label_column is None:
             label_column = next((n for n, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
     elif label_column not in features:
-        raise DataError(f"image dataset {source}: label_column {label_column!r} not found; columns are {list(features)}")
+        raise DataError(
+            f"image dataset {source}: label_column {label_column!r} not found; columns are {list(features)}"
+        )
     renames = {}
     for old, new in ((image_column, "image"), (label_column, "label")):
         if old is not None and old != new:
@@ -290,7 +294,7 @@ def load_image_dataset(
                 dataset = dataset[split]
             return _standardise_columns(dataset, source, image_column, label_column)
         return _standardise_columns(load_image_folder(path), source, image_column, label_column)
-    if source.startswith((".", "/", "~")) or path.suffix or os.sep + os.sep in source:
+    if source.startswith((".", "/", "~")):
         raise DataError(f"image dataset {source}: no such folder")
     try:
         dataset = datasets.load_dataset(source, split=split, cache_dir=None if cache_dir is None else str(cache_dir))
@@ -309,7 +313,7 @@ def _pil_to_8bit(image: Image.Image) -> Image.Image:
     """Bring 16-bit and float images into 8 bits by scaling, not clipping as ``convert("L")`` would."""
     values = np.asarray(image, dtype=np.float64)
     if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255):
-        pass
+        values = values * (255.0 / 65535.0)
     elif image.mode == "F" and values.max(initial=0) <= 1.0:
         values = values * 255.0
     return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), mode="L")

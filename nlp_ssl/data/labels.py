@@ -44,20 +44,13 @@ def load_labeled_dataset(
     file, a label column whose every value is an integer is read as integers. ``split`` picks the
     split of a ``DatasetDict`` folder or a Hub dataset. Other columns are kept.
     """
-    dataset, where, row_name = _read(source, split, config_name, (text_column, label_column))
-    for role, column in (("text", text_column), ("label", label_column)):
-        if column not in dataset.column_names:
-            raise DataError(
-                f"{where}: {role} column {column!r} not found; available columns: {', '.join(dataset.column_names)}"
-            )
-    _check_texts(dataset[text_column][:], where, text_column, row_name)
-    labels = dataset[label_column][:]
-    is_class_label = isinstance(dataset.features[label_column], ClassLabel)
-    _check_labels_present(labels, where, label_column, row_name, is_class_label)
-    if is_class_label:
+    columns = _Columns(text_column, label_column)
+    dataset, where, row_name = _read(source, split, config_name, columns)
+    is_class_label = isinstance(dataset.features.get(label_column), ClassLabel)
+    encoded = columns.check(dataset.column_names, lambda c: dataset[c][:], where, row_name, is_class_label)
+    if encoded is None:
         return dataset
-    feature, codes = _encode_labels(labels, where, label_column, row_name, untyped=where.endswith(".csv"))
-    return _replace_column(dataset, label_column, codes, feature)
+    return _replace_column(dataset, label_column, encoded[1], encoded[0])
 
 
 def sample_k_per_class(dataset: Dataset, label_column: str, k: int | None, seed: int) -> Dataset:
@@ -132,7 +125,26 @@ def drop_classes(dataset: Dataset, label_column: str, names: str | Iterable[str 
 # --------------------------------------------------------------------------------------- reading
 
 
-def _read(source, split: str, config_name: str | None, string_columns: Sequence[str]) -> tuple[Dataset, str, Callable[[int], str]]:
+class _Columns:
+    """The text and label columns, and the checks a table must pass to be labelled text."""
+
+    def __init__(self, text: str, label: str):
+        self.text, self.label = text, label
+
+    def check(self, names: Sequence[str], values_of: Callable[[str], list], where: str, row_name, is_class_label: bool):
+        """Raise the first problem found; return (ClassLabel, codes), or None for a ClassLabel column."""
+        for role, column in (("text", self.text), ("label", self.label)):
+            if column not in names:
+                raise DataError(f"{where}: {role} column {column!r} not found; available columns: {', '.join(names)}")
+        _check_texts(values_of(self.text), where, self.text, row_name)
+        labels = values_of(self.label)
+        _check_labels_present(labels, where, self.label, row_name, is_class_label)
+        if is_class_label:
+            return None
+        return _encode_labels(labels, where, self.label, row_name, untyped=where.endswith(".csv"))
+
+
+def _read(source, split: str, config_name: str | None, columns: _Columns) -> tuple[Dataset, str, Callable[[int], str]]:
     """(dataset, how to name the source in messages, how to name row i in messages)."""
     path = Path(source).expanduser()
     data_row = lambda i: f"row {i + 1}"  # noqa: E731 - rows count from 1, as a person reads them
@@ -141,9 +153,9 @@ def _read(source, split: str, config_name: str | None, string_columns: Sequence[
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".csv":
-            return _read_csv(path, string_columns), str(path), data_row
+            return _read_csv(path, (columns.text, columns.label)), str(path), data_row
         if suffix in (".jsonl", ".json"):
-            dataset, json_row = _read_json(path)
+            dataset, json_row = _read_json(path, columns)
             return dataset, str(path), json_row
         if suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -183,7 +195,7 @@ def _read_csv(path: Path, string_columns: Sequence[str]) -> Dataset:
     return Dataset.from_dict({str(c): frame[c].tolist() for c in frame.columns})
 
 
-def _read_json(path: Path) -> tuple[Dataset, Callable[[int], str]]:
+def _read_json(path: Path, columns_wanted: _Columns) -> tuple[Dataset, Callable[[int], str]]:
     """JSON lines, or one JSON document: a list of objects or an object of objects (keyed by id).
 
     Also returns how to name row i in messages: its line for JSON lines, its position otherwise.
@@ -220,6 +232,8 @@ def _read_json(path: Path) -> tuple[Dataset, Callable[[int], str]]:
     try:
         return Dataset.from_dict(columns), row_name
     except (TypeError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        # Mixed types in the text or label column: say which rows, as for any other table.
+        columns_wanted.check(list(columns), columns.__getitem__, str(path), row_name, is_class_label=False)
         bad = next((k for k, v in columns.items() if len({type(x) for x in v if x is not None}) > 1), None)
         which = f"column {bad!r} mixes value types" if bad else "cannot build a table"
         raise DataError(f"{path}: {which} ({error})") from None

@@ -1,8 +1,10 @@
-"""Pieces every token-level objective shares: padding, seeded per-batch randomness, BERT 80/10/10.
+"""Pieces every token-level objective shares: padding, seeded randomness, BERT 80/10/10.
 
-Randomness is a pure function of ``(seed, batch content)``: a batch gets the same masks whichever
-dataloader worker builds it, however many workers there are, and after a resume that skipped the
-batches before it. No global RNG is read or advanced.
+Randomness is a pure function of ``(seed, epoch, example content)``, drawn per example
+(:class:`RowRandom`): an example gets the same masks whichever dataloader worker builds its batch,
+whatever else is in the batch (so gradient accumulation and N processes see the same masks as one
+big batch), and after a resume that skipped the batches before it. The epoch enters the seed, so
+masks change from epoch to epoch (RoBERTa's dynamic masking). No global RNG is read or advanced.
 """
 
 from __future__ import annotations
@@ -24,6 +26,54 @@ def batch_generator(seed: int, *arrays: np.ndarray) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(int.from_bytes(digest.digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF)
     return generator
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+class RowRandom:
+    """Uniform numbers for each example of a batch, from ``(seed, epoch, that example's tokens)``.
+
+    ``uniform(stream, width)`` gives a ``(batch, width)`` tensor; different ``stream`` numbers are
+    independent draws (one for choosing positions, one for the 80/10/10 kind, ...). Counter-based
+    (splitmix64 over position), so it is vectorised and needs no per-example generator.
+    """
+
+    def __init__(self, seed: int, rows: Sequence, epoch: int = 0):
+        seeds = []
+        for row in rows:
+            digest = hashlib.blake2b(np.asarray(row, dtype=np.int64).tobytes(), digest_size=8, key=_key(seed, epoch))
+            seeds.append(int.from_bytes(digest.digest(), "little"))
+        self.row_seeds = np.array(seeds, dtype=np.uint64)
+
+    def uniform(self, stream: int, width: int) -> torch.Tensor:
+        with np.errstate(over="ignore"):
+            counter = (np.uint64(stream) << np.uint64(40)) + np.arange(width, dtype=np.uint64)
+            bits = _splitmix64(_splitmix64(self.row_seeds[:, None] ^ _splitmix64(counter)[None, :]))
+        return torch.from_numpy((bits >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24))
+
+
+def _key(seed: int, epoch: int) -> bytes:
+    return int(seed).to_bytes(8, "little", signed=True) + int(epoch).to_bytes(8, "little", signed=True)
+
+
+def uniform(rng, stream: int, shape: tuple[int, int]) -> torch.Tensor:
+    """Uniform [0, 1) numbers of ``shape`` from a :class:`RowRandom` or a ``torch.Generator``."""
+    if isinstance(rng, RowRandom):
+        return rng.uniform(stream, shape[1])
+    return torch.rand(shape, generator=rng)
+
+
+# Streams of RowRandom draws.
+STREAM_POSITIONS, STREAM_WORDS, STREAM_KIND, STREAM_TOKEN = 0, 1, 2, 3
 
 
 def pad_column(
@@ -63,7 +113,7 @@ def non_special_vocab(vocab_size: int, special_ids: Sequence[int]) -> torch.Tens
 def apply_mask_replacement(
     input_ids: torch.Tensor,
     masked: torch.Tensor,
-    generator: torch.Generator,
+    generator: "RowRandom | torch.Generator",
     mask_token_id: int,
     random_token_ids: torch.Tensor,
     mask_replace_prob: float = 0.8,
@@ -71,19 +121,20 @@ def apply_mask_replacement(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's 80/10/10 on the positions ``masked``; returns ``(new_input_ids, labels)`` with -100 elsewhere."""
     labels = torch.where(masked, input_ids, torch.full_like(input_ids, -100))
-    u = torch.rand(input_ids.shape, generator=generator)
+    u = uniform(generator, STREAM_KIND, tuple(input_ids.shape))
     to_mask = masked & (u < mask_replace_prob)
     to_random = masked & (u >= mask_replace_prob) & (u < mask_replace_prob + random_replace_prob)
     out = input_ids.masked_fill(to_mask, mask_token_id)
     if random_replace_prob > 0 and to_random.any():
-        pick = torch.randint(len(random_token_ids), input_ids.shape, generator=generator)
+        pick = (uniform(generator, STREAM_TOKEN, tuple(input_ids.shape)) * len(random_token_ids)).long()
+        pick = pick.clamp(max=len(random_token_ids) - 1)
         out = torch.where(to_random, random_token_ids[pick], out)
     return out, labels
 
 
 def choose_masked_positions(
     maskable: torch.Tensor,
-    generator: torch.Generator,
+    generator: "RowRandom | torch.Generator",
     probability: float,
     word_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -93,10 +144,10 @@ def choose_masked_positions(
     belong to no word); all tokens of a picked word are masked together.
     """
     if word_ids is None:
-        return maskable & (torch.rand(maskable.shape, generator=generator) < probability)
+        return maskable & (uniform(generator, STREAM_POSITIONS, tuple(maskable.shape)) < probability)
     batch, width = word_ids.shape
     n_words = int(word_ids.max().item()) + 1 if word_ids.numel() else 0
-    picked_word = torch.rand((batch, max(n_words, 1)), generator=generator) < probability
+    picked_word = uniform(generator, STREAM_WORDS, (batch, max(n_words, 1))) < probability
     picked = picked_word.gather(1, word_ids.clamp(min=0))
     return maskable & picked & (word_ids >= 0)
 

@@ -11,7 +11,7 @@ from nlp_ssl.errors import DataError
 from nlp_ssl.objectives.masking import (
     apply_mask_replacement,
     attention_mask_from_lengths,
-    batch_generator,
+    RowRandom,
     check_probabilities,
     choose_masked_positions,
     non_special_vocab,
@@ -64,12 +64,17 @@ class MLMCollator:
         self.mask_token_id = tokenizer.mask_token_id
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         self.random_token_ids = non_special_vocab(len(tokenizer), tokenizer.all_special_ids)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Masks depend on the epoch too (dynamic masking); the trainer calls this."""
+        self.epoch = epoch
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         ids_np, lengths = pad_column(examples, "input_ids", self.pad_token_id, self.pad_to_multiple_of)
         input_ids = torch.from_numpy(ids_np)
         attention_mask = attention_mask_from_lengths(lengths, input_ids.shape[1])
-        generator = batch_generator(self.seed, ids_np)
+        generator = RowRandom(self.seed, [e["input_ids"] for e in examples], self.epoch)
         maskable = attention_mask.bool() & ~torch.isin(input_ids, self.special_ids)
         word_ids = None
         if self.whole_word_mask:

@@ -1,0 +1,153 @@
+"""English-Spanish verse pairs from Debian's SWORD Bibles, and the monolingual texts for XLM.
+
+``sword-text-kjv`` (King James Version) and ``sword-text-sparv`` (Reina-Valera 1909) are public
+domain and share the KJV versification, so verses align by reference. ``mod2imp`` (Debian
+``libsword-utils``) exports a module as ``$$$Book C:V`` lines followed by the verse; the little
+markup ``-s`` leaves (Strong's numbers ``<H1234>``, USFM ``\\nd`` name markers, pilcrows, the
+brackets of supplied words, drop-capital first words) is removed here.
+
+On a machine that reaches the Hub, ``load_dataset("Helsinki-NLP/opus-100", "en-es")`` gives the same
+kind of data (a ``translation`` column of ``{"en", "es"}`` pairs), at one million pairs.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import Dataset, load_from_disk
+
+from nlp_ssl.data.cache import atomic_dir, cache_root, publish_dir
+from nlp_ssl.errors import DataError
+
+PAIRS_VERSION = "v1"
+MOD2IMP_PACKAGE = "libsword-utils"
+
+
+@dataclass(frozen=True)
+class SwordText:
+    package: str
+    abbreviation: str
+    lang: str
+
+
+#: The two Bibles, by language; the module name is looked up from the ``mods.d`` confs.
+SWORD_TEXTS = {
+    "en": SwordText("sword-text-kjv", "KJV", "en"),
+    "es": SwordText("sword-text-sparv", "RV1909", "es"),
+}
+
+_REF = re.compile(r"^(?P<book>.+) (?P<chapter>\d+):(?P<verse>\d+)$")
+_TAG = re.compile(r"<[^>]*>")
+_USFM = re.compile(r"\\[a-z]+\d*\*?\s?")
+_CAPS_WORD = re.compile(r"(^|[.:;!?]\s+)([¡¿]?)([A-ZÁÉÍÓÚÑÜ])([A-ZÁÉÍÓÚÑÜ]+)\b")
+
+
+def _sword_dirs() -> list[Path]:
+    dirs = [os.environ.get("SWORD_PATH"), str(Path.home() / ".sword"), "/usr/share/sword"]
+    return [Path(d) for d in dirs if d]
+
+
+def find_sword_module(text: SwordText) -> str:
+    """The module name (e.g. ``engKJV2006eb``) whose conf has ``text``'s abbreviation and language."""
+    for root in _sword_dirs():
+        for conf in sorted((root / "mods.d").glob("*.conf")):
+            parser = configparser.ConfigParser(strict=False, interpolation=None)
+            try:
+                parser.read_string(conf.read_text(encoding="utf-8", errors="replace"))
+            except configparser.Error:
+                continue
+            for name in parser.sections():
+                fields = parser[name]
+                if fields.get("Abbreviation") == text.abbreviation and fields.get("Lang", "").split("-")[0] == text.lang:
+                    return name
+    raise DataError(
+        f"SWORD module {text.abbreviation} ({text.lang}) not found under "
+        f"{', '.join(str(d / 'mods.d') for d in _sword_dirs())}; install the Debian package "
+        f"{text.package} (apt-get install {text.package})"
+    )
+
+
+def export_sword_module(module: str) -> str:
+    """The plain-text export of ``module`` by ``mod2imp -s``."""
+    if shutil.which("mod2imp") is None:
+        raise DataError(f"mod2imp not found; install the Debian package {MOD2IMP_PACKAGE} (apt-get install {MOD2IMP_PACKAGE})")
+    result = subprocess.run(["mod2imp", module, "-s"], capture_output=True, text=True, encoding="utf-8", errors="replace")
+    if result.returncode != 0 or "$$$" not in result.stdout:
+        raise DataError(f"mod2imp could not export SWORD module {module!r}: {result.stderr.strip()[-300:]}")
+    return result.stdout
+
+
+def clean_verse(text: str, first_of_chapter: bool = False) -> str:
+    """Verse text without SWORD's leftover markup; a chapter's drop-capital first word is de-capitalised."""
+    text = _TAG.sub("", text)
+    text = _USFM.sub("", text)
+    text = text.replace("¶", "").replace("[", "").replace("]", "")
+    text = " ".join(text.split())
+    if first_of_chapter:
+        text = _CAPS_WORD.sub(lambda m: m[1] + m[2] + m[3] + m[4].lower(), text, count=1)
+    return text
+
+
+def parse_verses(export: str) -> list[tuple[str, int, int, str]]:
+    """``(book, chapter, verse, text)`` in canonical order; headings and empty verses are dropped."""
+    parts = re.split(r"^\$\$\$(.*)$", export, flags=re.M)
+    verses = []
+    for key, body in zip(parts[1::2], parts[2::2]):
+        ref = _REF.match(key.strip())
+        if ref is None or ref["verse"] == "0":
+            continue
+        verse = int(ref["verse"])
+        text = clean_verse(body, first_of_chapter=verse == 1)
+        if text:
+            verses.append((ref["book"], int(ref["chapter"]), verse, text))
+    return verses
+
+
+def read_bible(lang: str) -> list[tuple[str, int, int, str]]:
+    """The verses of the SWORD Bible for ``lang`` (``en`` = KJV, ``es`` = Reina-Valera 1909)."""
+    if lang not in SWORD_TEXTS:
+        raise DataError(f"no SWORD Bible for language {lang!r}; known: {sorted(SWORD_TEXTS)}")
+    return parse_verses(export_sword_module(find_sword_module(SWORD_TEXTS[lang])))
+
+
+def build_sword_pairs(cache_dir: str | Path | None = None) -> Path:
+    """Build (once) the en-es verse pairs; return the ``save_to_disk`` folder."""
+    final = cache_root(cache_dir) / "datasets" / f"sword-en-es-{PAIRS_VERSION}"
+    if (final / "dataset_info.json").is_file():
+        return final
+    english = read_bible("en")
+    spanish = {(book, chapter, verse): text for book, chapter, verse, text in read_bible("es")}
+    rows = {"ref": [], "translation": []}
+    for book, chapter, verse, text in english:
+        other = spanish.get((book, chapter, verse))
+        if other:
+            rows["ref"].append(f"{book} {chapter}:{verse}")
+            rows["translation"].append({"en": text, "es": other})
+    if not rows["ref"]:
+        raise DataError("the KJV and Reina-Valera SWORD modules share no verse reference; are the modules complete?")
+    tmp = atomic_dir(final)
+    Dataset.from_dict(rows).save_to_disk(str(tmp))
+    return publish_dir(tmp, final)
+
+
+def load_sword_pairs(cache_dir: str | Path | None = None) -> Dataset:
+    """About 31k en-es verse pairs: columns ``ref`` (e.g. ``Genesis 1:1``) and ``translation`` ``{"en", "es"}``."""
+    return load_from_disk(str(build_sword_pairs(cache_dir)))
+
+
+MONOLINGUAL_SPLITS = {"en": "en_train", "fr": "fr", "es": "es"}
+
+
+def load_monolingual_corpus(lang: str, cache_dir: str | Path | None = None) -> Dataset:
+    """Wikipedia lead sections of the built-in corpus in ``lang`` (a ``text`` column), for XLM's MLM."""
+    from nlp_ssl.data.wiki import load_wiki_corpus
+
+    if lang not in MONOLINGUAL_SPLITS:
+        raise DataError(f"no built-in monolingual corpus for language {lang!r}; known: {sorted(MONOLINGUAL_SPLITS)}")
+    return load_wiki_corpus(cache_dir)[MONOLINGUAL_SPLITS[lang]]

@@ -1,0 +1,256 @@
+"""Translation language modelling (XLM): MLM over a sentence and its translation side by side.
+
+Tokenization happens once, in a ``datasets.map`` step (:func:`prepare_tlm_dataset` for pairs,
+:func:`prepare_monolingual_dataset` for XLM's monolingual MLM), which writes ``src_ids``,
+``tgt_ids``, ``src_lang`` and ``tgt_lang`` (``tgt_ids == []`` and ``tgt_lang == ""`` for a single
+sentence). :class:`TLMCollator` lays a pair out as ``</s> src </s> </s> tgt </s>`` and a single
+sentence as ``</s> text </s>``. ``langs`` holds each token's language id (the source language up to
+and including the source's second ``</s>``), and ``position_ids`` restart at 0 on the target, as in
+XLM, so that the model cannot align the two sentences by position alone. 15% of the tokens of both
+sentences are predicted, 80/10/10, never a special token or a pad; a masked word can then be
+recovered from its translation. The batch is what ``XLMWithLMHeadModel`` takes (its loss ignores
+-100 labels: it uses ``cross_entropy``'s default ``ignore_index``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from nlp_ssl.errors import DataError
+from nlp_ssl.objectives.masking import (
+    apply_mask_replacement,
+    attention_mask_from_lengths,
+    batch_generator,
+    check_probabilities,
+    choose_masked_positions,
+    non_special_vocab,
+    pad_column,
+)
+
+TLM_COLUMNS = ("src_ids", "tgt_ids", "src_lang", "tgt_lang")
+
+
+def _separator(tokenizer) -> int:
+    sep = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    if sep is None:
+        raise DataError(f"tokenizer {tokenizer.name_or_path!r} has neither a sep nor an eos token; TLM needs </s>")
+    return sep
+
+
+def fit_pair(src: list[int], tgt: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """Cut the end of the longer sentence, one token at a time, until both fit in ``budget`` tokens."""
+    src, tgt = list(src), list(tgt)
+    while len(src) + len(tgt) > budget:
+        if len(src) >= len(tgt):
+            src.pop()
+        else:
+            tgt.pop()
+    return src, tgt
+
+
+class PairTokenizer:
+    """Batched ``datasets.map`` function: a ``translation`` column into TLM columns (picklable, so cached)."""
+
+    def __init__(self, tokenizer, src_lang: str, tgt_lang: str, column: str, max_length: int | None):
+        self.tokenizer = tokenizer
+        self.langs = (src_lang, tgt_lang)
+        self.column = column
+        self.max_length = max_length
+
+    def __call__(self, batch: dict, indices: list[int]) -> dict:
+        texts = {lang: [] for lang in self.langs}
+        for index, pair in zip(indices, batch[self.column]):
+            if not isinstance(pair, Mapping):
+                raise DataError(f"{self.column} row {index}: expected a {{language: text}} mapping, got {type(pair).__name__}")
+            for lang in self.langs:
+                text = pair.get(lang)
+                if not isinstance(text, str) or not text.strip():
+                    present = sorted(k for k, v in pair.items() if isinstance(v, str) and v.strip())
+                    raise DataError(f"{self.column} row {index}: language {lang!r} missing (the row has {present})")
+                texts[lang].append(text)
+        src = self.tokenizer(texts[self.langs[0]], add_special_tokens=False)["input_ids"]
+        tgt = self.tokenizer(texts[self.langs[1]], add_special_tokens=False)["input_ids"]
+        if self.max_length is not None:
+            fitted = [fit_pair(s, t, self.max_length - 4) for s, t in zip(src, tgt)]
+            src, tgt = [s for s, _ in fitted], [t for _, t in fitted]
+        n = len(src)
+        return {"src_ids": src, "tgt_ids": tgt, "src_lang": [self.langs[0]] * n, "tgt_lang": [self.langs[1]] * n}
+
+
+def prepare_tlm_dataset(
+    ds: Dataset,
+    tokenizer,
+    src_lang: str,
+    tgt_lang: str,
+    translation_column: str = "translation",
+    max_length: int | None = None,
+    num_proc: int | None = None,
+) -> Dataset:
+    """Tokenize translation pairs into ``src_ids``/``tgt_ids``/``src_lang``/``tgt_lang``.
+
+    With ``max_length``, pairs are cut to fit the laid-out length (4 specials included).
+    """
+    if translation_column not in ds.column_names:
+        raise DataError(f"TLM data: no column {translation_column!r} (columns: {', '.join(ds.column_names)})")
+    if src_lang == tgt_lang:
+        raise DataError(f"TLM data: src_lang and tgt_lang are both {src_lang!r}")
+    if max_length is not None and max_length < 6:
+        raise DataError(f"TLM max_length {max_length} leaves no room for two sentences and four </s>")
+    return ds.map(
+        PairTokenizer(tokenizer, src_lang, tgt_lang, translation_column, max_length),
+        batched=True,
+        with_indices=True,
+        remove_columns=ds.column_names,
+        num_proc=num_proc,
+        desc=f"Tokenizing {src_lang}-{tgt_lang} pairs",
+    )
+
+
+class MonolingualChunker:
+    """Batched ``datasets.map`` function: texts into ``max_length - 2``-token sentences of one language."""
+
+    def __init__(self, tokenizer, lang: str, column: str, max_length: int):
+        self.tokenizer = tokenizer
+        self.lang = lang
+        self.column = column
+        self.body = max_length - 2
+
+    def __call__(self, batch: dict, indices: list[int]) -> dict:
+        for index, text in zip(indices, batch[self.column]):
+            if not isinstance(text, str):
+                raise DataError(f"monolingual data row {index}: field {self.column!r} missing")
+        chunks = []
+        for ids in self.tokenizer(batch[self.column], add_special_tokens=False)["input_ids"]:
+            chunks.extend(ids[k : k + self.body] for k in range(0, len(ids), self.body))
+        n = len(chunks)
+        return {"src_ids": chunks, "tgt_ids": [[] for _ in range(n)], "src_lang": [self.lang] * n, "tgt_lang": [""] * n}
+
+
+def prepare_monolingual_dataset(
+    ds: Dataset,
+    tokenizer,
+    lang: str,
+    text_column: str = "text",
+    max_length: int = 256,
+    num_proc: int | None = None,
+) -> Dataset:
+    """Tokenize one language's texts into TLM columns with no target; long texts become several rows."""
+    if text_column not in ds.column_names:
+        raise DataError(f"monolingual data: no column {text_column!r} (columns: {', '.join(ds.column_names)})")
+    if max_length < 3:
+        raise DataError(f"max_length {max_length} leaves no room for a sentence between two </s>")
+    return ds.map(
+        MonolingualChunker(tokenizer, lang, text_column, max_length),
+        batched=True,
+        with_indices=True,
+        remove_columns=ds.column_names,
+        num_proc=num_proc,
+        desc=f"Tokenizing {lang} text",
+    )
+
+
+class TLMCollator:
+    """Lay out, pad and mask TLM pairs and monolingual sentences for ``XLMWithLMHeadModel``.
+
+    ``lang2id`` maps language codes to the model's language ids (``config.lang2id``). Output:
+    ``input_ids``, ``attention_mask``, ``langs``, ``position_ids``, ``labels``; pads get language 0
+    and position 0 (the model ignores them). Longer examples are cut to ``max_length``, the longer
+    sentence first.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        lang2id: Mapping[str, int],
+        mlm_probability: float = 0.15,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
+        max_length: int = 256,
+        pad_to_multiple_of: int | None = None,
+        seed: int = 0,
+    ):
+        for name in ("mask_token_id", "pad_token_id"):
+            if getattr(tokenizer, name) is None:
+                raise DataError(f"tokenizer {tokenizer.name_or_path!r} has no {name[:-3]}; TLM needs one")
+        if not lang2id:
+            raise DataError("lang2id is empty; give every language a model language id, e.g. {'en': 0, 'es': 1}")
+        ids = list(lang2id.values())
+        if any(not isinstance(i, int) or i < 0 for i in ids) or len(set(ids)) != len(ids):
+            raise DataError(f"lang2id {dict(lang2id)} must map each language to a distinct non-negative integer")
+        if max_length < 6:
+            raise DataError(f"TLM max_length {max_length} leaves no room for two sentences and four </s>")
+        check_probabilities(mlm_probability, mask_replace_prob, random_replace_prob)
+        self.lang2id = dict(lang2id)
+        self.mlm_probability = mlm_probability
+        self.mask_replace_prob = mask_replace_prob
+        self.random_replace_prob = random_replace_prob
+        self.max_length = max_length
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.seed = seed
+        self.separator_id = _separator(tokenizer)
+        self.pad_token_id = tokenizer.pad_token_id
+        self.mask_token_id = tokenizer.mask_token_id
+        self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        self.random_token_ids = non_special_vocab(len(tokenizer), tokenizer.all_special_ids)
+
+    def _lang_id(self, example: dict, field: str, index: int) -> int:
+        code = example.get(field)
+        if code not in self.lang2id:
+            raise DataError(f"TLM example {index}: unknown language code {code!r} in field {field!r}; known codes: {sorted(self.lang2id)}")
+        return self.lang2id[code]
+
+    def layout(self, example: dict, index: int = 0) -> dict[str, list[int]]:
+        """``input_ids``, ``langs`` and ``position_ids`` of one example, before padding and masking."""
+        if "src_ids" not in example:
+            raise DataError(
+                f"TLM example {index} has no field 'src_ids' (fields: {sorted(example)}); "
+                "tokenize with prepare_tlm_dataset or prepare_monolingual_dataset first"
+            )
+        src, tgt = list(example["src_ids"]), list(example.get("tgt_ids") or [])
+        if not src:
+            raise DataError(f"TLM example {index}: field 'src_ids' is empty")
+        sep = self.separator_id
+        src_lang = self._lang_id(example, "src_lang", index)
+        if not tgt:
+            src = src[: self.max_length - 2]
+            n = len(src) + 2
+            return {"input_ids": [sep, *src, sep], "langs": [src_lang] * n, "position_ids": list(range(n))}
+        tgt_lang = self._lang_id(example, "tgt_lang", index)
+        src, tgt = fit_pair(src, tgt, self.max_length - 4)
+        n_src, n_tgt = len(src) + 2, len(tgt) + 2
+        return {
+            "input_ids": [sep, *src, sep, sep, *tgt, sep],
+            "langs": [src_lang] * n_src + [tgt_lang] * n_tgt,
+            "position_ids": list(range(n_src)) + list(range(n_tgt)),
+        }
+
+    def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        rows = [self.layout(example, i) for i, example in enumerate(examples)]
+        ids_np, lengths = pad_column(rows, "input_ids", self.pad_token_id, self.pad_to_multiple_of)
+        input_ids = torch.from_numpy(ids_np)
+        langs = torch.from_numpy(pad_column(rows, "langs", 0, self.pad_to_multiple_of)[0])
+        position_ids = torch.from_numpy(pad_column(rows, "position_ids", 0, self.pad_to_multiple_of)[0])
+        attention_mask = attention_mask_from_lengths(lengths, input_ids.shape[1])
+        generator = batch_generator(self.seed, ids_np, np.asarray(langs))
+        maskable = attention_mask.bool() & ~torch.isin(input_ids, self.special_ids)
+        masked = choose_masked_positions(maskable, generator, self.mlm_probability)
+        input_ids, labels = apply_mask_replacement(
+            input_ids,
+            masked,
+            generator,
+            self.mask_token_id,
+            self.random_token_ids,
+            self.mask_replace_prob,
+            self.random_replace_prob,
+        )
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "langs": langs,
+            "position_ids": position_ids,
+            "labels": labels,
+        }

@@ -1,0 +1,58 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from nlp_ssl.config import load_config, parse_config
+from nlp_ssl.errors import ConfigError
+
+
+@dataclass
+class Inner:
+    size: int = 1
+    name: str = "a"
+    rate: float = 0.5
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class Outer:
+    output_dir: str = "out"
+    max_steps: int = 10
+    flag: bool = False
+    tags: list[str] = field(default_factory=list)
+    maybe: int | None = None
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_yaml_then_dotted_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max_steps: 20\ninner:\n  size: 3\n  name: yaml\n")
+    cfg = load_config(Outer, path, ["inner.size=7", "flag=true", "inner.rate=1", "tags=a,b", "inner.extras={x: 1}"])
+    assert cfg.max_steps == 20 and cfg.inner.size == 7 and cfg.inner.name == "yaml"
+    assert cfg.flag is True and cfg.inner.rate == 1.0 and isinstance(cfg.inner.rate, float)
+    assert cfg.tags == ["a", "b"] and cfg.inner.extras == {"x": 1}
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'inner.sise'.*valid keys in inner: extras, name, rate, size"):
+        load_config(Outer, None, ["inner.sise=3"])
+    path = tmp_path / "c.yaml"
+    path.write_text("max_step: 3\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown config key 'max_step'.*max_steps"):
+        load_config(Outer, path)
+
+
+def test_type_errors_name_the_key():
+    with pytest.raises(ConfigError, match="max_steps: expected an integer, got 'many'"):
+        load_config(Outer, None, ["max_steps=many"])
+    with pytest.raises(ConfigError, match="flag: expected true or false"):
+        load_config(Outer, None, ["flag=3"])
+
+
+def test_parse_config_command_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max_steps: 5\n")
+    cfg = parse_config(Outer, ["--config", str(path), "--output_dir=x", "maybe=null"], default_yaml=None)
+    assert (cfg.max_steps, cfg.output_dir, cfg.maybe) == (5, "x", None)
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_config(Outer, ["--config", str(tmp_path / "missing.yaml")])

@@ -1,0 +1,112 @@
+"""The trainer in-process on a tiny BERT: accumulation, schedule, evaluation, checkpoints."""
+
+import json
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from datasets import Dataset
+from transformers import BertConfig, BertForMaskedLM
+
+from nlp_ssl import checkpointing as ckpt
+from nlp_ssl.data.text import tokenize_and_pack
+from nlp_ssl.objectives import MLMCollator
+from nlp_ssl.tasks.masked_lm import MaskedLMTask
+from nlp_ssl.trainer import TrainConfig, Trainer
+from tests.helpers import toy_texts
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def data(wordpiece_tokenizer):
+    ds = Dataset.from_dict({"text": toy_texts(300, seed=4)})
+    blocks = tokenize_and_pack(ds, wordpiece_tokenizer, "text", 32)
+    return blocks.select(range(128)), blocks.select(range(128, 160))
+
+
+def tiny_task(tok, seed=0):
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return MaskedLMTask(BertForMaskedLM(config))
+
+
+def train(tmp_path, tok, data, **overrides):
+    cfg = TrainConfig(
+        output_dir=str(tmp_path), max_steps=6, global_batch_size=16, micro_batch_size=16, learning_rate=3e-3,
+        eval_every=3, save_every=100, log_every=1, report_to=[], progress_bar=False, warmup_steps=2, seed=7,
+    )
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    task = tiny_task(tok)
+    trainer = Trainer(cfg, task, data[0], MLMCollator(tok, seed=1), eval_dataset=data[1], processor=tok)
+    results = trainer.fit()
+    return trainer, results
+
+
+def test_accumulation_gives_the_same_training(tmp_path, wordpiece_tokenizer, data):
+    t1, r1 = train(tmp_path / "a", wordpiece_tokenizer, data)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    t4, r4 = train(tmp_path / "b", wordpiece_tokenizer, data, micro_batch_size=4)
+    assert t4.accumulation == 4 and t1.accumulation == 1
+    for (name, p1), (_, p4) in zip(t1.unwrapped_task.named_parameters(), t4.unwrapped_task.named_parameters()):
+        torch.testing.assert_close(p1, p4, atol=2e-5, rtol=1e-4, msg=name)
+    assert abs(r1["eval_loss"] - r4["eval_loss"]) < 1e-4
+
+
+def test_schedule_is_counted_in_optimizer_steps(tmp_path, wordpiece_tokenizer, data):
+    trainer, results = train(tmp_path, wordpiece_tokenizer, data, micro_batch_size=4, max_steps=5)
+    assert results["steps"] == 5
+    assert trainer.scheduler.last_epoch == 5
+    lrs = [h["lr"] for h in trainer.state.history if "lr" in h]
+    assert lrs[0] == pytest.approx(3e-3 / 2)  # after one step of a 2-step warmup
+    assert lrs[-1] == pytest.approx(0.0)  # linear decay reaches zero exactly at max_steps
+
+
+def test_eval_loss_is_the_token_mean_over_the_whole_set(tmp_path, wordpiece_tokenizer, data):
+    trainer, results = train(tmp_path, wordpiece_tokenizer, data, max_steps=1, eval_every=1, eval_batch_size=5)
+    collator = MLMCollator(wordpiece_tokenizer, seed=1)
+    model = trainer.unwrapped_task.model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(data[1]), 5):  # the same batches the trainer saw, last one short
+        batch = collator([data[1][i] for i in range(start, min(start + 5, len(data[1])))])
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        total += torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), batch["labels"].view(-1), reduction="sum").item()
+        count += (batch["labels"] != -100).sum().item()
+    assert results["eval_loss"] == pytest.approx(total / count, rel=1e-4)
+    assert results["eval_perplexity"] == pytest.approx(torch.tensor(total / count).exp().item(), rel=1e-4)
+
+
+def test_checkpoints_rotate_and_best_model_is_kept(tmp_path, wordpiece_tokenizer, data):
+    (tmp_path / "checkpoints").mkdir(parents=True)
+    (tmp_path / "checkpoints" / ".tmp-step_00000099").mkdir()  # debris of a crashed save
+    trainer, results = train(tmp_path, wordpiece_tokenizer, data, max_steps=8, save_every=2, save_total_limit=2, eval_every=2)
+    names = [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")]
+    assert names == ["step_00000004", "step_00000006"]
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    state = json.loads((tmp_path / "checkpoints" / "step_00000006" / ckpt.STATE_FILE).read_text())
+    assert state["step"] == 6
+    assert (tmp_path / "best_model" / "model.safetensors").is_file()
+    saved = json.loads((tmp_path / "all_results.json").read_text())
+    assert saved["steps"] == 8 and saved["best_step"] == results["best_step"]
+    assert (tmp_path / "loss_curves.png").stat().st_size > 1000
+    card = (tmp_path / "README.md").read_text()
+    assert "eval_loss" in card and "max_steps: 8" in card
+
+
+def test_early_stopping(tmp_path, wordpiece_tokenizer, data):
+    # A learning rate of zero never improves the validation loss after the first evaluation.
+    trainer, results = train(tmp_path, wordpiece_tokenizer, data, learning_rate=0.0, max_steps=50, eval_every=1, early_stopping_patience=2)
+    assert results["steps"] == 3 and results["best_step"] == 1
