@@ -46,7 +46,9 @@ def tfidf_logreg(
     return _fit_and_score(model, list(train_texts), train_labels, list(test_texts), test_labels)
 
 
-def pixels_logreg(train_X, train_y: Sequence, test_X, test_y: Sequence, seed: int = 0, C: float = DENSE_C) -> dict[str, float]:
+def pixels_logreg(
+    train_X, train_y: Sequence, test_X, test_y: Sequence, seed: int = 0, C: float = DENSE_C
+) -> dict[str, float]:
     """Logistic regression on standardised raw pixels: what an image model gets for free.
 
     ``train_X``/``test_X``: arrays of shape (n, ...) or lists of PIL images; integer pixels are read
@@ -95,6 +97,10 @@ def frozen_embeddings_logreg(
     return _fit_and_score(model, train, train_labels, test, test_labels)
 
 
+#: A folder with none of these has no tokenizer of its own.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model")
+
+
 class _MeanPooler:
     """Texts -> float32 array (n, hidden): the masked mean of a frozen model's last hidden state."""
 
@@ -105,6 +111,9 @@ class _MeanPooler:
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise DataError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
+        if not any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
+            # transformers would quietly build an empty-vocabulary tokenizer: every word [UNK].
+            raise DataError(f"{model_dir}: no tokenizer saved with the model (none of {', '.join(_TOKENIZER_FILES)})")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         except (OSError, ValueError, TypeError) as error:
@@ -131,7 +140,7 @@ class _MeanPooler:
                 ).to(self.device)
                 hidden = self.model(**batch).last_hidden_state.float()
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = hidden.mean(1)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
                 out.append(pooled.cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 
@@ -147,7 +156,9 @@ def _flat_pixels(images, split: str) -> np.ndarray:
     """(n, values) float32; integer pixels scaled from 0-255 to 0-1."""
     arrays = images if isinstance(images, np.ndarray) else np.stack([np.asarray(image) for image in images])
     if arrays.ndim < 2:
-        raise DataError(f"pixels: {split} images must be an array (n, height, width[, channels]), got shape {arrays.shape}")
+        raise DataError(
+            f"pixels: {split} images must be an array (n, height, width[, channels]), got shape {arrays.shape}"
+        )
     flat = arrays.reshape(len(arrays), -1)
     if np.issubdtype(flat.dtype, np.integer):
         return flat.astype(np.float32) / 255.0

@@ -337,15 +337,18 @@ class HubPusher:
         return future
 
     def _stage(self, checkpoint_dir: Path, step: int) -> Path:
-        """Copy a checkpoint out of the trainer's way: it may be rotated or overwritten during the upload."""
+        """Copy a checkpoint out of the trainer's way: it may be rotated or overwritten during the upload.
+
+        The model files go to the stage's root; with the ``checkpoint`` strategy everything also goes
+        under ``checkpoints/last``.
+        """
+        from huggingface_hub.utils import filter_repo_objects
+
         stage = self.output_dir / STAGING_DIR / f"{next(self._seq):04d}-step{step}"
         if stage.exists():
             shutil.rmtree(stage)
-        model_files = [p for p in checkpoint_dir.rglob("*") if p.is_file()]
         strategy = self.config.hub_strategy
-        from huggingface_hub.utils import filter_repo_objects
-
-        rel = {p.relative_to(checkpoint_dir).as_posix(): p for p in model_files}
+        rel = {p.relative_to(checkpoint_dir).as_posix(): p for p in checkpoint_dir.rglob("*") if p.is_file()}
         model_only = set(filter_repo_objects(rel, ignore_patterns=list(STATE_PATTERNS)))
         for name, src in rel.items():
             if strategy == "checkpoint":
@@ -373,6 +376,8 @@ class HubPusher:
         """
         if not self.enabled or self.config.hub_strategy == "end":
             return None
+        if self._executor is None:
+            raise HubError("push to hub: HubPusher.start() must be called before pushing")
         checkpoint_dir = Path(checkpoint_dir)
         if not checkpoint_dir.is_dir():
             raise HubError(f"push to hub: checkpoint folder {checkpoint_dir} does not exist")

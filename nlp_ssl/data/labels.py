@@ -68,14 +68,14 @@ def sample_k_per_class(dataset: Dataset, label_column: str, k: int | None, seed:
     feature = dataset.features[label_column]
     classes, inverse = np.unique(labels, return_inverse=True)
     members = [np.flatnonzero(inverse == i) for i in range(len(classes))]
-    short = [(_class_name(feature, c), len(m)) for c, m in zip(classes, members) if len(m) < k]
+    short = [(_class_name(feature, c), len(m)) for c, m in zip(classes, members, strict=True) if len(m) < k]
     if short:
         listed = "; ".join(f"class {name!r} has {count}" for name, count in short)
         raise DataError(
             f"{label_column!r}: cannot sample k={k} examples per class, {len(short)} class(es) have fewer: {listed}"
         )
     chosen = []
-    for value, rows in zip(classes, members):
+    for value, rows in zip(classes, members, strict=True):
         class_key = zlib.crc32(repr(_class_name(None, value)).encode())
         generator = np.random.default_rng([int(seed) & 0xFFFF_FFFF_FFFF_FFFF, class_key])
         chosen.append(generator.permutation(rows)[:k])
@@ -111,7 +111,9 @@ def drop_classes(dataset: Dataset, label_column: str, names: str | Iterable[str 
         elif isinstance(name, (int, np.integer)) and not isinstance(name, bool) and 0 <= name < feature.num_classes:
             dropped.add(int(name))
         else:
-            raise DataError(f"{label_column!r}: cannot drop {name!r}: no such class; classes: {_preview(feature.names)}")
+            raise DataError(
+                f"{label_column!r}: cannot drop {name!r}: no such class; classes: {_preview(feature.names)}"
+            )
     kept = [i for i in range(feature.num_classes) if i not in dropped]
     renumber = np.full(feature.num_classes, -1, dtype=np.int64)
     renumber[kept] = np.arange(len(kept))
@@ -141,7 +143,7 @@ class _Columns:
         _check_labels_present(labels, where, self.label, row_name, is_class_label)
         if is_class_label:
             return None
-        return _encode_labels(labels, where, self.label, row_name, untyped=where.endswith(".csv"))
+        return _encode_labels(labels, where, self.label, row_name, untyped=where.lower().endswith(".csv"))
 
 
 def _read(source, split: str, config_name: str | None, columns: _Columns) -> tuple[Dataset, str, Callable[[int], str]]:
@@ -164,7 +166,9 @@ def _read(source, split: str, config_name: str | None, columns: _Columns) -> tup
                 return Dataset(pq.read_table(path)), str(path), data_row
             except Exception as error:  # noqa: BLE001 - pyarrow raises several kinds for a bad file
                 raise DataError(f"{path}: not a readable parquet file ({error})") from None
-        raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)} or a save_to_disk folder")
+        raise DataError(
+            f"{path}: unsupported file type {suffix!r}; use one of {', '.join(SUFFIXES)} or a save_to_disk folder"
+        )
     if path.suffix.lower() in SUFFIXES or str(source).startswith((".", "/", "~")):
         raise DataError(f"{source}: no such file or folder")
     return _read_hub(str(source), split, config_name), f"Hub dataset {source!r} split {split!r}", data_row
@@ -174,7 +178,9 @@ def _read_folder(path: Path, split: str) -> Dataset:
     try:
         loaded = datasets.load_from_disk(str(path))
     except FileNotFoundError:
-        raise DataError(f"{path}: a folder that datasets' save_to_disk did not write (no dataset_info.json/state.json)") from None
+        raise DataError(
+            f"{path}: a folder that datasets' save_to_disk did not write (no dataset_info.json/state.json)"
+        ) from None
     if isinstance(loaded, DatasetDict):
         if split not in loaded:
             raise DataError(f"{path}: no split {split!r}; splits: {', '.join(loaded)}")
@@ -311,7 +317,9 @@ def _encode_labels(labels: Sequence, where: str, column: str, row_name, untyped:
         return ClassLabel(names=names), np.fromiter((index[v] for v in labels), dtype=np.int64, count=len(labels))
     codes = np.asarray(labels, dtype=np.int64)
     if codes.min() < 0:
-        raise DataError(f"{where}: label column {column!r} {row_name(int(codes.argmin()))}: class id {codes.min()} is negative")
+        raise DataError(
+            f"{where}: label column {column!r} {row_name(int(codes.argmin()))}: class id {codes.min()} is negative"
+        )
     return ClassLabel(names=[str(i) for i in range(int(codes.max()) + 1)]), codes
 
 
@@ -322,12 +330,7 @@ def _label_array(dataset: Dataset, column: str) -> np.ndarray:
     _check_labels_present(
         values, "dataset", column, lambda i: f"row {i + 1}", isinstance(dataset.features[column], ClassLabel)
     )
-    try:
-        array = np.asarray(values)
-        np.unique(array)
-    except TypeError:
-        raise DataError(f"label column {column!r} mixes value types: {_preview(values)}") from None
-    return array
+    return np.asarray(values)  # an Arrow column holds one type, so this never mixes names and ids
 
 
 def _class_name(feature, value):
