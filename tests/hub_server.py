@@ -70,6 +70,8 @@ class Repo:
 
 @dataclass
 class Request:
+    """One request as received (header names lower-cased); ``status`` is None for a dropped connection."""
+
     method: str
     path: str
     headers: dict[str, str]
@@ -80,9 +82,9 @@ class Request:
 class _Reply(Exception):
     """Raised inside a route to answer with an error status (and the Hub's error headers)."""
 
-    def __init__(self, status: int, message: str, code: str | None = None):
+    def __init__(self, status: int, message: str, code: str | None = None, extra: dict | None = None):
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.extra = status, message, code, extra or {}
 
 
 class HubServer:
@@ -99,7 +101,7 @@ class HubServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="hub-server", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="hub-server", daemon=True)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> HubServer:
@@ -211,6 +213,7 @@ def _make_handler(server: HubServer):
 
         def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
                   content_type: str = "application/json") -> None:
+            self._record.status = status  # before answering: the client may look at it right after
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             for key, value in (headers or {}).items():
@@ -220,14 +223,13 @@ def _make_handler(server: HubServer):
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
-            self._record.status = status
 
         def _json(self, status: int, payload, headers: dict[str, str] | None = None) -> None:
             self._send(status, json.dumps(payload).encode(), headers)
 
         def _handle(self) -> None:
             body = self._read_body()
-            self._record = Request(self.command, self.path, dict(self.headers.items()), body)
+            self._record = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
             with server._lock:
                 server.requests.append(self._record)
             split = urlsplit(self.path)
@@ -251,7 +253,7 @@ def _make_handler(server: HubServer):
                 headers = {"X-Error-Message": reply.message}
                 if reply.code:
                     headers["X-Error-Code"] = reply.code
-                self._json(reply.status, {"error": reply.message}, headers)
+                self._json(reply.status, {"error": reply.message, **reply.extra}, headers)
 
         def _check_token(self) -> None:
             if server._token is None:
@@ -310,13 +312,14 @@ def _make_handler(server: HubServer):
             payload = json.loads(body or b"{}")
             repo_id = f"{payload.get('organization') or USER}/{payload['name']}"
             repo_type = payload.get("type") or "model"
+            prefix = "" if repo_type == "model" else f"{repo_type}s/"
+            url = f"{server.url}/{prefix}{repo_id}"
             with server._lock:
-                if (repo_type, repo_id) in server.repos:
-                    raise _Reply(409, "You already created this model repo")
+                if (repo_type, repo_id) in server.repos:  # the Hub still tells where the repo is
+                    raise _Reply(409, f"You already created this {repo_type} repo", extra={"url": url})
                 server.create_repo(repo_id, repo_type, private=payload.get("visibility") == "private"
                                    or bool(payload.get("private")))
-            prefix = "" if repo_type == "model" else f"{repo_type}s/"
-            self._json(200, {"url": f"{server.url}/{prefix}{repo_id}", "name": repo_id})
+            self._json(200, {"url": url, "name": repo_id})
 
         def _info(self, body: bytes, repo_type: str, repo_id: str, revision: str) -> None:
             with server._lock:
@@ -442,7 +445,8 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     cache = tmp_path / "hf_home"
     monkeypatch.setattr(constants, "ENDPOINT", server.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
     monkeypatch.setattr(constants, "HF_URL_HOSTS", constants.HF_URL_HOSTS | {"127.0.0.1"})
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)

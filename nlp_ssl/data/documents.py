@@ -70,7 +70,7 @@ def split_sentences(text: str) -> list[str]:
 NON_PROSE_DIRECTIVES = frozenset(
     "code-block sourcecode code literalinclude productionlist highlight doctest testcode testoutput "
     "testsetup testcleanup index toctree raw image figure math csv-table list-table table include "
-    "tabularcolumns program-output audit-event-table literalinclude parsed-literal only cssclass "
+    "tabularcolumns program-output audit-event-table parsed-literal cssclass "
     "moduleauthor sectionauthor c:namespace opcodesummary".split()
 )
 _DIRECTIVE = re.compile(r"^\.\.\s+([\w:-]+)::")

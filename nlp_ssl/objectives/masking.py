@@ -9,7 +9,9 @@ masks change from epoch to epoch (RoBERTa's dynamic masking). No global RNG is r
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,34 +44,66 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 class RowRandom:
     """Uniform numbers for each example of a batch, from ``(seed, epoch, that example's tokens)``.
 
-    ``uniform(stream, width)`` gives a ``(batch, width)`` tensor; different ``stream`` numbers are
+    ``uniform(stream, width)`` gives a ``(batch, width)`` array; different ``stream`` numbers are
     independent draws (one for choosing positions, one for the 80/10/10 kind, ...). Counter-based
-    (splitmix64 over position), so it is vectorised and needs no per-example generator.
+    (splitmix64 of the example's hash and the position), so it is vectorised: no per-example
+    generator, no Python loop over the batch.
     """
 
-    def __init__(self, seed: int, rows: Sequence, epoch: int = 0):
-        seeds = []
-        for row in rows:
-            digest = hashlib.blake2b(np.asarray(row, dtype=np.int64).tobytes(), digest_size=8, key=_key(seed, epoch))
-            seeds.append(int.from_bytes(digest.digest(), "little"))
-        self.row_seeds = np.array(seeds, dtype=np.uint64)
-
-    def uniform(self, stream: int, width: int) -> torch.Tensor:
+    def __init__(self, seed: int, ids: np.ndarray, lengths: np.ndarray, epoch: int = 0):
+        """``ids``: the right-padded ``(batch, width)`` tokens; only the first ``lengths[i]`` count."""
+        width = ids.shape[1]
         with np.errstate(over="ignore"):
-            counter = (np.uint64(stream) << np.uint64(40)) + np.arange(width, dtype=np.uint64)
-            bits = _splitmix64(_splitmix64(self.row_seeds[:, None] ^ _splitmix64(counter)[None, :]))
-        return torch.from_numpy((bits >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24))
+            # A polynomial hash of the first lengths[i] tokens (mod 2**64), then mixed with the key.
+            terms = (ids.astype(np.uint64) + np.uint64(1)) * _powers(width)[None, :]
+            terms[np.arange(width)[None, :] >= lengths[:, None]] = 0
+            key = _splitmix64(np.uint64(seed & 0xFFFF_FFFF_FFFF_FFFF) * _MIX + np.uint64(epoch))
+            row_hash = terms.sum(axis=1, dtype=np.uint64) + lengths.astype(np.uint64) * _MIX
+            self.row_seeds = _splitmix64(_splitmix64(row_hash) ^ key)
+
+    def uniform(self, stream: int, width: int) -> np.ndarray:
+        counter = (np.uint64(stream) << np.uint64(32)) + np.arange(1, width + 1, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            return _to_unit(_splitmix64(self.row_seeds[:, None] + counter[None, :] * _GOLDEN))
+
+    def uniform_at(self, stream: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The numbers ``uniform(stream, ...)[rows, cols]`` would hold, computed only there."""
+        counter = (np.uint64(stream) << np.uint64(32)) + cols.astype(np.uint64) + np.uint64(1)
+        with np.errstate(over="ignore"):
+            return _to_unit(_splitmix64(self.row_seeds[rows] + counter * _GOLDEN))
 
 
-def _key(seed: int, epoch: int) -> bytes:
-    return int(seed).to_bytes(8, "little", signed=True) + int(epoch).to_bytes(8, "little", signed=True)
+_MIX = np.uint64(0xD1B54A32D192ED03)
 
 
-def uniform(rng, stream: int, shape: tuple[int, int]) -> torch.Tensor:
+@functools.lru_cache(maxsize=16)
+def _powers(width: int) -> np.ndarray:
+    """Odd multipliers MIX**j (mod 2**64), j < width, for the row hash."""
+    powers = np.empty(width, dtype=np.uint64)
+    value = 1
+    for j in range(width):
+        powers[j] = value
+        value = (value * int(_MIX)) & 0xFFFF_FFFF_FFFF_FFFF
+    powers.flags.writeable = False
+    return powers
+
+
+def _to_unit(bits: np.ndarray) -> np.ndarray:
+    return (bits >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
+
+
+def uniform(rng, stream: int, shape: tuple[int, int]) -> np.ndarray:
     """Uniform [0, 1) numbers of ``shape`` from a :class:`RowRandom` or a ``torch.Generator``."""
     if isinstance(rng, RowRandom):
         return rng.uniform(stream, shape[1])
-    return torch.rand(shape, generator=rng)
+    return torch.rand(shape, generator=rng).numpy()
+
+
+def uniform_at(rng, stream: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Uniform [0, 1) numbers at the positions ``(rows, cols)`` only."""
+    if isinstance(rng, RowRandom):
+        return rng.uniform_at(stream, rows, cols)
+    return torch.rand(rows.shape, generator=rng).numpy()
 
 
 # Streams of RowRandom draws.
@@ -90,8 +124,9 @@ def pad_column(
     width = int(lengths.max())
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-    if width == int(lengths.min()) and width == len(rows[0]):
-        return np.asarray(rows, dtype=np.int64).reshape(len(rows), width), lengths
+    if width == int(lengths.min()):
+        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=len(rows) * width)
+        return flat.reshape(len(rows), width), lengths
     out = np.full((len(rows), width), pad_value, dtype=np.int64)
     for i, row in enumerate(rows):
         out[i, : len(row)] = row
@@ -99,7 +134,7 @@ def pad_column(
 
 
 def attention_mask_from_lengths(lengths: np.ndarray, width: int) -> torch.Tensor:
-    return (torch.arange(width)[None, :] < torch.from_numpy(lengths)[:, None]).long()
+    return torch.from_numpy((np.arange(width)[None, :] < lengths[:, None]).astype(np.int64))
 
 
 def non_special_vocab(vocab_size: int, special_ids: Sequence[int]) -> torch.Tensor:
@@ -113,28 +148,33 @@ def non_special_vocab(vocab_size: int, special_ids: Sequence[int]) -> torch.Tens
 def apply_mask_replacement(
     input_ids: torch.Tensor,
     masked: torch.Tensor,
-    generator: "RowRandom | torch.Generator",
+    generator: RowRandom | torch.Generator,
     mask_token_id: int,
     random_token_ids: torch.Tensor,
     mask_replace_prob: float = 0.8,
     random_replace_prob: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's 80/10/10 on the positions ``masked``; returns ``(new_input_ids, labels)`` with -100 elsewhere."""
-    labels = torch.where(masked, input_ids, torch.full_like(input_ids, -100))
-    u = uniform(generator, STREAM_KIND, tuple(input_ids.shape))
-    to_mask = masked & (u < mask_replace_prob)
-    to_random = masked & (u >= mask_replace_prob) & (u < mask_replace_prob + random_replace_prob)
-    out = input_ids.masked_fill(to_mask, mask_token_id)
+    ids = input_ids.numpy()
+    where = masked.numpy()
+    labels = np.where(where, ids, -100)
+    rows, cols = np.nonzero(where)
+    kind = uniform_at(generator, STREAM_KIND, rows, cols)
+    out = ids.copy()
+    to_mask = kind < mask_replace_prob
+    out[rows[to_mask], cols[to_mask]] = mask_token_id
+    to_random = (kind >= mask_replace_prob) & (kind < mask_replace_prob + random_replace_prob)
     if random_replace_prob > 0 and to_random.any():
-        pick = (uniform(generator, STREAM_TOKEN, tuple(input_ids.shape)) * len(random_token_ids)).long()
-        pick = pick.clamp(max=len(random_token_ids) - 1)
-        out = torch.where(to_random, random_token_ids[pick], out)
-    return out, labels
+        r, c = rows[to_random], cols[to_random]
+        choices = random_token_ids.numpy()
+        pick = np.minimum((uniform_at(generator, STREAM_TOKEN, r, c) * len(choices)).astype(np.int64), len(choices) - 1)
+        out[r, c] = choices[pick]
+    return torch.from_numpy(out), torch.from_numpy(labels)
 
 
 def choose_masked_positions(
     maskable: torch.Tensor,
-    generator: "RowRandom | torch.Generator",
+    generator: RowRandom | torch.Generator,
     probability: float,
     word_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -143,13 +183,14 @@ def choose_masked_positions(
     ``word_ids`` holds, per token, the index of its word within the row (``-1`` for tokens that
     belong to no word); all tokens of a picked word are masked together.
     """
+    able = maskable.numpy()
     if word_ids is None:
-        return maskable & (uniform(generator, STREAM_POSITIONS, tuple(maskable.shape)) < probability)
-    batch, width = word_ids.shape
-    n_words = int(word_ids.max().item()) + 1 if word_ids.numel() else 0
-    picked_word = uniform(generator, STREAM_WORDS, (batch, max(n_words, 1))) < probability
-    picked = picked_word.gather(1, word_ids.clamp(min=0))
-    return maskable & picked & (word_ids >= 0)
+        return torch.from_numpy(able & (uniform(generator, STREAM_POSITIONS, able.shape) < probability))
+    words = word_ids.numpy()
+    n_words = int(words.max()) + 1 if words.size else 0
+    picked_word = uniform(generator, STREAM_WORDS, (words.shape[0], max(n_words, 1))) < probability
+    picked = np.take_along_axis(picked_word, np.maximum(words, 0), axis=1)
+    return torch.from_numpy(able & picked & (words >= 0))
 
 
 def check_probabilities(mlm_probability: float, mask_replace_prob: float, random_replace_prob: float) -> None:

@@ -62,7 +62,8 @@ class MLMCollator:
         self.seed = seed
         self.pad_token_id = tokenizer.pad_token_id
         self.mask_token_id = tokenizer.mask_token_id
-        self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        self.is_special = np.zeros(len(tokenizer), dtype=bool)
+        self.is_special[sorted(set(tokenizer.all_special_ids))] = True
         self.random_token_ids = non_special_vocab(len(tokenizer), tokenizer.all_special_ids)
         self.epoch = 0
 
@@ -74,8 +75,8 @@ class MLMCollator:
         ids_np, lengths = pad_column(examples, "input_ids", self.pad_token_id, self.pad_to_multiple_of)
         input_ids = torch.from_numpy(ids_np)
         attention_mask = attention_mask_from_lengths(lengths, input_ids.shape[1])
-        generator = RowRandom(self.seed, [e["input_ids"] for e in examples], self.epoch)
-        maskable = attention_mask.bool() & ~torch.isin(input_ids, self.special_ids)
+        generator = RowRandom(self.seed, ids_np, lengths, self.epoch)
+        maskable = attention_mask.bool() & ~torch.from_numpy(self.is_special[ids_np])
         word_ids = None
         if self.whole_word_mask:
             if "word_ids" not in examples[0]:

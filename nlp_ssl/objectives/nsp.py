@@ -216,7 +216,8 @@ def build_nsp_dataset(
         if getattr(tokenizer, name, None) is None:
             raise DataError(f"tokenizer {tokenizer.name_or_path!r} has no {name[:-3]}; NSP needs [CLS] and [SEP]")
     tokenized = tokenize_documents(docs, tokenizer, column, num_proc)
-    params = (tokenized._fingerprint, max_seq_length, short_seq_prob, dupe_factor, seed, sop, tokenizer.cls_token_id, tokenizer.sep_token_id)
+    params = (tokenized._fingerprint, max_seq_length, short_seq_prob, dupe_factor, seed, sop)
+    params += (tokenizer.cls_token_id, tokenizer.sep_token_id)
     final = cache_root(cache_dir) / "nsp" / f"{NSP_VERSION}-{Hasher.hash(params)}"
     cacheable = bool(docs.cache_files)
     if cacheable and (final / "dataset_info.json").is_file():

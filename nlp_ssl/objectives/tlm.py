@@ -200,7 +200,10 @@ class TLMCollator:
     def _lang_id(self, example: dict, field: str, index: int) -> int:
         code = example.get(field)
         if code not in self.lang2id:
-            raise DataError(f"TLM example {index}: unknown language code {code!r} in field {field!r}; known codes: {sorted(self.lang2id)}")
+            raise DataError(
+                f"TLM example {index}: unknown language code {code!r} in field {field!r}; "
+                f"known codes: {sorted(self.lang2id)}"
+            )
         return self.lang2id[code]
 
     def layout(self, example: dict, index: int = 0) -> dict[str, list[int]]:
