@@ -40,6 +40,8 @@ T = TypeVar("T")
 
 #: Where the resumable training state lives inside the Hub repo (overwritten by every push).
 CHECKPOINT_PATH = "checkpoints/last"
+#: Sub-folder of a checkpoint holding the plain HF model export (what goes to the repo root).
+HF_MODEL_SUBDIR = "hf_model"
 #: Folder inside ``output_dir`` where checkpoints are copied before a background upload.
 STAGING_DIR = ".hub_staging"
 #: Files of a checkpoint that are training state, not model: not copied to the repo root.
@@ -47,7 +49,7 @@ STATE_PATTERNS = (
     "optimizer*", "scheduler*", "scaler*", "random_states*", "rng_state*", "custom_checkpoint*", "*.pkl",
 )
 #: What ``on_end`` leaves out of the final push: local checkpoints and our own staging copies.
-END_IGNORE_PATTERNS = (f"{STAGING_DIR}/*", "checkpoint-*", "checkpoints/*", "*.lock", "*.tmp")
+END_IGNORE_PATTERNS = (f"{STAGING_DIR}/*", ".hub_resume/*", ".tmp-*", "checkpoint-*", "checkpoints/*", "*.lock", "*.tmp")
 #: Text files scanned for the token before upload (binary weights are not scanned).
 _SCANNED_SUFFIXES = {".json", ".yaml", ".yml", ".txt", ".md", ".log", ".cfg", ".ini", ".toml", ".csv", ".py", ""}
 _SCAN_LIMIT = 2 * 1024 * 1024
@@ -349,22 +351,29 @@ class HubPusher:
             shutil.rmtree(stage)
         strategy = self.config.hub_strategy
         rel = {p.relative_to(checkpoint_dir).as_posix(): p for p in checkpoint_dir.rglob("*") if p.is_file()}
-        model_only = set(filter_repo_objects(rel, ignore_patterns=list(STATE_PATTERNS)))
-        for name, src in rel.items():
-            if strategy == "checkpoint":
+        if strategy == "checkpoint":
+            for name, src in rel.items():
                 dst = stage / CHECKPOINT_PATH / name
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
-            if name in model_only:
-                root_dst = stage / name
-                root_dst.parent.mkdir(parents=True, exist_ok=True)
-                if strategy == "checkpoint":
-                    try:  # the staged copy is ours and never rewritten, so a hard link is safe
-                        os.link(stage / CHECKPOINT_PATH / name, root_dst)
-                        continue
-                    except OSError:
-                        pass
-                shutil.copy2(src, root_dst)
+        # The repo root gets the plain HF model: the checkpoint's export if it has one (the trainer's
+        # checkpoints do), else the checkpoint's non-state files.
+        model_dir = checkpoint_dir / HF_MODEL_SUBDIR
+        if model_dir.is_dir():
+            model_files = {p.relative_to(model_dir).as_posix(): p for p in model_dir.rglob("*") if p.is_file()}
+        else:
+            model_files = {n: rel[n] for n in filter_repo_objects(rel, ignore_patterns=list(STATE_PATTERNS))}
+        for name, src in model_files.items():
+            root_dst = stage / name
+            root_dst.parent.mkdir(parents=True, exist_ok=True)
+            staged = stage / CHECKPOINT_PATH / src.relative_to(checkpoint_dir).as_posix()
+            if strategy == "checkpoint":
+                try:  # the staged copy is ours and never rewritten, so a hard link is safe
+                    os.link(staged, root_dst)
+                    continue
+                except OSError:
+                    pass
+            shutil.copy2(src, root_dst)
         return stage
 
     def on_save(self, checkpoint_dir: str | os.PathLike, step: int) -> concurrent.futures.Future | None:

@@ -30,6 +30,7 @@ from transformers import get_scheduler
 from nlp_ssl import checkpointing as ckpt
 from nlp_ssl.config import to_dict
 from nlp_ssl.errors import ConfigError
+from nlp_ssl.hub import HF_MODEL_SUBDIR, HubConfig, HubPusher, resolve_hub_resume
 from nlp_ssl.reporting import RunDescription, plot_loss_curves, write_model_card, write_results
 from nlp_ssl.tasks.base import Task
 
@@ -82,6 +83,14 @@ class TrainConfig:
     progress_bar: bool = True
     #: Hardware peak FLOP/s for MFU (None: looked up for known GPUs, not reported on CPU).
     peak_flops: float | None = None
+    #: Push to the Hugging Face Hub (token from HF_TOKEN or the saved login; never logged).
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private: bool = False
+    hub_revision: str | None = None
+    #: ``end``: the final model; ``every_save``: also the model at each save; ``checkpoint``: also
+    #: the resumable state under checkpoints/last (then ``resume=hub`` continues from it).
+    hub_strategy: Literal["end", "every_save", "checkpoint"] = "end"
 
 
 @dataclass
@@ -108,9 +117,24 @@ def _launched_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def is_hub_resume(resume: str | None) -> bool:
+    return resume == "hub" or (resume or "").startswith("hf://")
+
+
+def hub_config(config: TrainConfig) -> HubConfig:
+    return HubConfig(
+        push_to_hub=config.push_to_hub,
+        hub_model_id=config.hub_model_id,
+        hub_private=config.hub_private,
+        hub_revision=config.hub_revision,
+        hub_strategy=config.hub_strategy,
+    )
+
+
 def make_accelerator(config: TrainConfig) -> Accelerator:
     """The run's Accelerator; create it first so data preparation can use ``main_process_first``."""
-    ckpt.resolve_resume(config.resume, Path(config.output_dir) / "checkpoints")  # fail early on a bad path
+    if not is_hub_resume(config.resume):
+        ckpt.resolve_resume(config.resume, Path(config.output_dir) / "checkpoints")  # fail early on a bad path
     trackers = [t for t in config.report_to if t and t != "none"]
     accelerator = Accelerator(
         # `accelerate launch --multi_gpu` on a machine without GPUs: run real DDP over gloo on CPU
@@ -187,19 +211,18 @@ class Trainer:
         accelerator: Accelerator | None = None,
         description: RunDescription | None = None,
         run_config=None,
-        hub=None,
     ):
         self.config = config
         self.accelerator = accelerator or make_accelerator(config)
         self.output_dir = Path(config.output_dir)
         self.checkpoint_root = self.output_dir / "checkpoints"
-        self.resume_from = ckpt.resolve_resume(config.resume, self.checkpoint_root)
+        self.resume_from = self._resolve_resume()
         self.accumulation = gradient_accumulation_steps(config, self.accelerator.num_processes)
         self.task = task
         self.processor = processor
         self.description = description or RunDescription()
         self.run_config = to_dict(run_config) if run_config is not None else to_dict(config)
-        self.hub = hub
+        self.hub = HubPusher(hub_config(config), self.output_dir) if config.push_to_hub and self.accelerator.is_main_process else None
         self.state = TrainerState()
         self._greater_is_better = (
             config.greater_is_better if config.greater_is_better is not None else config.metric_for_best not in ("loss", "perplexity")
@@ -227,6 +250,12 @@ class Trainer:
         self._peak = _peak_flops(config)
 
     # ------------------------------------------------------------------ setup
+
+    def _resolve_resume(self) -> Path | None:
+        if not is_hub_resume(self.config.resume):
+            return ckpt.resolve_resume(self.config.resume, self.checkpoint_root)
+        with self.accelerator.main_process_first():
+            return resolve_hub_resume(self.config.resume, self.output_dir / ".hub_resume", hub_config(self.config), self.output_dir)
 
     def _loader(self, dataset, collator, batch_size: int, train: bool) -> DataLoader:
         iterable = isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")
@@ -433,13 +462,13 @@ class Trainer:
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
-        acc.wait_for_everyone()
+        self._save_model(tmp / HF_MODEL_SUBDIR)  # a plain HF folder inside each checkpoint
         if acc.is_main_process:
             ckpt.write_json_atomic(tmp / ckpt.STATE_FILE, {**self.state.__dict__, "run_config": self.run_config})
             ckpt.publish_checkpoint(tmp, final)
             ckpt.rotate_checkpoints(self.checkpoint_root, self.config.save_total_limit)
             if self.hub is not None:
-                self.hub.on_save(final, self.state.step, self.output_dir / "best_model")
+                self.hub.on_save(final, self.state.step)
         acc.wait_for_everyone()
         return final
 
