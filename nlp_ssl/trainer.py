@@ -310,7 +310,9 @@ class Trainer:
     def unwrapped_task(self) -> Task:
         return self.accelerator.unwrap_model(self.model)
 
-    def fit(self) -> dict:
+    def fit(self, extra_results: dict | None = None) -> dict:
+        """Train to ``max_steps``; ``extra_results`` (e.g. a baseline) go into all_results.json too."""
+        self.extra_results = dict(extra_results or {})
         acc = self.accelerator
         cfg = self.config
         if acc.is_main_process:
@@ -513,6 +515,7 @@ class Trainer:
             "train_runtime_s": runtime,
             "train_tokens_per_s": (sum(h["tokens_per_s"] for h in train_records) / len(train_records)) if train_records else None,
             **(final_eval or {}),
+            **self.extra_results,
         }
         if self.state.best_step is not None:
             results["best_step"] = self.state.best_step

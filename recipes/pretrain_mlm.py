@@ -11,6 +11,7 @@ from nlp_ssl.config import parse_config
 from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
 from nlp_ssl.models import ModelConfig, build_model, check_block_size
 from nlp_ssl.objectives import MLMCollator
+from nlp_ssl.objectives.mlm import unigram_baseline_accuracy
 from nlp_ssl.reporting import RunDescription
 from nlp_ssl.tasks.masked_lm import MaskedLMTask
 from nlp_ssl.tokenizer_setup import TokenizerConfig, load_or_train_tokenizer
@@ -70,9 +71,13 @@ def main(argv=None):
         eval_dataset=blocks["validation"], processor=tokenizer, accelerator=accelerator,
         description=description, run_config=cfg,
     )
-    results = trainer.fit()
+    baseline = {} if cfg.data.streaming else {
+        "eval_unigram_baseline_accuracy": unigram_baseline_accuracy(blocks["train"], blocks["validation"], collator)
+    }
+    results = trainer.fit(extra_results=baseline)
     if accelerator.is_main_process:
-        print({k: results[k] for k in ("steps", "eval_loss", "eval_accuracy", "eval_perplexity") if k in results})
+        keys = ("steps", "eval_loss", "eval_perplexity", "eval_accuracy", "eval_unigram_baseline_accuracy")
+        print({k: results[k] for k in keys if k in results})
     return results
 
 

@@ -89,8 +89,11 @@ def _has_weights(path: str) -> bool:
     return folder.is_dir() and (any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin")))
 
 
-def build_model(cfg: ModelConfig, head: Head, **config_fields):
+def build_model(cfg: ModelConfig, head: Head, *, ignore_mismatched_sizes: bool = False, **config_fields):
     """The model for ``head`` (e.g. ``masked_lm``), from ``cfg``; ``config_fields`` set vocab size, labels...
+
+    ``ignore_mismatched_sizes``: with a checkpoint, re-initialise weights whose shape changed (a
+    4-way rotation head loaded for 10 classes) instead of failing.
 
     Fields that the data decides (``vocab_size``, ``num_labels``, special token ids) come in
     ``config_fields``; ``cfg.config_overrides`` is applied last, so the user has the final word.
@@ -100,7 +103,7 @@ def build_model(cfg: ModelConfig, head: Head, **config_fields):
         config = AutoConfig.from_pretrained(cfg.name_or_path, **fields)
         auto = getattr(transformers, AUTO_CLASSES[head])
         if cfg.load_weights and (_has_weights(cfg.name_or_path) or not Path(cfg.name_or_path).exists()):
-            return auto.from_pretrained(cfg.name_or_path, config=config)
+            return auto.from_pretrained(cfg.name_or_path, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes)
         return auto.from_config(config)
     classes = HEAD_CLASSES[cfg.arch]
     if head not in classes:
