@@ -196,7 +196,10 @@ class Trainer:
     """Train ``task`` on ``train_dataset`` batched by ``collator``; evaluate, checkpoint, resume, report.
 
     ``run_config`` is the recipe's whole config (saved with checkpoints and in the model card);
-    ``processor`` (a tokenizer or image processor) is saved beside the model.
+    ``processor`` (a tokenizer or image processor) is saved beside the model. ``batch_sampler``
+    (optional) picks the indices of each training micro-batch, e.g. to alternate between datasets
+    (:class:`nlp_ssl.data.mixing.AlternatingBatchSampler`); it must yield ``micro_batch_size``
+    indices per batch, and its ``set_epoch`` is called each epoch.
     """
 
     def __init__(
@@ -211,6 +214,7 @@ class Trainer:
         accelerator: Accelerator | None = None,
         description: RunDescription | None = None,
         run_config=None,
+        batch_sampler=None,
     ):
         self.config = config
         self.accelerator = accelerator or make_accelerator(config)
@@ -228,6 +232,11 @@ class Trainer:
             config.greater_is_better if config.greater_is_better is not None else config.metric_for_best not in ("loss", "perplexity")
         )
         self.train_collator = collator
+        self.batch_sampler = batch_sampler
+        if batch_sampler is not None and getattr(batch_sampler, "batch_size", None) != config.micro_batch_size:
+            raise ConfigError(
+                f"batch_sampler gives batches of {getattr(batch_sampler, 'batch_size', None)}, not micro_batch_size {config.micro_batch_size}"
+            )
         self.train_loader = self._loader(train_dataset, collator, config.micro_batch_size, train=True)
         self.eval_loader = None
         if eval_dataset is not None:
@@ -259,6 +268,10 @@ class Trainer:
 
     def _loader(self, dataset, collator, batch_size: int, train: bool) -> DataLoader:
         iterable = isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")
+        if train and self.batch_sampler is not None:
+            return DataLoader(
+                dataset, batch_sampler=self.batch_sampler, collate_fn=collator, num_workers=self.config.num_workers
+            )
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -292,6 +305,8 @@ class Trainer:
             loader.set_epoch(self.state.epoch)
             if hasattr(self.train_collator, "set_epoch"):
                 self.train_collator.set_epoch(self.state.epoch)
+            if hasattr(self.batch_sampler, "set_epoch"):  # accelerate's shard wrapper does not pass it on
+                self.batch_sampler.set_epoch(self.state.epoch)
             skip = self.state.batches_in_epoch
             batches = self.accelerator.skip_first_batches(loader, skip) if skip else loader
             produced = False
@@ -528,13 +543,10 @@ class Trainer:
         return results
 
     def _load_best(self, best_dir: Path) -> None:
-        from safetensors.torch import load_file
-
-        files = sorted(best_dir.glob("*.safetensors"))
-        state = {}
-        for f in files:
-            state.update(load_file(str(f)))
-        self.unwrapped_task.model.load_state_dict(state, strict=False)
+        """Put the best saved weights back into the model (from_pretrained handles tied weights)."""
+        model = self.unwrapped_task.model
+        best = type(model).from_pretrained(best_dir)
+        model.load_state_dict(best.state_dict())
 
     def _save_final(self, results: dict) -> None:
         acc = self.accelerator

@@ -68,7 +68,8 @@ def test_recipe_checkpoint_loads_in_fill_mask_pipeline(tmp_path, wiki_jsonl):
 
 
 def test_resume_after_kill_gives_identical_weights(tmp_path, wiki_jsonl):
-    args = ["max_steps=16", "save_every=4", "save_total_limit=2"]
+    # 40 documents make a few batches an epoch: the runs cross epoch boundaries, before and after the kill.
+    args = ["max_steps=16", "save_every=4", "save_total_limit=2", "data.max_train_documents=40"]
     straight = tmp_path / "straight"
     proc = run_recipe("pretrain_mlm.py", *small_run(wiki_jsonl, straight, *args))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -94,6 +95,8 @@ def test_resume_after_kill_gives_identical_weights(tmp_path, wiki_jsonl):
         assert torch.equal(a[name], b[name]), name
     ra, rb = (json.loads((d / "all_results.json").read_text()) for d in (straight, killed))
     assert ra["eval_loss"] == rb["eval_loss"]
+    history = json.loads((killed / "trainer_history.json").read_text())
+    assert max(h.get("epoch", 0) for h in history) >= 1
 
 
 def test_two_process_ddp_matches_one_process(tmp_path, wiki_jsonl):

@@ -159,7 +159,8 @@ class TLMCollator:
     ``lang2id`` maps language codes to the model's language ids (``config.lang2id``). Output:
     ``input_ids``, ``attention_mask``, ``langs``, ``position_ids``, ``labels``; pads get language 0
     and position 0 (the model ignores them). Longer examples are cut to ``max_length``, the longer
-    sentence first.
+    sentence first. ``causal=True`` is for XLM's causal LM (``config.causal``): nothing is masked and
+    ``labels`` are the input ids (-100 at pads), unshifted, as :class:`nlp_ssl.tasks.causal_lm.CausalLMTask` wants.
     """
 
     def __init__(
@@ -172,6 +173,7 @@ class TLMCollator:
         max_length: int = 256,
         pad_to_multiple_of: int | None = None,
         seed: int = 0,
+        causal: bool = False,
     ):
         for name in ("mask_token_id", "pad_token_id"):
             if getattr(tokenizer, name) is None:
@@ -191,6 +193,7 @@ class TLMCollator:
         self.max_length = max_length
         self.pad_to_multiple_of = pad_to_multiple_of
         self.seed = seed
+        self.causal = causal
         self.separator_id = _separator(tokenizer)
         self.pad_token_id = tokenizer.pad_token_id
         self.mask_token_id = tokenizer.mask_token_id
@@ -238,6 +241,9 @@ class TLMCollator:
         langs = torch.from_numpy(pad_column(rows, "langs", 0, self.pad_to_multiple_of)[0])
         position_ids = torch.from_numpy(pad_column(rows, "position_ids", 0, self.pad_to_multiple_of)[0])
         attention_mask = attention_mask_from_lengths(lengths, input_ids.shape[1])
+        if self.causal:
+            labels = input_ids.masked_fill(attention_mask == 0, -100)
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "langs": langs, "position_ids": position_ids, "labels": labels}
         generator = batch_generator(self.seed, ids_np, np.asarray(langs))
         maskable = attention_mask.bool() & ~torch.isin(input_ids, self.special_ids)
         masked = choose_masked_positions(maskable, generator, self.mlm_probability)

@@ -12,7 +12,7 @@ import torch
 
 from nlp_ssl.tasks.base import Task, cross_entropy_sum
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "langs")  # langs: XLM's causal LM
 
 
 class CausalLMTask(Task):

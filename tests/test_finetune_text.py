@@ -1,0 +1,317 @@
+"""Fine-tuning with the auxiliary LM loss (tasks/classification.py), recipes/finetune_text.py and study_text.py."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForMaskedLM,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+)
+
+from nlp_ssl.errors import ConfigError
+from nlp_ssl.tasks.classification import ClassificationCollator, SequenceClassificationTask, pretrained_lm_head
+from tests.helpers import run_recipe, toy_texts, write_jsonl
+
+NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def tiny_bert_folder(tmp_path, tokenizer):
+    """A 'pretrained' BertForMaskedLM saved with its tokenizer, as pretrain_mlm.py leaves it."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id, **NO_DROPOUT)
+    model = BertForMaskedLM(config)
+    with torch.no_grad():  # a non-trivial MLM head, so a re-initialised one would be noticed
+        model.cls.predictions.transform.dense.weight.normal_(0, 0.5)
+        model.cls.predictions.bias.normal_(0, 1.0)
+    folder = tmp_path / "mlm"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, model
+
+
+def encode(tokenizer, texts, labels):
+    return [{"input_ids": ids, "label": y} for ids, y in zip(tokenizer(texts, truncation=True, max_length=48)["input_ids"], labels)]
+
+
+def test_mlm_aux_loss_matches_the_pretrained_mlm_model(tmp_path, wordpiece_tokenizer):
+    tok = wordpiece_tokenizer
+    folder, pretrained = tiny_bert_folder(tmp_path, tok)
+    classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3)
+    head = pretrained_lm_head(classifier, AutoModelForMaskedLM.from_pretrained(folder), "mlm")
+    task = SequenceClassificationTask(classifier, aux_lm="mlm", aux_weight=0.3, lm_head=head).eval()
+    assert task.loss_weights == {"cls": 1.0, "lm": 0.3}
+    # The decoder is the classifier's own embedding matrix, not a copy.
+    assert head.predictions.decoder.weight is classifier.bert.embeddings.word_embeddings.weight
+    batch = ClassificationCollator(tok, "mlm", mlm_probability=0.4, seed=3)(encode(tok, toy_texts(4), [0, 2, 1, 2]))
+    assert (batch["lm_input_ids"] != batch["input_ids"]).any() and (batch["lm_labels"] != -100).any()
+    with torch.no_grad():
+        out = task(**batch)
+        # By hand: the original pretrained MLM model, on the masked copy, with its own mean loss.
+        reference = pretrained(input_ids=batch["lm_input_ids"], attention_mask=batch["attention_mask"], labels=batch["lm_labels"])
+        n_masked = (batch["lm_labels"] != -100).sum()
+        cls_logits = classifier(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    lm_sum, lm_count = out["losses"]["lm"]
+    assert lm_count == n_masked == task.count_items(batch)["lm"]
+    torch.testing.assert_close(lm_sum / lm_count, reference.loss, rtol=1e-5, atol=1e-5)
+    # The classifier sees the unmasked input.
+    cls_sum, cls_count = out["losses"]["cls"]
+    assert cls_count == 4 == task.count_items(batch)["cls"]
+    torch.testing.assert_close(cls_sum, torch.nn.functional.cross_entropy(cls_logits, batch["labels"], reduction="sum"))
+
+
+def test_clm_aux_loss_matches_hand_computation(wordpiece_tokenizer):
+    tok = wordpiece_tokenizer
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64, pad_token_id=tok.pad_token_id,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, num_labels=3)
+    classifier = GPT2ForSequenceClassification(config).eval()
+    task = SequenceClassificationTask(classifier, aux_lm="clm")  # GPT-1's default λ = 0.5
+    assert task.loss_weights == {"cls": 1.0, "lm": 0.5}
+    assert sum(p.numel() for p in task.parameters()) == sum(p.numel() for p in classifier.parameters())  # no new weights
+    examples = [{"input_ids": ids[1:-1], "label": y} for ids, y in zip(tok(toy_texts(3, seed=1), truncation=True, max_length=48)["input_ids"], [1, 0, 2])]
+    batch = ClassificationCollator(tok, "clm")(examples)
+    assert (batch["attention_mask"] == 0).any(), "the test needs padding"
+    with torch.no_grad():
+        out = task(**batch)
+        hidden = classifier.transformer(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        logits = hidden @ classifier.transformer.wte.weight.T
+        total, n = 0.0, 0
+        for row, length in enumerate(batch["attention_mask"].sum(1).tolist()):
+            for t in range(length - 1):  # position t predicts token t + 1
+                total += -torch.log_softmax(logits[row, t], -1)[batch["input_ids"][row, t + 1]]
+                n += 1
+        # Same numbers from transformers' own LM model, whose lm_head is tied to wte.
+        lm = GPT2LMHeadModel(config).eval()
+        lm.transformer.load_state_dict(classifier.transformer.state_dict())
+        hf = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["lm_labels"]).loss
+    lm_sum, lm_count = out["losses"]["lm"]
+    assert lm_count == n == task.count_items(batch)["lm"]
+    torch.testing.assert_close(lm_sum, total, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(lm_sum / lm_count, hf, rtol=1e-5, atol=1e-5)
+    cls_logits = classifier(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(out["losses"]["cls"][0], torch.nn.functional.cross_entropy(cls_logits, batch["labels"], reduction="sum"))
+
+
+def _train(task, batches, steps=3):
+    optimizer = torch.optim.AdamW(task.parameters(), lr=1e-2)
+    for step in range(steps):
+        batch = batches[step % len(batches)]
+        out = task(**batch)
+        counts = task.count_items(batch)
+        loss = sum(w * out["losses"][n][0] / counts[n] for n, w in task.loss_weights.items())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {k: v.detach().clone() for k, v in task.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("aux", ["mlm", "clm"])
+def test_lambda_zero_is_plain_finetuning(tmp_path, wordpiece_tokenizer, aux):
+    tok = wordpiece_tokenizer
+    if aux == "mlm":
+        folder, _ = tiny_bert_folder(tmp_path, tok)
+
+        def make():
+            torch.manual_seed(5)  # the new classifier head starts the same in both runs
+            return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3)
+
+        head = lambda m: pretrained_lm_head(m, AutoModelForMaskedLM.from_pretrained(folder), "mlm")  # noqa: E731
+    else:
+        config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64, num_labels=3,
+                            pad_token_id=tok.pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        torch.manual_seed(1)
+        state = GPT2ForSequenceClassification(config).state_dict()
+
+        def make():
+            model = GPT2ForSequenceClassification(config)
+            model.load_state_dict(state)
+            return model
+
+        head = lambda m: None  # noqa: E731
+    texts = toy_texts(8, seed=2)
+    batches = [ClassificationCollator(tok, aux, mlm_probability=0.3)(encode(tok, texts[i:i + 4], [0, 1, 2, 1])) for i in (0, 4)]
+
+    # Plain fine-tuning: the mean cross-entropy of transformers' model, nothing else.
+    plain = make()
+    optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-2)
+    for step in range(3):
+        batch = batches[step % 2]
+        loss = torch.nn.functional.cross_entropy(plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    model = make()
+    zero = SequenceClassificationTask(model, aux_lm=aux, aux_weight=0.0, lm_head=head(model))
+    assert zero.lm_head is None and zero.loss_weights == {"cls": 1.0}
+    assert sum(p.numel() for p in zero.parameters()) == sum(p.numel() for p in zero.model.parameters())
+    got = _train(zero, batches)
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=1e-6, msg=name)
+    # The comparison is not vacuous: with λ > 0 the same steps end elsewhere.
+    model = make()
+    other = _train(SequenceClassificationTask(model, aux_lm=aux, aux_weight=0.5, lm_head=head(model)), batches)
+    assert any(not torch.allclose(other[n], v, atol=1e-4) for n, v in plain.state_dict().items())
+
+
+def test_bad_task_arguments():
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification(config)
+    with pytest.raises(ConfigError, match="needs a causal model"):
+        SequenceClassificationTask(model, aux_lm="clm")
+    with pytest.raises(ConfigError, match="needs the checkpoint's MLM head"):
+        SequenceClassificationTask(model, aux_lm="mlm")
+    with pytest.raises(ConfigError, match="'bogus' is not one of"):
+        SequenceClassificationTask(model, aux_lm="bogus")
+
+
+# ------------------------------------------------------------------------------ end to end (slow)
+
+TINY = ["max_steps=6", "eval_every=3", "log_every=2", "micro_batch_size=8", "global_batch_size=8", "eval_batch_size=32",
+        "data.validation_per_class=2", "data.max_length=48", "progress_bar=false"]
+CLASSES = ("People", "Geography", "Mathematics")
+
+
+@pytest.fixture(scope="module")
+def pretrained_mlm(tmp_path_factory, wiki_jsonl):
+    out = tmp_path_factory.mktemp("pretrained") / "mlm"
+    proc = run_recipe(
+        "pretrain_mlm.py", f"data.train_file={wiki_jsonl}", f"output_dir={out}", "data.block_size=64", "micro_batch_size=8",
+        "global_batch_size=8", "eval_every=6", "tokenizer.vocab_size=2000", "progress_bar=false", "max_steps=6",
+        "data.validation_split=0.1", "report_to=[]",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def topic_files(tmp_path_factory):
+    """3 classes of real wiki articles: 12 per class to train from, 5 per class to test on."""
+    from nlp_ssl.data.wiki import load_wiki_corpus
+
+    corpus = load_wiki_corpus()
+    folder = tmp_path_factory.mktemp("topics")
+    files = {}
+    for split, n in (("en_train", 12), ("en_test", 5)):
+        rows = [r for r in corpus[split].select(range(1500)) if r["topic"] in CLASSES]
+        picked = [r for c in CLASSES for r in [x for x in rows if x["topic"] == c][:n]]
+        files[split] = write_jsonl(folder / f"{split}.jsonl", [{"body": r["text"], "topic": r["topic"]} for r in picked])
+    return files
+
+
+def data_args(files):
+    return [f"data.train_file={files['en_train']}", f"data.test_file={files['en_test']}", "data.text_column=body", "data.label_column=topic"]
+
+
+@pytest.mark.slow
+def test_recipe_transfers_encoder_and_saves_a_pipeline_ready_classifier(tmp_path, pretrained_mlm, topic_files):
+    out = tmp_path / "cls"
+    proc = run_recipe("finetune_text.py", f"model.name_or_path={pretrained_mlm}", f"output_dir={out}", *data_args(topic_files),
+                      *TINY, "data.k_per_class=8", "learning_rate=1.0e-5", "finetune.aux_lm=auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["aux_lm"] == "mlm" and results["train_examples"] == 24 and results["test_examples"] == 15
+    assert 0.0 <= results["test_accuracy"] <= 1.0 and 0.0 <= results["test_macro_f1"] <= 1.0
+    assert results["best_step"] in (3, 6) and "last_test_accuracy" in results
+
+    # Encoder weights come from the pretrained checkpoint (4 steps at lr 1e-5 move them < 1e-3).
+    before, after = load_file(str(pretrained_mlm / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    shared = [k for k in before if k.startswith("bert.")]
+    assert len(shared) > 10
+    for name in shared:
+        assert (after[name] - before[name]).abs().max() < 1e-3, name
+    fresh = AutoModelForSequenceClassification.from_config(AutoModelForSequenceClassification.from_pretrained(out).config)
+    assert (fresh.state_dict()["bert.encoder.layer.0.attention.self.query.weight"] - after["bert.encoder.layer.0.attention.self.query.weight"]).abs().max() > 1e-2
+    assert not any(k.startswith("cls.") for k in after), "the aux MLM head must not be saved in the classifier"
+
+    from transformers import BertForSequenceClassification, pipeline
+
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert isinstance(model, BertForSequenceClassification)
+    assert model.config.id2label == dict(enumerate(sorted(CLASSES))) and model.config.label2id["People"] == 2
+    classify = pipeline("text-classification", model=str(out))
+    prediction = classify("The mountain range lies north of the river valley.")[0]
+    assert prediction["label"] in CLASSES and 0.0 <= prediction["score"] <= 1.0
+
+
+@pytest.mark.slow
+def test_recipe_gpt2_checkpoint_with_clm_aux(tmp_path, topic_files):
+    """A GPT-2 checkpoint (pad token = EOS) fine-tunes with the CLM aux loss and loads in a pipeline."""
+    from nlp_ssl.data.wiki import load_wiki_corpus
+    from nlp_ssl.tokenization import train_tokenizer
+
+    texts = load_wiki_corpus()["en_train"].select(range(300))["text"]
+    tok = train_tokenizer("bytelevel_bpe", texts, 600, tmp_path / "tok")
+    tok.pad_token = None  # like GPT-2's own tokenizer
+    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64)
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    out = tmp_path / "cls"
+    proc = run_recipe("finetune_text.py", f"model.name_or_path={folder}", f"output_dir={out}", *data_args(topic_files), *TINY,
+                      "data.k_per_class=8", "finetune.aux_lm=auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["aux_lm"] == "clm" and "eval_lm_loss" in results
+    from transformers import pipeline
+
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert isinstance(model, GPT2ForSequenceClassification) and model.config.pad_token_id is not None
+    assert pipeline("text-classification", model=str(out))(["a short text", "a longer text about the sea"])[1]["label"] in CLASSES
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing_label", "label column 'topic' has no label in 2 row(s): line 2, line 4"),
+        ("no_column", "label column 'category' not found; available columns: body, topic"),
+        ("too_few", "'Mathematics' has 3"),
+    ],
+)
+def test_bad_input_fails_with_one_clear_line(tmp_path, topic_files, case, expected):
+    rows = [json.loads(line) for line in topic_files["en_train"].read_text().splitlines()]
+    extra = []
+    if case == "missing_label":
+        rows[1]["topic"] = None
+        del rows[3]["topic"]
+    elif case == "no_column":
+        extra = ["data.label_column=category"]
+    else:
+        rows = [r for r in rows if r["topic"] != "Mathematics"] + [r for r in rows if r["topic"] == "Mathematics"][:3]
+        extra = ["data.k_per_class=4"]
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    proc = run_recipe("finetune_text.py", "model.name_or_path=unused", f"output_dir={tmp_path}/out", f"data.train_file={path}",
+                      "data.text_column=body", "data.label_column=topic", *TINY, *extra)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last and str(path) in last, last
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_study_smoke_writes_table_plot_and_curves(tmp_path, pretrained_mlm, topic_files):
+    out = tmp_path / "study"
+    finetune = "[" + ",".join([*data_args(topic_files), *TINY, "max_steps=4", "eval_every=2"]) + "]"
+    proc = run_recipe("study_text.py", f"pretrained={pretrained_mlm}", f"output_dir={out}", "budgets=[4]", "seeds=[0]",
+                      "methods=[scratch,pretrained_aux,tfidf]", f"finetune={finetune}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert {r["run"] for r in results["runs"]} == {"scratch_k4_s0", "pretrained_aux_k4_s0", "tfidf_k4_s0"}
+    assert set(results["summary"]) == {"scratch", "pretrained_aux", "tfidf"}
+    acc = results["summary"]["tfidf"]["4"]["test_accuracy"]
+    assert 0.0 <= acc[0] <= 1.0 and acc[2] == 1
+    table = (out / "results.md").read_text()
+    assert "| tfidf |" in table and "best step" in table and "pretrained_aux_k4_s0" in table
+    for png in ("accuracy_vs_labels.png", "curves/scratch_k4_s0.png", "curves/pretrained_aux_k4_s0.png"):
+        assert (out / png).stat().st_size > 1000, png
