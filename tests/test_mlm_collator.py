@@ -125,3 +125,26 @@ def test_masks_depend_on_the_example_not_its_batch(wordpiece_tokenizer, blocks):
     assert torch.equal(whole["input_ids"], torch.cat([s["input_ids"] for s in split]))
     collator.set_epoch(1)  # dynamic masking: another epoch, other masks
     assert not torch.equal(collator(examples)["labels"], whole["labels"])
+
+
+@pytest.mark.parametrize("kind, vocab", [("bytelevel_bpe", 300), ("bpe", 60)])
+def test_whole_word_masking_with_other_tokenizers(tmp_path, kind, vocab):
+    """Word boundaries come from the fast tokenizer itself, not from WordPiece's ## prefixes."""
+    from datasets import Dataset
+
+    from nlp_ssl.tokenization import train_tokenizer
+
+    tok = train_tokenizer(kind, toy_texts(300, seed=3), vocab, tmp_path / kind)
+    blocks = tokenize_and_pack(Dataset.from_dict({"text": toy_texts(200, seed=4)}), tok, "text", 48, word_ids=True)
+    examples = [blocks[i] for i in range(48)]
+    batch = MLMCollator(tok, whole_word_mask=True, seed=1)(examples)
+    masked = batch["labels"] != -100
+    split_words = 0
+    for row, example in enumerate(examples):
+        words = np.array(example["word_ids"])
+        for w in set(words.tolist()) - {-1}:
+            states = masked[row, np.nonzero(words == w)[0]]
+            assert states.all() or not states.any()
+            split_words += int((words == w).sum() > 1)
+    assert split_words > 0, "the test needs words split into several tokens"
+    assert 0.1 < masked.float().mean().item() < 0.2
