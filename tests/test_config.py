@@ -28,6 +28,7 @@ def test_yaml_then_dotted_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("max_steps: 20\ninner:\n  size: 3\n  name: yaml\n")
     cfg = load_config(Outer, path, ["inner.size=7", "flag=true", "inner.rate=1", "tags=a,b", "inner.extras={x: 1}"])
+    assert load_config(Outer, None, ["inner.rate=2e-3"]).inner.rate == 0.002
     assert cfg.max_steps == 20 and cfg.inner.size == 7 and cfg.inner.name == "yaml"
     assert cfg.flag is True and cfg.inner.rate == 1.0 and isinstance(cfg.inner.rate, float)
     assert cfg.tags == ["a", "b"] and cfg.inner.extras == {"x": 1}
