@@ -49,9 +49,14 @@ def plot_loss_curves(history: list[dict], path: Path, title: str = "") -> Path |
 
 
 def write_model_card(
-    output_dir: Path, description: RunDescription, results: dict, config: dict, plot_name: str | None
+    output_dir: Path, description: RunDescription, results: dict, config: dict, plot_name: str | None,
+    repo_id: str | None = None,
 ) -> Path:
-    """``README.md`` with YAML front matter, so the Hub renders it; states data, objective, steps, metrics."""
+    """``README.md`` with YAML front matter, so the Hub renders it; states data, objective, steps, metrics.
+
+    ``repo_id`` (where the model is pushed) names the model in the card; else the folder does.
+    """
+    name = repo_id or Path(output_dir).name
     meta = {"library_name": "transformers", "tags": ["nlp_ssl", "self-supervised"]}
     if description.pipeline_tag:
         meta["pipeline_tag"] = description.pipeline_tag
@@ -62,7 +67,7 @@ def write_model_card(
         yaml.safe_dump(meta, sort_keys=False).strip(),
         "---",
         "",
-        f"# {Path(output_dir).name}",
+        f"# {name}",
         "",
         f"Pretrained with [nlp_ssl](https://github.com/) — objective: **{description.objective}**.",
         "",
@@ -92,7 +97,7 @@ def write_model_card(
         "",
         "```python",
         "from transformers import AutoModel",
-        f'model = AutoModel.from_pretrained("{Path(output_dir).name}")',
+        f'model = AutoModel.from_pretrained("{name}")',
         "```",
         "",
     ]

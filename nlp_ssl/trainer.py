@@ -563,4 +563,5 @@ class Trainer:
         plot = plot_loss_curves(self.state.history, self.output_dir / "loss_curves.png", title=self.description.objective)
         write_results(self.output_dir, results)
         (self.output_dir / "trainer_history.json").write_text(json.dumps(self.state.history, indent=1), encoding="utf-8")
-        write_model_card(self.output_dir, self.description, results, self.run_config, plot.name if plot else None)
+        repo_id = self.hub.repo_id if self.hub is not None else None
+        write_model_card(self.output_dir, self.description, results, self.run_config, plot.name if plot else None, repo_id)
