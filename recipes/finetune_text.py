@@ -30,14 +30,12 @@ from nlp_ssl.metrics import compute_classification_metrics
 from nlp_ssl.models import ModelConfig, build_model
 from nlp_ssl.models.builders import max_positions
 from nlp_ssl.reporting import RunDescription, write_results
-from nlp_ssl.tasks.classification import ClassificationCollator, SequenceClassificationTask, pretrained_lm_head
+from nlp_ssl.tasks.classification import ClassificationCollator, SequenceClassificationTask, is_causal, pretrained_lm_head
 from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
 
 logger = logging.getLogger("nlp_ssl.finetune_text")
 
 BUILTIN_TOPIC = "builtin:wiki_topic"
-#: Model types whose natural auxiliary loss is next-token prediction.
-CAUSAL_TYPES = ("gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "openai-gpt")
 
 
 @dataclass
@@ -180,10 +178,10 @@ def load_tokenizer(cfg: FinetuneTextConfig):
     return tokenizer
 
 
-def resolve_aux(choice: str, model_type: str) -> str:
+def resolve_aux(choice: str, config) -> str:
     if choice != "auto":
         return choice
-    return "clm" if model_type in CAUSAL_TYPES else "mlm"
+    return "clm" if is_causal(config) else "mlm"
 
 
 def build_task(cfg: FinetuneTextConfig, tokenizer, names: list[str]):
@@ -197,16 +195,19 @@ def build_task(cfg: FinetuneTextConfig, tokenizer, names: list[str]):
         fields["vocab_size"] = len(tokenizer)
     if cfg.model.name_or_path and not Path(cfg.model.name_or_path).joinpath("config.json").is_file() and Path(cfg.model.name_or_path).exists():
         raise ConfigError(f"model.name_or_path {cfg.model.name_or_path}: not a model folder (no config.json)")
-    model = build_model(cfg.model, "sequence_classification", **fields)
+    try:
+        model = build_model(cfg.model, "sequence_classification", **fields)
+    except OSError as error:  # not a local folder and not reachable on the Hub
+        raise ConfigError(f"model.name_or_path {cfg.model.name_or_path}: cannot load it ({error})") from None
     model.config.problem_type = "single_label_classification"
-    aux = resolve_aux(cfg.finetune.aux_lm, model.config.model_type)
+    aux = resolve_aux(cfg.finetune.aux_lm, model.config)
     lm_head = None
     if aux != "none" and cfg.finetune.aux_weight > 0:
-        tied = getattr(model.config, "tie_word_embeddings", True)
-        if aux == "mlm" or not tied:
-            lm_fields = {"pad_token_id": tokenizer.pad_token_id, **({"vocab_size": len(tokenizer)} if not cfg.model.name_or_path else {})}
-            lm_model = build_model(cfg.model, "masked_lm" if aux == "mlm" else "causal_lm", **lm_fields)
-            lm_head = pretrained_lm_head(model, lm_model, aux)
+        # The checkpoint loaded with its LM head gives the head's pretrained weights (for a tied
+        # GPT-2 head, just the embeddings that the classifier already has).
+        lm_fields = {"pad_token_id": tokenizer.pad_token_id, **({"vocab_size": len(tokenizer)} if not cfg.model.name_or_path else {})}
+        lm_model = build_model(cfg.model, "masked_lm" if aux == "mlm" else "causal_lm", **lm_fields)
+        lm_head = pretrained_lm_head(model, lm_model, aux)
     task = SequenceClassificationTask(model, aux_lm=aux, aux_weight=cfg.finetune.aux_weight, lm_head=lm_head)
     return task, aux
 
@@ -221,7 +222,8 @@ def predict(model, dataset, collator, batch_size: int, device) -> np.ndarray:
     model.eval()
     preds = []
     for start in range(0, len(dataset), batch_size):
-        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        rows = dataset[start : start + batch_size]
+        batch = collator([dict(zip(rows, values)) for values in zip(*rows.values())])
         batch.pop("labels")
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         preds.append(logits.argmax(-1).cpu().numpy())

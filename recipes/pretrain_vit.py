@@ -175,7 +175,6 @@ def build_objective(cfg: PretrainViTConfig):
         evaluation = RotationCollator(image.image_size, mode="all", seed=cfg.seed, **stats)
         return model, ImageClassificationTask(model), train, evaluation
     try:
-        check_mask_sizes(image.image_size, image.patch_size, cfg.mim.mask_patch_size)
         train = MaskedImageCollator(
             image.image_size, image.patch_size, cfg.mim.mask_patch_size, cfg.mim.mask_ratio,
             seed=cfg.seed, augment=cfg.data.augment, **stats,
@@ -193,6 +192,11 @@ def build_objective(cfg: PretrainViTConfig):
 def main(argv=None):
     cfg = parse_config(PretrainViTConfig, argv, default_yaml=Path(__file__).parent / "configs" / "pretrain_vit.yaml")
     check_image_config(cfg.image)
+    if cfg.task == "mim":  # before any data is read
+        try:
+            check_mask_sizes(cfg.image.image_size, cfg.image.patch_size, cfg.mim.mask_patch_size)
+        except ValueError as err:
+            raise ConfigError(f"mim: {err}") from None
     accelerator = make_accelerator(cfg)
 
     with accelerator.main_process_first():

@@ -20,6 +20,8 @@ from nlp_ssl.tasks.classification import ClassificationCollator, SequenceClassif
 from tests.helpers import run_recipe, toy_texts, write_jsonl
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+#: One thread per recipe subprocess: on a shared 2-core machine two threads each run several times slower.
+ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def tiny_bert_folder(tmp_path, tokenizer):
@@ -188,7 +190,7 @@ def pretrained_mlm(tmp_path_factory, wiki_jsonl):
     proc = run_recipe(
         "pretrain_mlm.py", f"data.train_file={wiki_jsonl}", f"output_dir={out}", "data.block_size=64", "micro_batch_size=8",
         "global_batch_size=8", "eval_every=6", "tokenizer.vocab_size=2000", "progress_bar=false", "max_steps=6",
-        "data.validation_split=0.1", "report_to=[]",
+        "data.validation_split=0.1", "report_to=[]", env=ENV,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
@@ -203,9 +205,10 @@ def topic_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("topics")
     files = {}
     for split, n in (("en_train", 12), ("en_test", 5)):
-        rows = [r for r in corpus[split].select(range(1500)) if r["topic"] in CLASSES]
-        picked = [r for c in CLASSES for r in [x for x in rows if x["topic"] == c][:n]]
-        files[split] = write_jsonl(folder / f"{split}.jsonl", [{"body": r["text"], "topic": r["topic"]} for r in picked])
+        topics = corpus[split]["topic"][:]
+        picked = [i for c in CLASSES for i in [j for j, t in enumerate(topics) if t == c][:n]]
+        rows = corpus[split].select(picked)
+        files[split] = write_jsonl(folder / f"{split}.jsonl", [{"body": r["text"], "topic": r["topic"]} for r in rows])
     return files
 
 
@@ -217,7 +220,7 @@ def data_args(files):
 def test_recipe_transfers_encoder_and_saves_a_pipeline_ready_classifier(tmp_path, pretrained_mlm, topic_files):
     out = tmp_path / "cls"
     proc = run_recipe("finetune_text.py", f"model.name_or_path={pretrained_mlm}", f"output_dir={out}", *data_args(topic_files),
-                      *TINY, "data.k_per_class=8", "learning_rate=1.0e-5", "finetune.aux_lm=auto")
+                      *TINY, "data.k_per_class=8", "learning_rate=1.0e-5", "finetune.aux_lm=auto", env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     assert results["aux_lm"] == "mlm" and results["train_examples"] == 24 and results["test_examples"] == 15
@@ -259,7 +262,7 @@ def test_recipe_gpt2_checkpoint_with_clm_aux(tmp_path, topic_files):
     tok.save_pretrained(folder)
     out = tmp_path / "cls"
     proc = run_recipe("finetune_text.py", f"model.name_or_path={folder}", f"output_dir={out}", *data_args(topic_files), *TINY,
-                      "data.k_per_class=8", "finetune.aux_lm=auto")
+                      "data.k_per_class=8", "finetune.aux_lm=auto", env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     assert results["aux_lm"] == "clm" and "eval_lm_loss" in results
@@ -292,7 +295,7 @@ def test_bad_input_fails_with_one_clear_line(tmp_path, topic_files, case, expect
         extra = ["data.k_per_class=4"]
     path = write_jsonl(tmp_path / "train.jsonl", rows)
     proc = run_recipe("finetune_text.py", "model.name_or_path=unused", f"output_dir={tmp_path}/out", f"data.train_file={path}",
-                      "data.text_column=body", "data.label_column=topic", *TINY, *extra)
+                      "data.text_column=body", "data.label_column=topic", *TINY, *extra, env=ENV)
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected in last and str(path) in last, last
@@ -304,7 +307,7 @@ def test_study_smoke_writes_table_plot_and_curves(tmp_path, pretrained_mlm, topi
     out = tmp_path / "study"
     finetune = "[" + ",".join([*data_args(topic_files), *TINY, "max_steps=4", "eval_every=2"]) + "]"
     proc = run_recipe("study_text.py", f"pretrained={pretrained_mlm}", f"output_dir={out}", "budgets=[4]", "seeds=[0]",
-                      "methods=[scratch,pretrained_aux,tfidf]", f"finetune={finetune}")
+                      "methods=[scratch,pretrained_aux,tfidf]", f"finetune={finetune}", env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert {r["run"] for r in results["runs"]} == {"scratch_k4_s0", "pretrained_aux_k4_s0", "tfidf_k4_s0"}
@@ -315,3 +318,25 @@ def test_study_smoke_writes_table_plot_and_curves(tmp_path, pretrained_mlm, topi
     assert "| tfidf |" in table and "best step" in table and "pretrained_aux_k4_s0" in table
     for png in ("accuracy_vs_labels.png", "curves/scratch_k4_s0.png", "curves/pretrained_aux_k4_s0.png"):
         assert (out / png).stat().st_size > 1000, png
+
+
+def test_xlm_mlm_aux_uses_the_tied_pretrained_projection(tmp_path, wordpiece_tokenizer):
+    from transformers import XLMConfig, XLMForSequenceClassification, XLMWithLMHeadModel
+
+    tok = wordpiece_tokenizer
+    torch.manual_seed(0)
+    config = XLMConfig(vocab_size=len(tok), emb_dim=32, n_layers=1, n_heads=2, max_position_embeddings=64, dropout=0.0,
+                       attention_dropout=0.0, pad_index=tok.pad_token_id, num_labels=3)
+    pretrained = XLMWithLMHeadModel(config).eval()
+    with torch.no_grad():
+        pretrained.pred_layer.proj.bias.normal_(0, 1.0)
+    pretrained.save_pretrained(tmp_path / "xlm")
+    classifier = XLMForSequenceClassification.from_pretrained(tmp_path / "xlm").eval()
+    head = pretrained_lm_head(classifier, XLMWithLMHeadModel.from_pretrained(tmp_path / "xlm"), "mlm")
+    assert head.weight is classifier.transformer.embeddings.weight
+    task = SequenceClassificationTask(classifier, aux_lm="mlm", lm_head=head)
+    batch = ClassificationCollator(tok, "mlm", mlm_probability=0.4)(encode(tok, toy_texts(3), [0, 1, 2]))
+    with torch.no_grad():
+        lm_sum, lm_count = task(**batch)["losses"]["lm"]
+        reference = pretrained(input_ids=batch["lm_input_ids"], attention_mask=batch["attention_mask"], labels=batch["lm_labels"]).loss
+    torch.testing.assert_close(lm_sum / lm_count, reference, rtol=1e-5, atol=1e-5)

@@ -9,11 +9,11 @@ import torch
 from accelerate.data_loader import BatchSamplerShard, SkipBatchSampler, skip_first_batches
 from torch.utils.data import ConcatDataset, DataLoader
 
-from nlp_ssl.data.mixing import AlternatingBatchSampler, parse_ratio, round_robin_schedule
+from nlp_ssl.data.mixing import AlternatingBatchSampler, interleaved_indices, parse_ratio, round_robin_schedule
 from nlp_ssl.errors import ConfigError, DataError
 from tests.helpers import run_recipe, write_jsonl
 
-COMMON = ["progress_bar=false", "log_every=2", "save_every=100", "report_to=[]", "warmup_ratio=0.0", "learning_rate=0.003"]
+COMMON = ["progress_bar=false", "log_every=1", "save_every=100", "report_to=[]", "warmup_ratio=0.0", "learning_rate=0.003"]
 
 
 def results_and_history(out):
@@ -100,6 +100,11 @@ def test_sampler_shards_whole_steps_across_processes():
         assert sources == {schedule[(k // 2) % len(schedule)]}
 
 
+def test_interleaved_indices_take_the_sources_in_turn():
+    assert interleaved_indices([3, 1, 2]) == [0, 3, 4, 1, 5, 2]
+    assert sorted(interleaved_indices(SIZES)) == list(range(sum(SIZES)))
+
+
 def test_sampler_rejects_a_stream_smaller_than_a_batch():
     with pytest.raises(DataError, match="tlm en-es: 3 examples, fewer than one batch of 4"):
         AlternatingBatchSampler([10, 3], [0, 1], batch_size=4, names=["mlm en", "tlm en-es"])
@@ -116,7 +121,7 @@ def test_clm_recipe_trains_and_loads_in_text_generation_pipeline(tmp_path, wiki_
     out = tmp_path / "clm"
     proc = run_recipe("pretrain_clm.py", f"data.train_file={wiki_jsonl}", f"output_dir={out}", *COMMON, *CLM_SMALL)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = assert_loss_falls(out, 1.0)
+    results = assert_loss_falls(out, 0.6)
     assert results["steps"] == 20 and "eval_perplexity" in results
 
     from transformers import AutoModelForCausalLM, GPT2LMHeadModel, pipeline
@@ -142,7 +147,7 @@ def test_bert_recipe_trains_mlm_and_nsp_and_loads_as_bert_for_pretraining(tmp_pa
     out = tmp_path / "bert"
     proc = run_recipe("pretrain_bert.py", f"data.train_file={wiki_jsonl}", f"output_dir={out}", *COMMON, *BERT_SMALL)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = assert_loss_falls(out, 1.0)
+    results = assert_loss_falls(out, 0.6)
     assert {"eval_mlm_loss", "eval_nsp_loss", "eval_nsp_accuracy"} <= results.keys()
 
     from transformers import BertForMaskedLM, BertForPreTraining, pipeline
@@ -174,8 +179,8 @@ def test_bert_recipe_sop_on_kjv_chapters(tmp_path):
 
 # --- XLM ----------------------------------------------------------------------------------------
 
-XLM_SMALL = ["data.max_length=48", "data.max_documents=300", "micro_batch_size=8", "global_batch_size=8", "eval_every=12",
-             "eval_batches=4", "tokenizer.vocab_size=1500", "max_steps=24"]
+XLM_SMALL = ["data.max_length=48", "data.max_documents=300", "micro_batch_size=16", "global_batch_size=16", "eval_every=15",
+             "eval_batches=4", "tokenizer.vocab_size=800", "max_steps=30"]
 
 
 @pytest.mark.slow
@@ -183,7 +188,7 @@ def test_xlm_recipe_alternates_mlm_and_tlm_and_loads_as_xlm_with_lm_head(tmp_pat
     out = tmp_path / "xlm"
     proc = run_recipe("pretrain_xlm.py", f"output_dir={out}", *COMMON, *XLM_SMALL)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_loss_falls(out, 1.0)
+    assert_loss_falls(out, 0.6)
 
     from transformers import AutoTokenizer, XLMWithLMHeadModel
 
@@ -201,12 +206,33 @@ def test_xlm_recipe_alternates_mlm_and_tlm_and_loads_as_xlm_with_lm_head(tmp_pat
 
 
 @pytest.mark.slow
+def test_xlm_recipe_resumes_mid_epoch_on_the_same_schedule(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    # No dropout: as in test_recipe_mlm, the dropout RNG is not part of what a resume restores exactly.
+    args = [*COMMON, *XLM_SMALL, "max_steps=8", "save_every=4", "eval_every=100", "tokenizer.vocab_size=400",
+            "model.config_overrides={dropout: 0.0, attention_dropout: 0.0}"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    proc = run_recipe("pretrain_xlm.py", f"output_dir={straight}", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shutil.copytree(straight / "checkpoints" / "step_00000004", resumed / "checkpoints" / "step_00000004")
+    proc = run_recipe("pretrain_xlm.py", f"output_dir={resumed}", *args, "resume=auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr
+    a, b = (load_file(str(d / "model.safetensors")) for d in (straight, resumed))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.slow
 def test_xlm_recipe_causal_objective_on_monolingual_streams(tmp_path):
     out = tmp_path / "xlm_clm"
     proc = run_recipe("pretrain_xlm.py", f"output_dir={out}", "xlm.objective=clm", "data.languages=[en,fr]",
                       *COMMON, *XLM_SMALL)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_loss_falls(out, 1.0)
+    assert_loss_falls(out, 0.6)
 
     from transformers import XLMWithLMHeadModel
 
@@ -248,3 +274,18 @@ def test_bad_input_exits_2_with_one_error_line(tmp_path, case, expected):
     assert last.startswith("error: ") and expected in last, last
     assert "Traceback" not in proc.stderr
     assert not (out / "checkpoints").exists()
+
+
+def test_tlm_collator_causal_mode_predicts_every_token_unmasked(tmp_path):
+    from nlp_ssl.objectives import TLMCollator
+    from nlp_ssl.tokenization import train_tokenizer
+    from tests.helpers import toy_texts
+
+    tok = train_tokenizer("bpe", toy_texts(100), 200, tmp_path / "bpe")
+    rows = [{"src_ids": [10, 11, 12], "tgt_ids": [], "src_lang": "fr", "tgt_lang": ""},
+            {"src_ids": [13], "tgt_ids": [], "src_lang": "en", "tgt_lang": ""}]
+    batch = TLMCollator(tok, {"en": 0, "fr": 1}, causal=True)(rows)
+    eos = tok.eos_token_id
+    assert batch["input_ids"].tolist() == [[eos, 10, 11, 12, eos], [eos, 13, eos, tok.pad_token_id, tok.pad_token_id]]
+    assert batch["labels"].tolist() == [[eos, 10, 11, 12, eos], [eos, 13, eos, -100, -100]]
+    assert batch["langs"].tolist() == [[1] * 5, [0] * 5]

@@ -147,3 +147,10 @@ class AlternatingBatchSampler:
                 start = position[source]
                 position[source] += self.batch_size
                 yield order[source][start : start + self.batch_size].tolist()
+
+
+def interleaved_indices(sizes: Sequence[int]) -> list[int]:
+    """Indices into the concatenation of sources of ``sizes``, one from each source in turn, so that
+    any prefix (an evaluation capped at a few batches) covers every source alike."""
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+    return [int(offsets[s]) + i for i in range(max(sizes, default=0)) for s in range(len(sizes)) if i < sizes[s]]

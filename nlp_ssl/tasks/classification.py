@@ -31,7 +31,13 @@ from nlp_ssl.tasks.masked_lm import masked_positions_loss
 
 AUX_LM = ("none", "clm", "mlm")
 #: model_type -> attribute of the pretrained MLM model that maps hidden states to vocabulary logits.
-MLM_HEADS = {"bert": "cls", "roberta": "lm_head", "xlm-roberta": "lm_head", "xlm": "pred_layer"}
+MLM_HEADS = {"bert": "cls", "roberta": "lm_head", "xlm-roberta": "lm_head", "xlm": "pred_layer.proj"}
+#: Model types trained left to right, whose natural auxiliary loss is next-token prediction.
+CAUSAL_TYPES = ("gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "openai-gpt")
+
+
+def is_causal(config) -> bool:
+    return config.model_type in CAUSAL_TYPES or bool(getattr(config, "is_decoder", False)) or bool(getattr(config, "causal", False))
 #: Keys of a batch that the classifier takes.
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "langs", "position_ids")
 
@@ -58,15 +64,20 @@ def pretrained_lm_head(classifier: nn.Module, lm_model: nn.Module, aux_lm: str) 
     """
     tied = getattr(lm_model.config, "tie_word_embeddings", True)
     if aux_lm == "clm":
-        if tied:
+        output = lm_model.get_output_embeddings()
+        if tied and getattr(output, "bias", None) is None:
             return TiedLMHead(classifier)
-        return lm_model.get_output_embeddings()
+        if tied:
+            output.weight = classifier.get_input_embeddings().weight
+        return output
     if aux_lm != "mlm":
         raise ConfigError(f"aux_lm {aux_lm!r} needs no LM head; choose one of {list(AUX_LM)}")
     model_type = lm_model.config.model_type
     if model_type not in MLM_HEADS:
         raise ConfigError(f"aux_lm 'mlm': no known MLM head for model type {model_type!r}; supported: {sorted(MLM_HEADS)}")
-    head = getattr(lm_model, MLM_HEADS[model_type])
+    head = lm_model
+    for name in MLM_HEADS[model_type].split("."):
+        head = getattr(head, name)
     if tied:
         lm_model.get_output_embeddings().weight = classifier.get_input_embeddings().weight
     return head
@@ -95,7 +106,7 @@ class SequenceClassificationTask(Task):
         if self.aux_lm == "none":
             return
         if self.aux_lm == "clm":
-            if getattr(model.config, "model_type", "") in ("bert", "roberta", "xlm-roberta") and not model.config.is_decoder:
+            if not is_causal(model.config):
                 raise ConfigError(f"aux_lm 'clm' needs a causal model; {model.config.model_type} is bidirectional: use aux_lm=mlm")
             lm_head = lm_head if lm_head is not None else TiedLMHead(model)
         elif lm_head is None:

@@ -1,0 +1,70 @@
+"""Pretrain a GPT-2-style model with causal language modelling.
+
+    accelerate launch recipes/pretrain_clm.py [--config recipes/configs/pretrain_clm.yaml] [key=value ...]
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nlp_ssl.cli import run
+from nlp_ssl.config import parse_config
+from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
+from nlp_ssl.models import ModelConfig, build_model, check_block_size
+from nlp_ssl.objectives import CLMCollator
+from nlp_ssl.reporting import RunDescription
+from nlp_ssl.tasks.causal_lm import CausalLMTask
+from nlp_ssl.tokenizer_setup import TokenizerConfig, load_or_train_tokenizer
+from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
+
+
+@dataclass
+class CLMConfig:
+    #: Packed documents do not attend to each other (positions restart after each EOS).
+    document_aware: bool = True
+    pad_to_multiple_of: int | None = None
+
+
+@dataclass
+class PretrainCLMConfig(TrainConfig):
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(kind="bytelevel_bpe"))
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="gpt2"))
+    clm: CLMConfig = field(default_factory=CLMConfig)
+
+
+def main(argv=None):
+    cfg = parse_config(PretrainCLMConfig, argv, default_yaml=Path(__file__).parent / "configs" / "pretrain_clm.yaml")
+    accelerator = make_accelerator(cfg)
+
+    with accelerator.main_process_first():
+        raw = load_text_splits(cfg.data, seed=cfg.seed)
+        tokenizer = load_or_train_tokenizer(cfg.tokenizer, raw["train"], cfg.data.text_column, cfg.data.cache_dir)
+        collator = CLMCollator(tokenizer, document_aware=cfg.clm.document_aware, pad_to_multiple_of=cfg.clm.pad_to_multiple_of)
+        model = build_model(
+            cfg.model, "causal_lm", vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+        check_block_size(cfg.data.block_size, model.config)
+        blocks = {
+            split: tokenize_and_pack(ds, tokenizer, cfg.data.text_column, cfg.data.block_size, num_proc=cfg.data.num_proc)
+            for split, ds in raw.items()
+        }
+
+    description = RunDescription(
+        objective="causal language modelling" + (" (documents kept apart in packed blocks)" if cfg.clm.document_aware else ""),
+        data=cfg.data.train_file or cfg.data.source,
+        pipeline_tag="text-generation",
+    )
+    trainer = Trainer(
+        cfg, CausalLMTask(model), blocks["train"], collator,
+        eval_dataset=blocks["validation"], processor=tokenizer, accelerator=accelerator,
+        description=description, run_config=cfg,
+    )
+    results = trainer.fit()
+    if accelerator.is_main_process:
+        print({k: results[k] for k in ("steps", "eval_loss", "eval_accuracy", "eval_perplexity") if k in results})
+    return results
+
+
+if __name__ == "__main__":
+    run(main)

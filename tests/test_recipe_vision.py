@@ -1,0 +1,279 @@
+"""The vision recipes as users run them: RotNet/SimMIM pretraining, few-label fine-tuning, the study.
+
+Pretraining runs once per module (tiny ViT, 512 images, a few steps); the other tests reuse its
+checkpoints. Every run is a subprocess of the recipe, like ``tests/test_recipe_mlm.py``.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nlp_ssl import checkpointing
+from tests.helpers import run_recipe
+
+pytestmark = pytest.mark.slow
+
+TINY_VIT = "model.config_overrides={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}"
+PRETRAIN = [
+    "data.max_train_images=512", "data.validation_images=64", "micro_batch_size=16", "global_batch_size=16",
+    "max_steps=6", "eval_every=3", "save_every=3", "log_every=1", "progress_bar=false", TINY_VIT,
+]
+FINETUNE = [
+    "data.k_per_class=4", "data.validation_per_class=2", "data.max_test_images=200", "micro_batch_size=20",
+    "global_batch_size=20", "max_steps=6", "eval_every=2", "save_every=3", "log_every=1", "progress_bar=false",
+]
+
+
+def pretrain(tmp_path_factory, task):
+    out = tmp_path_factory.mktemp(task) / "run"
+    proc = run_recipe("pretrain_vit.py", f"task={task}", f"output_dir={out}", *PRETRAIN)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def rotation_run(tmp_path_factory):
+    return pretrain(tmp_path_factory, "rotation")
+
+
+@pytest.fixture(scope="module")
+def mim_run(tmp_path_factory):
+    return pretrain(tmp_path_factory, "mim")
+
+
+def fashion_test_images(n=3):
+    from nlp_ssl.data.images import load_fashion_mnist
+
+    test = load_fashion_mnist("test", cache_dir=None)
+    return [test[i]["image"] for i in range(n)]
+
+
+def assert_trainer_artifacts(out, steps, save_every):
+    """What nlp_ssl.trainer.Trainer leaves behind, exactly as for the text recipes."""
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))
+    assert saved == [f"step_{s:08d}" for s in range(save_every, steps, save_every)], saved
+    for checkpoint in (out / "checkpoints").iterdir():
+        state = json.loads((checkpoint / checkpointing.STATE_FILE).read_text())
+        assert state["step"] == int(checkpoint.name.split("_")[1])
+    for name in ("loss_curves.png", "README.md", "all_results.json", "trainer_history.json", "model.safetensors"):
+        assert (out / name).is_file(), name
+    assert list((out / "logs").rglob("events.out.tfevents.*")), "tensorboard logs missing"
+    assert json.loads((out / "all_results.json").read_text())["steps"] == steps
+
+
+def test_vision_recipes_drive_the_shared_trainer():
+    import recipes.finetune_vision
+    import recipes.pretrain_vit
+
+    from nlp_ssl.trainer import Trainer
+
+    assert recipes.pretrain_vit.Trainer is Trainer
+    assert recipes.finetune_vision.Trainer is Trainer
+
+
+def test_rotation_checkpoint_is_a_plain_hf_image_classifier(rotation_run):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, ViTForImageClassification, pipeline
+
+    from nlp_ssl.data.images import FASHION_MNIST_MEAN, FASHION_MNIST_STD, ImageTransform
+
+    out = rotation_run
+    assert_trainer_artifacts(out, steps=6, save_every=3)
+    results = json.loads((out / "all_results.json").read_text())
+    assert 0.0 <= results["eval_accuracy"] <= 1.0 and np.isfinite(results["eval_loss"])
+
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert isinstance(model, ViTForImageClassification)
+    cfg = model.config
+    assert (cfg.image_size, cfg.patch_size, cfg.num_channels) == (28, 4, 1)
+    assert {int(k): v for k, v in cfg.id2label.items()} == {0: "0", 1: "90", 2: "180", 3: "270"}
+
+    # The saved processor reproduces the training transform exactly, so the pipeline sees what training saw.
+    processor = AutoImageProcessor.from_pretrained(out)
+    assert processor.size == {"height": 28, "width": 28}
+    images = fashion_test_images(2)
+    arrays = [np.asarray(image)[..., None] for image in images]
+    from_processor = processor(images=arrays, return_tensors="pt")["pixel_values"]
+    transform = ImageTransform(28, 1, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    torch.testing.assert_close(from_processor, torch.stack([transform(image) for image in images]))
+
+    classify = pipeline("image-classification", model=str(out))
+    predictions = classify(arrays[0])
+    assert sorted(p["label"] for p in predictions) == ["0", "180", "270", "90"]
+    assert sum(p["score"] for p in predictions) == pytest.approx(1.0, abs=1e-4)
+    with torch.no_grad():
+        probs = model(pixel_values=from_processor[:1]).logits.softmax(-1)[0]
+    best = max(predictions, key=lambda p: p["score"])
+    assert best["score"] == pytest.approx(probs.max().item(), abs=1e-5)
+
+
+def test_mim_checkpoint_is_a_plain_hf_simmim_model(mim_run):
+    from transformers import ViTForMaskedImageModeling
+
+    from nlp_ssl.objectives import MaskedImageCollator
+    from nlp_ssl.tasks.vision import MaskedImageModelingTask
+
+    out = mim_run
+    assert_trainer_artifacts(out, steps=6, save_every=3)
+    model = ViTForMaskedImageModeling.from_pretrained(out).eval()
+    assert model.config.encoder_stride == model.config.patch_size == 4
+    images = [{"image": image} for image in fashion_test_images(4)]
+    batch = MaskedImageCollator(28, 4, mask_patch_size=4, mask_ratio=0.5, num_channels=1, seed=0,
+                                mean=(0.2860,), std=(0.3530,))(images)
+    with torch.no_grad():
+        output = model(**batch)
+        loss_sum, count = MaskedImageModelingTask(model)(**batch)["losses"]["loss"]
+    assert output.reconstruction.shape == (4, 1, 28, 28)
+    torch.testing.assert_close(loss_sum / count, output.loss, rtol=1e-3, atol=1e-5)
+
+
+def test_finetune_from_rotation_transfers_the_encoder_and_scores_the_test_set(tmp_path, rotation_run):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageClassification, ViTForImageClassification, pipeline
+
+    from nlp_ssl.data.images import FASHION_MNIST_CLASSES
+
+    out = tmp_path / "ft"
+    proc = run_recipe("finetune_vision.py", f"model.name_or_path={rotation_run}", f"output_dir={out}", *FINETUNE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_trainer_artifacts(out, steps=6, save_every=3)
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["test_images"] == 200 and 0.0 <= results["test_accuracy"] <= 1.0
+    assert results["checkpoint_architecture"] == "ViTForImageClassification"
+    assert results["new_tensors"] == ["classifier.weight", "classifier.bias"]
+    pretrained = ViTForImageClassification.from_pretrained(rotation_run)
+    assert results["transferred_tensors"] == len(pretrained.vit.state_dict())
+    # load_best_at_end really restores the best model: its re-evaluation matches the best evaluation.
+    assert results["eval_accuracy"] == pytest.approx(results["best_accuracy"], abs=1e-6)
+    best = load_file(str(out / "best_model" / "model.safetensors"))
+    final = load_file(str(out / "model.safetensors"))
+    assert best.keys() == final.keys() and all(torch.equal(best[k], final[k]) for k in best)
+
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert [model.config.id2label[i] for i in range(10)] == list(FASHION_MNIST_CLASSES)
+    predictions = pipeline("image-classification", model=str(out), top_k=10)(np.asarray(fashion_test_images(1)[0])[..., None])
+    assert sorted(p["label"] for p in predictions) == sorted(FASHION_MNIST_CLASSES)
+
+
+def test_checkpoint_encoders_load_and_heads_are_new(rotation_run, mim_run):
+    """In-process: the exact tensors of the pretrained encoders end up in the classifier; the head is fresh."""
+    from transformers import ViTForImageClassification, ViTForMaskedImageModeling
+
+    import recipes.finetune_vision as ft
+    from nlp_ssl.config import load_config
+    from nlp_ssl.errors import ConfigError
+
+    names = [f"c{i}" for i in range(10)]
+    for run, cls in ((rotation_run, ViTForImageClassification), (mim_run, ViTForMaskedImageModeling)):
+        cfg = load_config(ft.FinetuneVisionConfig, overrides=[f"model.name_or_path={run}", "model.arch=vit"])
+        model, transfer = ft.build_classifier(cfg, names)
+        source = cls.from_pretrained(run)
+        for name, tensor in model.vit.state_dict().items():
+            assert torch.equal(tensor, source.vit.state_dict()[name]), name
+        assert model.classifier.weight.shape == (10, 32)
+        assert transfer["new_tensors"] == ["classifier.weight", "classifier.bias"]
+        if run == rotation_run:  # the 4-way rotation head is not reused for the 10 classes
+            assert not torch.equal(model.classifier.weight[:4], source.classifier.weight)
+
+    # A checkpoint whose encoder would be silently re-initialised is refused, naming the checkpoint.
+    bad = load_config(ft.FinetuneVisionConfig, overrides=[
+        f"model.name_or_path={rotation_run}", "model.config_overrides={hidden_size: 64, intermediate_size: 64}",
+    ])
+    with pytest.raises(ConfigError, match=f"model.name_or_path {rotation_run}: .* encoder tensor"):
+        ft.build_classifier(bad, names)
+    geometry = load_config(ft.FinetuneVisionConfig, overrides=[f"model.name_or_path={rotation_run}", "image.patch_size=7"])
+    with pytest.raises(ConfigError, match="has patch_size=4 but image.patch_size=7"):
+        ft.build_classifier(geometry, names)
+
+
+def test_few_label_sampling_is_seeded_disjoint_and_balanced():
+    import recipes.finetune_vision as ft
+    from nlp_ssl.config import load_config
+
+    def splits(seed):
+        cfg = load_config(ft.FinetuneVisionConfig, overrides=[
+            f"seed={seed}", "data.source=digits", "data.test_source=digits", "data.k_per_class=5", "data.validation_per_class=3",
+        ])
+        return ft.labelled_splits(cfg)
+
+    a, b, c = splits(0), splits(0), splits(1)
+    assert np.bincount(a["train"]["label"]).tolist() == [5] * 10
+    assert np.bincount(a["validation"]["label"]).tolist() == [3] * 10
+    pixels = lambda ds: {np.asarray(im).tobytes() for im in ds["image"]}  # noqa: E731
+    assert not pixels(a["train"]) & pixels(a["validation"])
+    assert pixels(a["train"]) == pixels(b["train"]) and pixels(a["train"]) != pixels(c["train"])
+
+
+@pytest.mark.parametrize(
+    "script, args, expected",
+    [
+        ("pretrain_vit.py", ["image.patch_size=5"], "image.patch_size 5 does not divide image.image_size 28"),
+        ("pretrain_vit.py", ["task=mim", "mim.mask_patch_size=6"], "mim: mask_patch_size 6 must divide image_size 28"),
+        ("pretrain_vit.py", ["data.source={folder}"], "{folder}/notes.txt is not an image PIL can read"),
+        ("finetune_vision.py", ["data.k_per_class=0"], "data.k_per_class must be a positive integer, got 0"),
+        ("study_vision.py", ["methods=[scratch, simclr]"], "methods: 'simclr' is not one of"),
+    ],
+)
+def test_bad_input_fails_with_one_clear_line(tmp_path, script, args, expected):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((28, 28), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    args = [a.format(folder=folder) for a in args]
+    proc = run_recipe(script, f"output_dir={tmp_path}/out", *args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected.format(folder=folder) in last, last
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_study_smoke_writes_table_plot_and_curves(tmp_path, rotation_run):
+    out = tmp_path / "study"
+    finetune = "[" + ", ".join([*FINETUNE, "report_to=none"]) + "]"
+    proc = run_recipe(
+        "study_vision.py", f"output_dir={out}", f"rotation_checkpoint={rotation_run}",
+        "methods=[rotation, pixels_logreg]", "k_per_class=[4]", "seeds=[0, 1]", f"finetune_args={finetune}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    assert {(r["method"], r["seed"]) for r in report["runs"]} == {(m, s) for m in ("rotation", "pixels_logreg") for s in (0, 1)}
+    for method in ("rotation", "pixels_logreg"):
+        cell = report["summary"][method]["4"]
+        accs = [r["test_accuracy"] for r in report["runs"] if r["method"] == method]
+        assert cell["n"] == 2 and cell["mean"] == pytest.approx(np.mean(accs))
+        assert cell["std"] == pytest.approx(np.std(accs, ddof=1))
+    table = (out / "results.md").read_text()
+    assert "| ViT pretrained: rotation (RotNet) |" in table and "| logistic regression on raw pixels |" in table
+    assert "±" in table
+    for png in ("accuracy_vs_labels.png", "curves_k4.png", "runs/rotation_k4_seed0/curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+
+def test_load_best_restores_every_vit_tensor(tmp_path):
+    """transformers saves ViT weights under other names than its modules use; the best model must still come back whole."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from nlp_ssl.data.images import load_digits_dataset
+    from nlp_ssl.objectives import ImageClassificationCollator
+    from nlp_ssl.tasks.vision import ImageClassificationTask
+    from nlp_ssl.trainer import TrainConfig, Trainer
+
+    model = ViTForImageClassification(ViTConfig(
+        image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, num_labels=10,
+    ))
+    data = load_digits_dataset().select(range(16))
+    config = TrainConfig(output_dir=str(tmp_path), micro_batch_size=8, global_batch_size=8, report_to=[], progress_bar=False)
+    trainer = Trainer(config, ImageClassificationTask(model), data, ImageClassificationCollator(8, num_channels=1))
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer._save_model(tmp_path / "best_model")
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(1.0)
+    trainer._load_best(tmp_path / "best_model")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, best[name]), name
