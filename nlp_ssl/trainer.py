@@ -267,10 +267,14 @@ class Trainer:
             return resolve_hub_resume(self.config.resume, self.output_dir / ".hub_resume", hub_config(self.config), self.output_dir)
 
     def _loader(self, dataset, collator, batch_size: int, train: bool) -> DataLoader:
+        """A DataLoader with a generator of its own: starting an iterator (which a resume does at
+        another moment than an uninterrupted run) must not draw from the global RNG that dropout uses."""
         iterable = isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")
+        generator = torch.Generator().manual_seed(self.config.seed)
         if train and self.batch_sampler is not None:
             return DataLoader(
-                dataset, batch_sampler=self.batch_sampler, collate_fn=collator, num_workers=self.config.num_workers
+                dataset, batch_sampler=self.batch_sampler, collate_fn=collator, num_workers=self.config.num_workers,
+                generator=generator,
             )
         return DataLoader(
             dataset,
@@ -280,6 +284,7 @@ class Trainer:
             drop_last=train,
             num_workers=self.config.num_workers,
             persistent_workers=False,
+            generator=generator,
         )
 
     def _optimizer(self) -> torch.optim.Optimizer:

@@ -110,3 +110,42 @@ def test_early_stopping(tmp_path, wordpiece_tokenizer, data):
     # A learning rate of zero never improves the validation loss after the first evaluation.
     trainer, results = train(tmp_path, wordpiece_tokenizer, data, learning_rate=0.0, max_steps=50, eval_every=1, early_stopping_patience=2)
     assert results["steps"] == 3 and results["best_step"] == 1
+
+
+def test_resume_mid_epoch_with_dropout_gives_identical_weights(tmp_path, wordpiece_tokenizer, data, monkeypatch):
+    """Dropout randomness, data order and masks all continue exactly after a resume."""
+
+    def run(out, max_steps, resume=None):
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        cfg = TrainConfig(
+            output_dir=str(out), max_steps=max_steps, global_batch_size=8, micro_batch_size=4, learning_rate=3e-3,
+            eval_every=100, save_every=3, log_every=1, report_to=[], progress_bar=False, seed=3, resume=resume,
+        )
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=len(wordpiece_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.3)
+        trainer = Trainer(cfg, MaskedLMTask(BertForMaskedLM(config)), data[0], MLMCollator(wordpiece_tokenizer, seed=1))
+        trainer.fit()
+        return {k: v.clone() for k, v in trainer.unwrapped_task.state_dict().items()}
+
+    straight = run(tmp_path / "a", 20)
+
+    class Crash(Exception):
+        pass
+
+    save = Trainer.save_checkpoint
+
+    def save_then_crash(self):
+        path = save(self)
+        if self.state.step == 9:  # 128 examples / 8 = 16 steps an epoch: mid-epoch
+            raise Crash
+        return path
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        run(tmp_path / "b", 20)
+    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    resumed = run(tmp_path / "b", 20, resume="auto")
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
