@@ -330,9 +330,16 @@ class Trainer:
     def unwrapped_task(self) -> Task:
         return self.accelerator.unwrap_model(self.model)
 
-    def fit(self, extra_results: dict | None = None) -> dict:
-        """Train to ``max_steps``; ``extra_results`` (e.g. a baseline) go into all_results.json too."""
+    def fit(self, extra_results: dict | None = None, score_model=None) -> dict:
+        """Train to ``max_steps``; return (and save, and push) the results.
+
+        ``extra_results`` (e.g. a baseline) go into all_results.json as they are. ``score_model(model)``
+        is called on every process with the final model, before anything is saved or pushed, and
+        returns more results (e.g. test-set accuracy); with ``load_best_at_end`` it also scores the last
+        model, reported with a ``last_`` prefix.
+        """
         self.extra_results = dict(extra_results or {})
+        self.score_model = score_model
         acc = self.accelerator
         cfg = self.config
         if acc.is_main_process:
@@ -523,10 +530,15 @@ class Trainer:
         acc = self.accelerator
         cfg = self.config
         best_dir = self.output_dir / "best_model"
+        scores: dict = {}
         if cfg.load_best_at_end and best_dir.is_dir():
+            if self.score_model is not None:  # the last model too, to show what best-checkpointing bought
+                scores.update({f"last_{k}": v for k, v in self.score_model(self.unwrapped_task.model).items()})
             self._load_best(best_dir)
             if self.eval_loader is not None:
                 final_eval = self.evaluate()
+        if self.score_model is not None:
+            scores.update(self.score_model(self.unwrapped_task.model))
         train_records = [h for h in self.state.history if "train_loss" in h]
         results = {
             "steps": self.state.step,
@@ -535,6 +547,7 @@ class Trainer:
             "train_runtime_s": runtime,
             "train_tokens_per_s": (sum(h["tokens_per_s"] for h in train_records) / len(train_records)) if train_records else None,
             **(final_eval or {}),
+            **scores,
             **self.extra_results,
         }
         if self.state.best_step is not None:

@@ -149,3 +149,23 @@ def test_resume_mid_epoch_with_dropout_gives_identical_weights(tmp_path, wordpie
     resumed = run(tmp_path / "b", 20, resume="auto")
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
+
+
+def test_score_model_results_are_saved_before_the_end(tmp_path, wordpiece_tokenizer, data):
+    cfg = TrainConfig(
+        output_dir=str(tmp_path), max_steps=4, global_batch_size=16, micro_batch_size=16, eval_every=2,
+        save_every=100, report_to=[], progress_bar=False, load_best_at_end=True,
+    )
+    task = tiny_task(wordpiece_tokenizer)
+    trainer = Trainer(cfg, task, data[0], MLMCollator(wordpiece_tokenizer, seed=1), eval_dataset=data[1])
+    scored = []
+
+    def score(model):
+        scored.append(model.bert.embeddings.word_embeddings.weight.sum().item())
+        return {"test_score": scored[-1]}
+
+    results = trainer.fit(score_model=score)
+    saved = json.loads((tmp_path / "all_results.json").read_text())
+    assert len(scored) == 2  # the last model, then the best one
+    assert saved["last_test_score"] == scored[0] and saved["test_score"] == scored[1] == results["test_score"]
+    assert "test_score" in (tmp_path / "README.md").read_text()
