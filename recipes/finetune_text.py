@@ -29,7 +29,7 @@ from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.metrics import compute_classification_metrics
 from nlp_ssl.models import ModelConfig, build_model
 from nlp_ssl.models.builders import max_positions
-from nlp_ssl.reporting import RunDescription, write_results
+from nlp_ssl.reporting import RunDescription
 from nlp_ssl.tasks.classification import ClassificationCollator, SequenceClassificationTask, is_causal, pretrained_lm_head
 from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
 
@@ -231,25 +231,6 @@ def predict(model, dataset, collator, batch_size: int, device) -> np.ndarray:
     return np.concatenate(preds)
 
 
-class _FinetuneTrainer(Trainer):
-    """Scores the test set with the last model just before the best one replaces it."""
-
-    test_dataset = None
-    test_collator = None
-    last_test: dict | None = None
-
-    def score_test(self) -> dict | None:
-        if self.test_dataset is None:
-            return None
-        model = self.unwrapped_task.model
-        preds = predict(model, self.test_dataset, self.test_collator, self.config.eval_batch_size or self.config.micro_batch_size, self.accelerator.device)
-        return compute_classification_metrics(preds, np.asarray(self.test_dataset["label"][:]))
-
-    def _load_best(self, best_dir):
-        self.last_test = self.score_test()
-        super()._load_best(best_dir)
-
-
 def main(argv=None):
     cfg = parse_config(FinetuneTextConfig, argv, default_yaml=Path(__file__).parent / "configs" / "finetune_text.yaml")
     accelerator = make_accelerator(cfg)
@@ -278,26 +259,23 @@ def main(argv=None):
         base_model=base or "trained from scratch",
         pipeline_tag="text-classification",
     )
-    trainer = _FinetuneTrainer(
+    test_collator = ClassificationCollator(tokenizer, "none")
+
+    def score_test(model) -> dict:
+        """Test accuracy and macro-F1 through the local evaluate metrics (of the last and the best model)."""
+        preds = predict(model, test, test_collator, cfg.eval_batch_size or cfg.micro_batch_size, accelerator.device)
+        scores = compute_classification_metrics(preds, np.asarray(test["label"][:]))
+        return {"test_accuracy": scores["accuracy"], "test_macro_f1": scores["macro_f1"]}
+
+    trainer = Trainer(
         cfg, task, train, collator, eval_dataset=validation, processor=tokenizer,
         accelerator=accelerator, description=description, run_config=cfg,
     )
-    trainer.test_dataset = test
-    trainer.test_collator = ClassificationCollator(tokenizer, "none")
-    results = trainer.fit()
-    results.update({"train_examples": len(train), "num_labels": len(names), "aux_lm": task.aux_lm})
-    history = trainer.state.history
-    evals = [h for h in history if "eval_accuracy" in h]
-    if evals:
-        results["last_step"] = evals[-1]["step"]
-        results["last_eval_accuracy"] = evals[-1]["eval_accuracy"]
+    extra = {"train_examples": len(train), "num_labels": len(names), "aux_lm": task.aux_lm}
     if test is not None:
-        scores = trainer.score_test()
-        results.update({"test_accuracy": scores["accuracy"], "test_macro_f1": scores["macro_f1"], "test_examples": len(test)})
-        last = trainer.last_test or scores
-        results.update({"last_test_accuracy": last["accuracy"], "last_test_macro_f1": last["macro_f1"]})
+        extra["test_examples"] = len(test)
+    results = trainer.fit(extra_results=extra, score_model=score_test if test is not None else None)
     if accelerator.is_main_process:
-        write_results(Path(cfg.output_dir), results)
         shown = ("steps", "best_step", "eval_accuracy", "test_accuracy", "test_macro_f1", "last_test_accuracy")
         print(json.dumps({k: results[k] for k in shown if k in results}))
     return results

@@ -28,7 +28,7 @@ from nlp_ssl.errors import ConfigError, DataError  # noqa: E402
 from nlp_ssl.metrics import compute_classification_metrics  # noqa: E402
 from nlp_ssl.models import ModelConfig, build_model  # noqa: E402
 from nlp_ssl.objectives import ImageClassificationCollator  # noqa: E402
-from nlp_ssl.reporting import RunDescription, write_results  # noqa: E402
+from nlp_ssl.reporting import RunDescription  # noqa: E402
 from nlp_ssl.tasks.vision import ImageClassificationTask  # noqa: E402
 from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator  # noqa: E402
 from pretrain_vit import ImageConfig, check_image_config, load_images, make_processor, vit_fields  # noqa: E402
@@ -200,22 +200,23 @@ def main(argv=None):
         eval_collator=eval_collator, processor=make_processor(cfg.image), accelerator=accelerator,
         description=description, run_config=cfg,
     )
-    results = trainer.fit()
-    if accelerator.is_main_process:
-        # The trainer has loaded the best model (load_best_at_end) or kept the last one.
+
+    def score_test(model) -> dict:
+        """Accuracy and macro-F1 on the test images (of the last and the best model)."""
         batch = cfg.eval_batch_size or max(cfg.micro_batch_size, 256)
-        preds, refs = predict(trainer.unwrapped_task.model, splits["test"], eval_collator, batch, accelerator.device)
+        preds, refs = predict(model, splits["test"], eval_collator, batch, accelerator.device)
         scores = compute_classification_metrics(preds, refs)
-        results.update({
-            "test_accuracy": scores["accuracy"],
-            "test_macro_f1": scores["macro_f1"],
-            "test_images": len(refs),
-            "k_per_class": cfg.data.k_per_class,
-            "validation_per_class": validation_per_class(cfg.data),
-            "init": start,
-            **(transfer or {}),
-        })
-        write_results(Path(cfg.output_dir), results)
+        return {"test_accuracy": scores["accuracy"], "test_macro_f1": scores["macro_f1"]}
+
+    extra = {
+        "test_images": len(splits["test"]),
+        "k_per_class": cfg.data.k_per_class,
+        "validation_per_class": validation_per_class(cfg.data),
+        "init": start,
+        **(transfer or {}),
+    }
+    results = trainer.fit(extra_results=extra, score_model=score_test)
+    if accelerator.is_main_process:
         print({k: results[k] for k in ("steps", "best_step", "eval_accuracy", "test_accuracy") if k in results})
     accelerator.wait_for_everyone()
     return results
