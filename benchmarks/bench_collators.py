@@ -18,6 +18,8 @@ import time
 import torch
 from datasets import Dataset
 
+from bench_mlm import samples_per_s  # the same measurement as the MLM benchmark (run from benchmarks/)
+
 from nlp_ssl.data.parallel import load_sword_pairs
 from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
 from nlp_ssl.models import ModelConfig, build_model
@@ -36,17 +38,6 @@ def rows_of(ds: Dataset, columns: list[str], n: int) -> list[dict]:
     part = ds.select(range(min(n, len(ds))))
     values = {c: part[c] for c in columns}
     return [{c: values[c][i] for c in columns} for i in range(len(part))]
-
-
-def samples_per_s(collator, rows: list[dict], batch_size: int, repeats: int = 3) -> float:
-    batches = [rows[i : i + batch_size] for i in range(0, len(rows) - batch_size + 1, batch_size)]
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for batch in batches:
-            collator(batch)
-        best = max(best, len(batches) * batch_size / (time.perf_counter() - start))
-    return best
 
 
 def step_seconds(task, batch: dict, steps: int) -> float:

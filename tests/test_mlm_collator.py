@@ -148,3 +148,25 @@ def test_whole_word_masking_with_other_tokenizers(tmp_path, kind, vocab):
             split_words += int((words == w).sum() > 1)
     assert split_words > 0, "the test needs words split into several tokens"
     assert 0.1 < masked.float().mean().item() < 0.2
+
+
+def test_tlm_masks_depend_on_the_example_not_its_batch(tmp_path):
+    from nlp_ssl.objectives import TLMCollator
+    from nlp_ssl.tokenization import train_tokenizer
+
+    tok = train_tokenizer("bpe", toy_texts(200, seed=5), 80, tmp_path / "bpe")
+    texts = toy_texts(8, seed=6)
+    examples = [
+        {"src_ids": tok(t, add_special_tokens=False)["input_ids"], "tgt_ids": tok(t[::-1], add_special_tokens=False)["input_ids"],
+         "src_lang": "en", "tgt_lang": "es"}
+        for t in texts
+    ]
+    collator = TLMCollator(tok, {"en": 0, "es": 1}, seed=4, max_length=200)
+    whole = collator(examples)
+    parts = [collator(examples[:5]), collator(examples[5:])]
+    for key in ("input_ids", "labels"):
+        width = whole[key].shape[1]
+        stitched = torch.cat([torch.nn.functional.pad(p[key], (0, width - p[key].shape[1]), value=-100 if key == "labels" else tok.pad_token_id) for p in parts])
+        assert torch.equal(whole[key], stitched), key
+    collator.set_epoch(1)
+    assert not torch.equal(collator(examples)["labels"], whole["labels"])

@@ -266,6 +266,10 @@ class NSPCollator:
             seed=seed,
         )
 
+    def set_epoch(self, epoch: int) -> None:
+        """Other masks each epoch (the trainer calls this)."""
+        self.mlm.set_epoch(epoch)
+
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         for index, example in enumerate(examples):
             for key in ("token_type_ids", "next_sentence_label"):

@@ -24,7 +24,7 @@ from nlp_ssl.errors import DataError
 from nlp_ssl.objectives.masking import (
     apply_mask_replacement,
     attention_mask_from_lengths,
-    batch_generator,
+    RowRandom,
     check_probabilities,
     choose_masked_positions,
     non_special_vocab,
@@ -197,8 +197,14 @@ class TLMCollator:
         self.separator_id = _separator(tokenizer)
         self.pad_token_id = tokenizer.pad_token_id
         self.mask_token_id = tokenizer.mask_token_id
-        self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        self.is_special = np.zeros(len(tokenizer), dtype=bool)
+        self.is_special[sorted(set(tokenizer.all_special_ids))] = True
         self.random_token_ids = non_special_vocab(len(tokenizer), tokenizer.all_special_ids)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Masks depend on the epoch too (dynamic masking); the trainer calls this."""
+        self.epoch = epoch
 
     def _lang_id(self, example: dict, field: str, index: int) -> int:
         code = example.get(field)
@@ -244,8 +250,9 @@ class TLMCollator:
         if self.causal:
             labels = input_ids.masked_fill(attention_mask == 0, -100)
             return {"input_ids": input_ids, "attention_mask": attention_mask, "langs": langs, "position_ids": position_ids, "labels": labels}
-        generator = batch_generator(self.seed, ids_np, np.asarray(langs))
-        maskable = attention_mask.bool() & ~torch.isin(input_ids, self.special_ids)
+        # Per-example randomness (tokens and their languages): the same masks whatever the batching.
+        generator = RowRandom(self.seed, ids_np * 1024 + langs.numpy(), lengths, self.epoch)
+        maskable = attention_mask.bool() & ~torch.from_numpy(self.is_special[ids_np])
         masked = choose_masked_positions(maskable, generator, self.mlm_probability)
         input_ids, labels = apply_mask_replacement(
             input_ids,
