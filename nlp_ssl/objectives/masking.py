@@ -201,3 +201,44 @@ def check_probabilities(mlm_probability: float, mask_replace_prob: float, random
             "mask_replace_prob and random_replace_prob must be >= 0 and sum to at most 1, got "
             f"{mask_replace_prob} and {random_replace_prob}"
         )
+
+
+class TokenMasker:
+    """BERT masking of a padded batch, shared by the MLM, NSP and TLM collators.
+
+    Picks tokens (or whole words) with ``mlm_probability`` among non-special, non-pad positions, then
+    replaces 80% with the mask token, 10% with a random non-special token and keeps 10%. Randomness is
+    per example and per epoch (:class:`RowRandom`); ``set_epoch`` changes the masks (dynamic masking).
+    """
+
+    def __init__(self, tokenizer, mlm_probability: float = 0.15, mask_replace_prob: float = 0.8,
+                 random_replace_prob: float = 0.1, seed: int = 0):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        if tokenizer.mask_token_id is None:
+            raise DataError(f"tokenizer {name!r} has no mask token; MLM needs one (e.g. [MASK] or <mask>)")
+        if tokenizer.pad_token_id is None:
+            raise DataError(f"tokenizer {name!r} has no pad token; set tokenizer.pad_token first")
+        check_probabilities(mlm_probability, mask_replace_prob, random_replace_prob)
+        self.mlm_probability = mlm_probability
+        self.mask_replace_prob = mask_replace_prob
+        self.random_replace_prob = random_replace_prob
+        self.seed = seed
+        self.epoch = 0
+        self.mask_token_id = tokenizer.mask_token_id
+        self.is_special = np.zeros(len(tokenizer), dtype=bool)
+        self.is_special[sorted(set(tokenizer.all_special_ids))] = True
+        self.random_token_ids = non_special_vocab(len(tokenizer), tokenizer.all_special_ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __call__(self, ids: np.ndarray, lengths: np.ndarray, attention_mask: torch.Tensor,
+                 identity: np.ndarray | None = None, word_ids: torch.Tensor | None = None):
+        """``(masked input_ids, labels)``; ``identity`` (default: ``ids``) is what seeds each row."""
+        generator = RowRandom(self.seed, ids if identity is None else identity, lengths, self.epoch)
+        maskable = attention_mask.bool() & ~torch.from_numpy(self.is_special[ids])
+        masked = choose_masked_positions(maskable, generator, self.mlm_probability, word_ids)
+        return apply_mask_replacement(
+            torch.from_numpy(ids), masked, generator, self.mask_token_id, self.random_token_ids,
+            self.mask_replace_prob, self.random_replace_prob,
+        )

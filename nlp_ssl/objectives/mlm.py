@@ -9,12 +9,8 @@ import torch
 
 from nlp_ssl.errors import DataError
 from nlp_ssl.objectives.masking import (
-    apply_mask_replacement,
+    TokenMasker,
     attention_mask_from_lengths,
-    RowRandom,
-    check_probabilities,
-    choose_masked_positions,
-    non_special_vocab,
     pad_column,
 )
 
@@ -47,36 +43,22 @@ class MLMCollator:
         pad_to_multiple_of: int | None = None,
         seed: int = 0,
     ):
-        if tokenizer.mask_token_id is None:
-            name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-            raise DataError(f"tokenizer {name!r} has no mask token; MLM needs one (e.g. [MASK] or <mask>)")
-        if tokenizer.pad_token_id is None:
-            name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-            raise DataError(f"tokenizer {name!r} has no pad token; set tokenizer.pad_token first")
-        check_probabilities(mlm_probability, mask_replace_prob, random_replace_prob)
-        self.mlm_probability = mlm_probability
-        self.mask_replace_prob = mask_replace_prob
-        self.random_replace_prob = random_replace_prob
+        self.masker = TokenMasker(tokenizer, mlm_probability, mask_replace_prob, random_replace_prob, seed)
         self.whole_word_mask = whole_word_mask
         self.pad_to_multiple_of = pad_to_multiple_of
-        self.seed = seed
         self.pad_token_id = tokenizer.pad_token_id
-        self.mask_token_id = tokenizer.mask_token_id
-        self.is_special = np.zeros(len(tokenizer), dtype=bool)
-        self.is_special[sorted(set(tokenizer.all_special_ids))] = True
-        self.random_token_ids = non_special_vocab(len(tokenizer), tokenizer.all_special_ids)
-        self.epoch = 0
+
+    @property
+    def is_special(self) -> np.ndarray:
+        return self.masker.is_special
 
     def set_epoch(self, epoch: int) -> None:
         """Masks depend on the epoch too (dynamic masking); the trainer calls this."""
-        self.epoch = epoch
+        self.masker.set_epoch(epoch)
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         ids_np, lengths = pad_column(examples, "input_ids", self.pad_token_id, self.pad_to_multiple_of)
-        input_ids = torch.from_numpy(ids_np)
-        attention_mask = attention_mask_from_lengths(lengths, input_ids.shape[1])
-        generator = RowRandom(self.seed, ids_np, lengths, self.epoch)
-        maskable = attention_mask.bool() & ~torch.from_numpy(self.is_special[ids_np])
+        attention_mask = attention_mask_from_lengths(lengths, ids_np.shape[1])
         word_ids = None
         if self.whole_word_mask:
             if "word_ids" not in examples[0]:
@@ -86,16 +68,7 @@ class MLMCollator:
                 )
             word_np, _ = pad_column(examples, "word_ids", -1, self.pad_to_multiple_of)
             word_ids = contiguous_word_index(torch.from_numpy(word_np))
-        masked = choose_masked_positions(maskable, generator, self.mlm_probability, word_ids)
-        input_ids, labels = apply_mask_replacement(
-            input_ids,
-            masked,
-            generator,
-            self.mask_token_id,
-            self.random_token_ids,
-            self.mask_replace_prob,
-            self.random_replace_prob,
-        )
+        input_ids, labels = self.masker(ids_np, lengths, attention_mask, word_ids=word_ids)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         if "token_type_ids" in examples[0]:
             batch["token_type_ids"] = torch.from_numpy(pad_column(examples, "token_type_ids", 0, self.pad_to_multiple_of)[0])

@@ -22,12 +22,8 @@ from datasets import Dataset
 
 from nlp_ssl.errors import DataError
 from nlp_ssl.objectives.masking import (
-    apply_mask_replacement,
+    TokenMasker,
     attention_mask_from_lengths,
-    RowRandom,
-    check_probabilities,
-    choose_masked_positions,
-    non_special_vocab,
     pad_column,
 )
 
@@ -185,26 +181,17 @@ class TLMCollator:
             raise DataError(f"lang2id {dict(lang2id)} must map each language to a distinct non-negative integer")
         if max_length < 6:
             raise DataError(f"TLM max_length {max_length} leaves no room for two sentences and four </s>")
-        check_probabilities(mlm_probability, mask_replace_prob, random_replace_prob)
         self.lang2id = dict(lang2id)
-        self.mlm_probability = mlm_probability
-        self.mask_replace_prob = mask_replace_prob
-        self.random_replace_prob = random_replace_prob
         self.max_length = max_length
         self.pad_to_multiple_of = pad_to_multiple_of
-        self.seed = seed
         self.causal = causal
         self.separator_id = _separator(tokenizer)
         self.pad_token_id = tokenizer.pad_token_id
-        self.mask_token_id = tokenizer.mask_token_id
-        self.is_special = np.zeros(len(tokenizer), dtype=bool)
-        self.is_special[sorted(set(tokenizer.all_special_ids))] = True
-        self.random_token_ids = non_special_vocab(len(tokenizer), tokenizer.all_special_ids)
-        self.epoch = 0
+        self.masker = TokenMasker(tokenizer, mlm_probability, mask_replace_prob, random_replace_prob, seed)
 
     def set_epoch(self, epoch: int) -> None:
         """Masks depend on the epoch too (dynamic masking); the trainer calls this."""
-        self.epoch = epoch
+        self.masker.set_epoch(epoch)
 
     def _lang_id(self, example: dict, field: str, index: int) -> int:
         code = example.get(field)
@@ -250,19 +237,8 @@ class TLMCollator:
         if self.causal:
             labels = input_ids.masked_fill(attention_mask == 0, -100)
             return {"input_ids": input_ids, "attention_mask": attention_mask, "langs": langs, "position_ids": position_ids, "labels": labels}
-        # Per-example randomness (tokens and their languages): the same masks whatever the batching.
-        generator = RowRandom(self.seed, ids_np * 1024 + langs.numpy(), lengths, self.epoch)
-        maskable = attention_mask.bool() & ~torch.from_numpy(self.is_special[ids_np])
-        masked = choose_masked_positions(maskable, generator, self.mlm_probability)
-        input_ids, labels = apply_mask_replacement(
-            input_ids,
-            masked,
-            generator,
-            self.mask_token_id,
-            self.random_token_ids,
-            self.mask_replace_prob,
-            self.random_replace_prob,
-        )
+        # Rows are seeded by their tokens and languages: the same masks whatever the batching.
+        input_ids, labels = self.masker(ids_np, lengths, attention_mask, identity=ids_np * 1024 + langs.numpy())
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
