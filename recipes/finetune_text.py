@@ -27,7 +27,7 @@ from nlp_ssl.config import parse_config
 from nlp_ssl.data.labels import drop_classes, load_labeled_dataset, sample_k_per_class
 from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.metrics import compute_classification_metrics
-from nlp_ssl.models import ModelConfig, build_model
+from nlp_ssl.models import ModelConfig, build_model, special_token_fields
 from nlp_ssl.models.builders import max_positions
 from nlp_ssl.reporting import RunDescription
 from nlp_ssl.tasks.classification import ClassificationCollator, SequenceClassificationTask, is_causal, pretrained_lm_head
@@ -192,7 +192,7 @@ def build_task(cfg: FinetuneTextConfig, tokenizer, names: list[str]):
         "pad_token_id": tokenizer.pad_token_id,
     }
     if not cfg.model.name_or_path:
-        fields["vocab_size"] = len(tokenizer)
+        fields.update(vocab_size=len(tokenizer), **special_token_fields(tokenizer))
     if cfg.model.name_or_path and not Path(cfg.model.name_or_path).joinpath("config.json").is_file() and Path(cfg.model.name_or_path).exists():
         raise ConfigError(f"model.name_or_path {cfg.model.name_or_path}: not a model folder (no config.json)")
     try:
@@ -205,7 +205,9 @@ def build_task(cfg: FinetuneTextConfig, tokenizer, names: list[str]):
     if aux != "none" and cfg.finetune.aux_weight > 0:
         # The checkpoint loaded with its LM head gives the head's pretrained weights (for a tied
         # GPT-2 head, just the embeddings that the classifier already has).
-        lm_fields = {"pad_token_id": tokenizer.pad_token_id, **({"vocab_size": len(tokenizer)} if not cfg.model.name_or_path else {})}
+        lm_fields = {"pad_token_id": tokenizer.pad_token_id}
+        if not cfg.model.name_or_path:
+            lm_fields.update(vocab_size=len(tokenizer), **special_token_fields(tokenizer))
         lm_model = build_model(cfg.model, "masked_lm" if aux == "mlm" else "causal_lm", **lm_fields)
         lm_head = pretrained_lm_head(model, lm_model, aux)
     task = SequenceClassificationTask(model, aux_lm=aux, aux_weight=cfg.finetune.aux_weight, lm_head=lm_head)

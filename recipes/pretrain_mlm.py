@@ -9,7 +9,7 @@ from pathlib import Path
 from nlp_ssl.cli import run
 from nlp_ssl.config import parse_config
 from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
-from nlp_ssl.models import ModelConfig, build_model, check_block_size
+from nlp_ssl.models import ModelConfig, build_model, check_block_size, special_token_fields
 from nlp_ssl.objectives import MLMCollator
 from nlp_ssl.objectives.mlm import unigram_baseline_accuracy
 from nlp_ssl.reporting import RunDescription
@@ -53,7 +53,7 @@ def main(argv=None):
             pad_to_multiple_of=cfg.mlm.pad_to_multiple_of,
             seed=cfg.seed,
         )
-        model = build_model(cfg.model, "masked_lm", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        model = build_model(cfg.model, "masked_lm", vocab_size=len(tokenizer), **special_token_fields(tokenizer))
         check_block_size(cfg.data.block_size, model.config)
         blocks = {
             split: tokenize_and_pack(ds, tokenizer, cfg.data.text_column, cfg.data.block_size, cfg.mlm.whole_word_mask, cfg.data.num_proc)

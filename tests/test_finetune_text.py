@@ -340,3 +340,34 @@ def test_xlm_mlm_aux_uses_the_tied_pretrained_projection(tmp_path, wordpiece_tok
         lm_sum, lm_count = task(**batch)["losses"]["lm"]
         reference = pretrained(input_ids=batch["lm_input_ids"], attention_mask=batch["attention_mask"], labels=batch["lm_labels"]).loss
     torch.testing.assert_close(lm_sum / lm_count, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_modernbert_mlm_aux_uses_its_pretrained_head_and_mean_pooling(tmp_path, wordpiece_tokenizer):
+    from transformers import ModernBertForMaskedLM, ModernBertForSequenceClassification
+
+    from nlp_ssl.models import ModelConfig, build_model, special_token_fields
+
+    tok = wordpiece_tokenizer
+    torch.manual_seed(0)
+    pretrained = build_model(ModelConfig(arch="modernbert", size="tiny"), "masked_lm", vocab_size=len(tok), **special_token_fields(tok))
+    assert isinstance(pretrained, ModernBertForMaskedLM) and pretrained.config.classifier_pooling == "mean"
+    assert pretrained.config.pad_token_id == tok.pad_token_id and pretrained.config.cls_token_id == tok.cls_token_id
+    with torch.no_grad():  # a non-trivial head, so a re-initialised one would be noticed
+        pretrained.head.dense.weight.normal_(0, 0.5)
+    pretrained.save_pretrained(tmp_path / "mb")
+    classifier = ModernBertForSequenceClassification.from_pretrained(tmp_path / "mb", num_labels=3).eval()
+    head = pretrained_lm_head(classifier, ModernBertForMaskedLM.from_pretrained(tmp_path / "mb"), "mlm")
+    assert head[1].weight is classifier.model.embeddings.tok_embeddings.weight
+    task = SequenceClassificationTask(classifier, aux_lm="mlm", lm_head=head).eval()
+    batch = ClassificationCollator(tok, "mlm", mlm_probability=0.4)(encode(tok, toy_texts(3), [0, 1, 2]))
+    pretrained.eval()
+    with torch.no_grad():
+        lm_sum, lm_count = task(**batch)["losses"]["lm"]
+        reference = pretrained(input_ids=batch["lm_input_ids"], attention_mask=batch["attention_mask"], labels=batch["lm_labels"]).loss
+        # Mean pooling: padding the batch further does not change the logits.
+        logits = classifier(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        pad = torch.full((3, 5), tok.pad_token_id)
+        padded = classifier(input_ids=torch.cat([batch["input_ids"], pad], 1),
+                            attention_mask=torch.cat([batch["attention_mask"], torch.zeros_like(pad)], 1)).logits
+    torch.testing.assert_close(lm_sum / lm_count, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(padded, logits, rtol=1e-4, atol=1e-4)

@@ -17,8 +17,12 @@ pytestmark = pytest.mark.slow
 SMALL = [
     "data.block_size=64", "micro_batch_size=8", "global_batch_size=8", "eval_every=6", "log_every=2",
     "tokenizer.vocab_size=2000", "progress_bar=false", "data.validation_split=0.1",
-    "model.config_overrides={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
 ]
+#: The default architecture (ModernBERT) and classic post-LN BERT.
+ARCHS = {
+    "modernbert": ["model.arch=modernbert"],
+    "bert": ["model.arch=bert", "model.config_overrides={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}"],
+}
 
 
 def small_run(wiki_jsonl, out, *extra):
@@ -29,20 +33,21 @@ def weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
-def test_recipe_checkpoint_loads_in_fill_mask_pipeline(tmp_path, wiki_jsonl):
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_recipe_checkpoint_loads_in_fill_mask_pipeline(tmp_path, wiki_jsonl, arch):
     out = tmp_path / "run"
-    proc = run_recipe("pretrain_mlm.py", *small_run(wiki_jsonl, out, "max_steps=12", "save_every=6"))
+    proc = run_recipe("pretrain_mlm.py", *small_run(wiki_jsonl, out, "max_steps=12", "save_every=6", *ARCHS[arch]))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     assert results["steps"] == 12 and results["eval_loss"] < 9.0
 
-    from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM, pipeline
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 
     from nlp_ssl.objectives import MLMCollator
-    from nlp_ssl.tasks.masked_lm import MaskedLMTask
+    from nlp_ssl.tasks.masked_lm import SPARSE_HEADS, MaskedLMTask
 
     model = AutoModelForMaskedLM.from_pretrained(out)
-    assert isinstance(model, BertForMaskedLM)
+    assert model.config.model_type == arch and type(model).__name__.endswith("ForMaskedLM")
     fill = pipeline("fill-mask", model=str(out))
     tok = fill.tokenizer
     predictions = fill(f"the history of the {tok.mask_token} is long.")
@@ -56,9 +61,10 @@ def test_recipe_checkpoint_loads_in_fill_mask_pipeline(tmp_path, wiki_jsonl):
     model.eval()
     with torch.no_grad():
         full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        hidden = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        encoder, head = SPARSE_HEADS[arch](model)
+        hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         keep = batch["labels"] != -100
-        sparse = model.cls(hidden[keep])
+        sparse = head(hidden[keep])
         out_sparse = MaskedLMTask(model)(**batch)["losses"]["loss"]
         out_dense = MaskedLMTask(model, sparse=False)(**batch)["losses"]["loss"]
     torch.testing.assert_close(sparse, full[keep])

@@ -14,7 +14,7 @@ from transformers import AutoConfig, PretrainedConfig
 
 from nlp_ssl.errors import ConfigError
 
-Arch = Literal["bert", "gpt2", "xlm", "vit"]
+Arch = Literal["bert", "modernbert", "gpt2", "xlm", "vit"]
 Head = Literal[
     "masked_lm", "pretraining", "causal_lm", "sequence_classification", "image_classification", "masked_image_modeling"
 ]
@@ -33,6 +33,10 @@ HEAD_CLASSES: dict[str, dict[str, str]] = {
         "masked_lm": "BertForMaskedLM",
         "pretraining": "BertForPreTraining",
         "sequence_classification": "BertForSequenceClassification",
+    },
+    "modernbert": {
+        "masked_lm": "ModernBertForMaskedLM",
+        "sequence_classification": "ModernBertForSequenceClassification",
     },
     "gpt2": {"causal_lm": "GPT2LMHeadModel", "sequence_classification": "GPT2ForSequenceClassification"},
     "xlm": {"masked_lm": "XLMWithLMHeadModel", "causal_lm": "XLMWithLMHeadModel", "sequence_classification": "XLMForSequenceClassification"},
@@ -72,6 +76,15 @@ def preset_config(arch: str, size: str, **fields) -> PretrainedConfig:
     if arch == "bert":
         base = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, intermediate_size=4 * hidden)
         return transformers.BertConfig(**{**base, **fields})
+    if arch == "modernbert":
+        # Pre-LN with rotary positions and a gated MLP: it leaves the unigram plateau far sooner than
+        # post-LN BERT at these sizes. Global attention in every layer (sequences here are short),
+        # and mean pooling for classification, which MLM trains (it never trains [CLS]).
+        base = dict(
+            num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, intermediate_size=2 * hidden,
+            global_attn_every_n_layers=1, max_position_embeddings=512, classifier_pooling="mean",
+        )
+        return transformers.ModernBertConfig(**{**base, **fields})
     if arch == "gpt2":
         base = dict(n_layer=layers, n_embd=hidden, n_head=heads, n_inner=4 * hidden)
         return transformers.GPT2Config(**{**base, **fields})
@@ -110,6 +123,15 @@ def build_model(cfg: ModelConfig, head: Head, *, ignore_mismatched_sizes: bool =
         raise ConfigError(f"model.arch {cfg.arch!r} has no {head!r} head; it has {list(classes)}")
     config = preset_config(cfg.arch, cfg.size, **fields)
     return getattr(transformers, classes[head])(config)
+
+
+def special_token_fields(tokenizer) -> dict[str, int]:
+    """The tokenizer's special-token ids as config fields; configs whose defaults point at another
+    vocabulary (ModernBERT's are 50281+) need them, others just keep them."""
+    names = {"pad_token_id": "pad_token_id", "cls_token_id": "cls_token_id", "sep_token_id": "sep_token_id",
+             "bos_token_id": "cls_token_id", "eos_token_id": "sep_token_id"}
+    fields = {field: getattr(tokenizer, attr, None) for field, attr in names.items()}
+    return {field: value for field, value in fields.items() if value is not None}
 
 
 def max_positions(config: PretrainedConfig) -> int | None:

@@ -30,8 +30,12 @@ from nlp_ssl.tasks.base import Sums, Task, cross_entropy_sum
 from nlp_ssl.tasks.masked_lm import masked_positions_loss
 
 AUX_LM = ("none", "clm", "mlm")
-#: model_type -> attribute of the pretrained MLM model that maps hidden states to vocabulary logits.
-MLM_HEADS = {"bert": "cls", "roberta": "lm_head", "xlm-roberta": "lm_head", "xlm": "pred_layer.proj"}
+#: model_type -> attributes of the pretrained MLM model that, applied in turn, map hidden states to
+#: vocabulary logits.
+MLM_HEADS = {
+    "bert": ("cls",), "roberta": ("lm_head",), "xlm-roberta": ("lm_head",), "xlm": ("pred_layer.proj",),
+    "modernbert": ("head", "decoder"),
+}
 #: Model types trained left to right, whose natural auxiliary loss is next-token prediction.
 CAUSAL_TYPES = ("gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "openai-gpt")
 
@@ -75,12 +79,10 @@ def pretrained_lm_head(classifier: nn.Module, lm_model: nn.Module, aux_lm: str) 
     model_type = lm_model.config.model_type
     if model_type not in MLM_HEADS:
         raise ConfigError(f"aux_lm 'mlm': no known MLM head for model type {model_type!r}; supported: {sorted(MLM_HEADS)}")
-    head = lm_model
-    for name in MLM_HEADS[model_type].split("."):
-        head = getattr(head, name)
     if tied:
         lm_model.get_output_embeddings().weight = classifier.get_input_embeddings().weight
-    return head
+    parts = [lm_model.get_submodule(path) for path in MLM_HEADS[model_type]]
+    return parts[0] if len(parts) == 1 else nn.Sequential(*parts)
 
 
 class SequenceClassificationTask(Task):

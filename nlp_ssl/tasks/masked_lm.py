@@ -11,8 +11,13 @@ import torch
 
 from nlp_ssl.tasks.base import Task, cross_entropy_sum
 
-# model_type -> (encoder attribute, head attribute) for the sparse path.
-SPARSE_HEADS = {"bert": ("bert", "cls"), "roberta": ("roberta", "lm_head"), "xlm-roberta": ("roberta", "lm_head")}
+# model_type -> (encoder, hidden -> vocabulary logits) of a masked LM, for the sparse path.
+SPARSE_HEADS = {
+    "bert": lambda m: (m.bert, m.cls),
+    "roberta": lambda m: (m.roberta, m.lm_head),
+    "xlm-roberta": lambda m: (m.roberta, m.lm_head),
+    "modernbert": lambda m: (m.model, lambda hidden: m.decoder(m.head(hidden))),
+}
 
 
 def masked_positions_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module):
@@ -38,7 +43,7 @@ class MaskedLMTask(Task):
             logits = self.model(**inputs).logits
             loss, count, correct = cross_entropy_sum(logits, labels)
         else:
-            encoder_name, head_name = self.sparse_parts
-            hidden = getattr(self.model, encoder_name)(**inputs).last_hidden_state
-            loss, count, correct = masked_positions_loss(hidden, labels, getattr(self.model, head_name))
+            encoder, head = self.sparse_parts(self.model)
+            hidden = encoder(**inputs).last_hidden_state
+            loss, count, correct = masked_positions_loss(hidden, labels, head)
         return {"losses": {"loss": (loss, count)}, "metrics": {"accuracy": (correct, count)}}
