@@ -77,8 +77,19 @@ def rotate_checkpoints(root: Path, keep: int) -> list[Path]:
 
 
 def resolve_resume(resume: str | None, root: Path) -> Path | None:
-    """``None``/``""`` → fresh start; ``auto`` → latest checkpoint or fresh; else a checkpoint path."""
+    """``None``/``""`` → fresh start; ``auto`` → latest checkpoint or fresh; else a checkpoint path.
+
+    A fresh start over an earlier run's checkpoints is refused: rotation would then mix the two runs
+    (and could delete the new run's checkpoints as the "older" ones), and ``resume=auto`` would later
+    pick the wrong run.
+    """
     if not resume:
+        found = list_checkpoints(root)
+        if found:
+            raise ConfigError(
+                f"output_dir {root.parent} already holds checkpoints of an earlier run (latest: {found[-1].name}); "
+                "pass resume=auto to continue it, or choose another output_dir"
+            )
         return None
     if resume == "auto":
         return latest_checkpoint(root)

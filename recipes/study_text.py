@@ -17,6 +17,7 @@ with the best step marked), which show overfitting and what best-checkpointing r
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ def finetune_args(cfg: StudyConfig, method: str, k: int, seed: int, out: Path) -
     return [
         f"model.name_or_path={cfg.pretrained}", *cfg.finetune, *NEURAL[method], *cfg.method_overrides.get(method, []),
         f"data.k_per_class={k}", f"seed={seed}", f"output_dir={out}", "progress_bar=false",
+        "resume=auto",  # an interrupted study continues its unfinished run
     ]
 
 
@@ -67,6 +69,8 @@ def run_neural(cfg: StudyConfig, method: str, k: int, seed: int, runs: Path) -> 
     out = runs / _run_name(method, k, seed)
     done = out / "all_results.json"
     if not (cfg.reuse and done.is_file()):
+        if not cfg.reuse:
+            shutil.rmtree(out, ignore_errors=True)
         finetune_text.main(finetune_args(cfg, method, k, seed, out))
     results = json.loads(done.read_text())
     history = json.loads((out / "trainer_history.json").read_text())

@@ -21,6 +21,7 @@ a run whose ``all_results.json`` exists is reused, so an interrupted study resum
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -88,9 +89,12 @@ def run_recipe(script: str, args: list[str], out: Path, reuse: bool) -> dict:
     results = out / "all_results.json"
     if reuse and results.is_file():
         return json.loads(results.read_text(encoding="utf-8"))
+    if not reuse:
+        shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"{out.name}.log"
-    cmd = [sys.executable, str(RECIPES / script), *args, f"output_dir={out}", "progress_bar=false"]
+    # resume=auto: an interrupted run continues from its last checkpoint.
+    cmd = [sys.executable, str(RECIPES / script), *args, f"output_dir={out}", "progress_bar=false", "resume=auto"]
     start = time.perf_counter()
     with log.open("w", encoding="utf-8") as handle:
         proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT)

@@ -31,7 +31,6 @@ pytestmark = pytest.mark.slow
 SMALL = [
     "data.block_size=64", "micro_batch_size=8", "global_batch_size=8", "log_every=2", "eval_batches=2",
     "tokenizer.vocab_size=2000", "progress_bar=false", "data.validation_split=0.1",
-    "model.config_overrides={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
 ]
 
 

@@ -106,6 +106,19 @@ def test_checkpoints_rotate_and_best_model_is_kept(tmp_path, wordpiece_tokenizer
     assert "eval_loss" in card and "max_steps: 8" in card
 
 
+def test_fresh_start_over_an_earlier_runs_checkpoints_is_refused(tmp_path, wordpiece_tokenizer, data):
+    from nlp_ssl.errors import ConfigError
+
+    train(tmp_path, wordpiece_tokenizer, data, max_steps=4, save_every=2)
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    latest = ckpt.latest_checkpoint(tmp_path / "checkpoints").name
+    with pytest.raises(ConfigError, match=rf"already holds checkpoints of an earlier run \(latest: {latest}\); pass resume=auto"):
+        train(tmp_path, wordpiece_tokenizer, data, max_steps=2, save_every=1)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+    _, results = train(tmp_path, wordpiece_tokenizer, data, max_steps=6, save_every=2, resume="auto")
+    assert results["steps"] == 6
+
+
 def test_early_stopping(tmp_path, wordpiece_tokenizer, data):
     # A learning rate of zero never improves the validation loss after the first evaluation.
     trainer, results = train(tmp_path, wordpiece_tokenizer, data, learning_rate=0.0, max_steps=50, eval_every=1, early_stopping_patience=2)
