@@ -44,7 +44,7 @@ def test_recipe_checkpoint_loads_in_fill_mask_pipeline(tmp_path, wiki_jsonl, arc
     from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 
     from nlp_ssl.objectives import MLMCollator
-    from nlp_ssl.tasks.masked_lm import SPARSE_HEADS, MaskedLMTask
+    from nlp_ssl.tasks.masked_lm import MaskedLMTask, mlm_parts
 
     model = AutoModelForMaskedLM.from_pretrained(out)
     assert model.config.model_type == arch and type(model).__name__.endswith("ForMaskedLM")
@@ -61,7 +61,7 @@ def test_recipe_checkpoint_loads_in_fill_mask_pipeline(tmp_path, wiki_jsonl, arc
     model.eval()
     with torch.no_grad():
         full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        encoder, head = SPARSE_HEADS[arch](model)
+        encoder, head = mlm_parts(model)
         hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         keep = batch["labels"] != -100
         sparse = head(hidden[keep])

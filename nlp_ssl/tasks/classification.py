@@ -27,15 +27,9 @@ from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.objectives.masking import attention_mask_from_lengths, pad_column
 from nlp_ssl.objectives.mlm import MLMCollator
 from nlp_ssl.tasks.base import Sums, Task, cross_entropy_sum
-from nlp_ssl.tasks.masked_lm import masked_positions_loss
+from nlp_ssl.tasks.masked_lm import MLM_PARTS, masked_positions_loss, mlm_parts
 
 AUX_LM = ("none", "clm", "mlm")
-#: model_type -> attributes of the pretrained MLM model that, applied in turn, map hidden states to
-#: vocabulary logits.
-MLM_HEADS = {
-    "bert": ("cls",), "roberta": ("lm_head",), "xlm-roberta": ("lm_head",), "xlm": ("pred_layer.proj",),
-    "modernbert": ("head", "decoder"),
-}
 #: Model types trained left to right, whose natural auxiliary loss is next-token prediction.
 CAUSAL_TYPES = ("gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "openai-gpt")
 
@@ -76,13 +70,14 @@ def pretrained_lm_head(classifier: nn.Module, lm_model: nn.Module, aux_lm: str) 
         return output
     if aux_lm != "mlm":
         raise ConfigError(f"aux_lm {aux_lm!r} needs no LM head; choose one of {list(AUX_LM)}")
-    model_type = lm_model.config.model_type
-    if model_type not in MLM_HEADS:
-        raise ConfigError(f"aux_lm 'mlm': no known MLM head for model type {model_type!r}; supported: {sorted(MLM_HEADS)}")
+    parts = mlm_parts(lm_model)
+    if parts is None:
+        raise ConfigError(
+            f"aux_lm 'mlm': no known MLM head for model type {lm_model.config.model_type!r}; supported: {sorted(MLM_PARTS)}"
+        )
     if tied:
         lm_model.get_output_embeddings().weight = classifier.get_input_embeddings().weight
-    parts = [lm_model.get_submodule(path) for path in MLM_HEADS[model_type]]
-    return parts[0] if len(parts) == 1 else nn.Sequential(*parts)
+    return parts[1]
 
 
 class SequenceClassificationTask(Task):

@@ -1,8 +1,9 @@
 """Masked LM loss computed only where a token is predicted.
 
 BERT's ``gather_indexes`` (and cramming) project to the vocabulary only at masked positions: with 15%
-masking that skips 85% of the largest matrix multiply in a small model. The model stays a plain
-``BertForMaskedLM``, so the checkpoint and its ``fill-mask`` logits are unchanged.
+masking that skips 85% of the largest matrix multiply in a small model. The model stays a plain HF
+masked LM (``BertForMaskedLM``, ``ModernBertForMaskedLM``...), so the checkpoint and its ``fill-mask``
+logits are unchanged.
 """
 
 from __future__ import annotations
@@ -11,13 +12,27 @@ import torch
 
 from nlp_ssl.tasks.base import Task, cross_entropy_sum
 
-# model_type -> (encoder, hidden -> vocabulary logits) of a masked LM, for the sparse path.
-SPARSE_HEADS = {
-    "bert": lambda m: (m.bert, m.cls),
-    "roberta": lambda m: (m.roberta, m.lm_head),
-    "xlm-roberta": lambda m: (m.roberta, m.lm_head),
-    "modernbert": lambda m: (m.model, lambda hidden: m.decoder(m.head(hidden))),
+#: model_type -> (encoder, modules that in turn map hidden states to vocabulary logits) of a masked LM.
+MLM_PARTS = {
+    "bert": ("bert", ("cls",)),
+    "roberta": ("roberta", ("lm_head",)),
+    "xlm-roberta": ("roberta", ("lm_head",)),
+    "modernbert": ("model", ("head", "decoder")),
+    "xlm": ("transformer", ("pred_layer.proj",)),
 }
+
+
+def mlm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(encoder, MLM head) of a masked LM whose layout is known, else None."""
+    layout = MLM_PARTS.get(model.config.model_type)
+    if layout is None:
+        return None
+    encoder, head_paths = layout
+    try:
+        heads = [model.get_submodule(path) for path in head_paths]
+    except AttributeError:  # e.g. XLM with an adaptive softmax: no plain output projection
+        return None
+    return model.get_submodule(encoder), heads[0] if len(heads) == 1 else torch.nn.Sequential(*heads)
 
 
 def masked_positions_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module):
@@ -33,17 +48,17 @@ class MaskedLMTask(Task):
 
     def __init__(self, model, sparse: bool = True):
         super().__init__(model)
-        self.sparse_parts = SPARSE_HEADS.get(model.config.model_type) if sparse else None
+        self.sparse = sparse and mlm_parts(model) is not None
 
     def count_items(self, batch):
         return {"loss": (batch["labels"] != -100).sum()}
 
     def forward(self, labels, **inputs):
-        if self.sparse_parts is None:
+        if not self.sparse:
             logits = self.model(**inputs).logits
             loss, count, correct = cross_entropy_sum(logits, labels)
         else:
-            encoder, head = self.sparse_parts(self.model)
+            encoder, head = mlm_parts(self.model)
             hidden = encoder(**inputs).last_hidden_state
             loss, count, correct = masked_positions_loss(hidden, labels, head)
         return {"losses": {"loss": (loss, count)}, "metrics": {"accuracy": (correct, count)}}

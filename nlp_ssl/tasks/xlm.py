@@ -10,7 +10,7 @@ import torch
 
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.tasks.base import Task
-from nlp_ssl.tasks.masked_lm import masked_positions_loss
+from nlp_ssl.tasks.masked_lm import masked_positions_loss, mlm_parts
 
 ENCODER_INPUTS = ("input_ids", "attention_mask", "langs", "position_ids")
 
@@ -29,6 +29,7 @@ class XLMMaskedLMTask(Task):
 
     def forward(self, labels: torch.Tensor, **batch):
         inputs = {k: batch[k] for k in ENCODER_INPUTS if batch.get(k) is not None}
-        hidden = self.model.transformer(**inputs).last_hidden_state
-        loss, count, correct = masked_positions_loss(hidden, labels, self.model.pred_layer.proj)
+        encoder, head = mlm_parts(self.model)
+        hidden = encoder(**inputs).last_hidden_state
+        loss, count, correct = masked_positions_loss(hidden, labels, head)
         return {"losses": {"loss": (loss, count)}, "metrics": {"accuracy": (correct, count)}}
