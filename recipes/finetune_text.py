@@ -2,7 +2,7 @@
 
     accelerate launch recipes/finetune_text.py [--config recipes/configs/finetune_text.yaml] [key=value ...]
 
-Starts from an nlp_ssl checkpoint (BERT, GPT-2, XLM), any HF checkpoint folder, or the same
+Starts from an nlp_ssl checkpoint (BERT, ModernBERT, GPT-2, XLM), any HF checkpoint folder, or the same
 architecture with fresh weights (``model.load_weights=false``: the from-scratch baseline). Optional
 auxiliary LM loss (``finetune.aux_lm``; GPT-1 §3.2). The labelled pool is split into a validation set
 (``data.validation_per_class`` rows per class, drawn with a fixed seed so every run is selected on the

@@ -134,6 +134,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, wiki_jsonl):
         ("resume", "resume path {tmp}/nowhere does not exist"),
         ("unknown_key", "unknown config key 'mlm.probability'"),
         ("no_mask", "has no mask token"),
+        ("earlier_run", "already holds checkpoints of an earlier run (latest: step_00000004); pass resume=auto"),
     ],
 )
 def test_bad_input_fails_with_one_clear_line(tmp_path, wiki_jsonl, case, expected):
@@ -154,7 +155,14 @@ def test_bad_input_fails_with_one_clear_line(tmp_path, wiki_jsonl, case, expecte
             "resume": [f"resume={tmp_path}/nowhere"],
             "unknown_key": ["mlm.probability=0.2"],
             "no_mask": [f"tokenizer.name_or_path={tmp_path}/tok"],
+            "earlier_run": [],
         }[case]
+    if case == "earlier_run":
+        from nlp_ssl.checkpointing import STATE_FILE
+
+        earlier = tmp_path / "out" / "checkpoints" / "step_00000004"
+        earlier.mkdir(parents=True)
+        (earlier / STATE_FILE).write_text("{}")
     if case == "no_mask":
         from nlp_ssl.tokenization import train_tokenizer
         from tests.helpers import toy_texts
@@ -170,4 +178,7 @@ def test_bad_input_fails_with_one_clear_line(tmp_path, wiki_jsonl, case, expecte
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected.format(path=path, tmp=tmp_path) in last, last
-    assert not (tmp_path / "out" / "checkpoints").exists()
+    if case == "earlier_run":  # the earlier run's checkpoint is untouched
+        assert [p.name for p in (tmp_path / "out" / "checkpoints").iterdir()] == ["step_00000004"]
+    else:
+        assert not (tmp_path / "out" / "checkpoints").exists()
