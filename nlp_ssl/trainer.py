@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ class TrainConfig:
     eval_batch_size: int | None = None
     learning_rate: float = 5e-4
     weight_decay: float = 0.01
+    #: Layer-wise learning-rate decay for fine-tuning (BEiT, MAE): block i of n learns at
+    #: ``layer_decay ** (n - i)`` of the rate, embeddings at ``layer_decay ** (n + 1)``; 1.0 is off.
+    layer_decay: float = 1.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     adam_epsilon: float = 1e-6
@@ -103,6 +107,18 @@ class TrainerState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     history: list[dict] = field(default_factory=list)
+
+
+def block_depths(names: list[str]) -> dict[str, int]:
+    """Each parameter's depth for layer-wise lr decay: 0 for embeddings, i + 1 for transformer block
+    i (the first number in the name: ``encoder.layer.3.``, ``layers.3.``, ``h.3.``), and n + 1 for
+    what follows the n blocks (final norm, pooler, heads)."""
+    block = {name: re.search(r"\.(\d+)\.", name) for name in names}
+    n = max((int(m.group(1)) + 1 for m in block.values() if m), default=0)
+    embedding = re.compile(r"emb|\bwte\b|\bwpe\b|cls_token|mask_token")
+    return {
+        name: int(m.group(1)) + 1 if m else 0 if embedding.search(name) else n + 1 for name, m in block.items()
+    }
 
 
 def resolve_mixed_precision(choice: str) -> str:
@@ -288,14 +304,22 @@ class Trainer:
         )
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        decay, no_decay = [], []
-        for name, param in self.task.named_parameters():
-            if not param.requires_grad:
-                continue
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-        groups = [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        named = [(name, param) for name, param in self.task.named_parameters() if param.requires_grad]
+        names = [name for name, _ in named]
+        depth = block_depths(names) if self.config.layer_decay != 1.0 else dict.fromkeys(names, 0)
+        top = max(depth.values(), default=0)
+        groups: dict[tuple[bool, int], dict] = {}
+        for name, param in named:
+            decays = not (param.ndim < 2 or "norm" in name.lower())
+            key = (decays, depth[name])
+            if key not in groups:
+                groups[key] = {
+                    "params": [], "weight_decay": self.config.weight_decay if decays else 0.0,
+                    "lr": self.config.learning_rate * self.config.layer_decay ** (top - depth[name]),
+                }
+            groups[key]["params"].append(param)
         return torch.optim.AdamW(
-            groups,
+            list(groups.values()),
             lr=self.config.learning_rate,
             betas=(self.config.adam_beta1, self.config.adam_beta2),
             eps=self.config.adam_epsilon,
@@ -412,7 +436,7 @@ class Trainer:
         record = {
             "step": self.state.step,
             "train_loss": loss,
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": max(self.scheduler.get_last_lr()),  # the head's, with layer_decay
             "tokens_per_s": tokens_all / max(elapsed, 1e-9),
             "epoch": self.state.epoch,
         }

@@ -57,3 +57,17 @@ def test_parse_config_command_line(tmp_path):
     assert (cfg.max_steps, cfg.output_dir, cfg.maybe) == (5, "x", None)
     with pytest.raises(ConfigError, match="does not exist"):
         parse_config(Outer, ["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_model_config_overrides_reject_fields_the_hf_config_lacks(tmp_path):
+    from nlp_ssl.models import ModelConfig, build_model
+
+    # YAML reads "{num_hidden_layers:1}" (no space) as one key "num_hidden_layers:1" with no value.
+    typo = load_config(ModelConfig, None, ["arch=vit", "config_overrides={num_hidden_layers:1}"])
+    with pytest.raises(ConfigError, match=r"'num_hidden_layers:1'\] is not a field of ViTConfig"):
+        build_model(typo, "image_classification")
+    fine = build_model(ModelConfig(arch="vit", config_overrides={"num_hidden_layers": 1, "image_size": 8, "patch_size": 4}), "image_classification")
+    assert fine.config.num_hidden_layers == 1
+    fine.save_pretrained(tmp_path / "vit")
+    with pytest.raises(ConfigError, match=r"\['hidden_sise'\] is not a field of ViTConfig"):
+        build_model(ModelConfig(name_or_path=str(tmp_path / "vit"), config_overrides={"hidden_sise": 8}), "image_classification")

@@ -182,3 +182,17 @@ def test_score_model_results_are_saved_before_the_end(tmp_path, wordpiece_tokeni
     assert len(scored) == 2  # the last model, then the best one
     assert saved["last_test_score"] == scored[0] and saved["test_score"] == scored[1] == results["test_score"]
     assert "test_score" in (tmp_path / "README.md").read_text()
+
+
+def test_layer_decay_scales_each_blocks_learning_rate(tmp_path, wordpiece_tokenizer, data):
+    """Embeddings learn at decay^(n+1), block i at decay^(n-i), the head at the full rate."""
+    trainer, results = train(tmp_path, wordpiece_tokenizer, data, layer_decay=0.5, max_steps=4, eval_every=100)
+    lr_of = {id(p): g["initial_lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    named = dict(trainer.unwrapped_task.named_parameters())
+    base = 3e-3  # one block: embeddings at 0.25×, the block at 0.5×, the MLM head at 1×
+    assert lr_of[id(named["model.bert.embeddings.word_embeddings.weight"])] == pytest.approx(base * 0.25)
+    assert lr_of[id(named["model.bert.encoder.layer.0.attention.self.query.weight"])] == pytest.approx(base * 0.5)
+    assert lr_of[id(named["model.cls.predictions.transform.dense.weight"])] == pytest.approx(base)
+    wd_of = {id(p): g["weight_decay"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert wd_of[id(named["model.bert.encoder.layer.0.attention.self.query.bias"])] == 0.0
+    assert [h["lr"] for h in trainer.state.history if "lr" in h][1] == pytest.approx(base)  # end of warmup, head's rate

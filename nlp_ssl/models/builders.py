@@ -114,6 +114,7 @@ def build_model(cfg: ModelConfig, head: Head, *, ignore_mismatched_sizes: bool =
     fields = {**config_fields, **cfg.config_overrides}
     if cfg.name_or_path:
         config = AutoConfig.from_pretrained(cfg.name_or_path, **fields)
+        _check_overrides(type(config), cfg.config_overrides)
         auto = getattr(transformers, AUTO_CLASSES[head])
         if cfg.load_weights and (_has_weights(cfg.name_or_path) or not Path(cfg.name_or_path).exists()):
             return auto.from_pretrained(cfg.name_or_path, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes)
@@ -122,7 +123,20 @@ def build_model(cfg: ModelConfig, head: Head, *, ignore_mismatched_sizes: bool =
     if head not in classes:
         raise ConfigError(f"model.arch {cfg.arch!r} has no {head!r} head; it has {list(classes)}")
     config = preset_config(cfg.arch, cfg.size, **fields)
+    _check_overrides(type(config), cfg.config_overrides)
     return getattr(transformers, classes[head])(config)
+
+
+def _check_overrides(config_class: type[PretrainedConfig], overrides: dict[str, Any]) -> None:
+    """HF configs keep any keyword as an attribute, so a typo (or YAML's ``{layers:6}``, one key
+    named ``layers:6``) would silently build the default model."""
+    defaults = config_class()
+    unknown = [key for key in overrides if not hasattr(defaults, key)]
+    if unknown:
+        raise ConfigError(
+            f"model.config_overrides: {unknown} {'is not a field' if len(unknown) == 1 else 'are not fields'} of "
+            f"{config_class.__name__} (in YAML flow mappings write 'key: value', with a space after the colon)"
+        )
 
 
 def special_token_fields(tokenizer) -> dict[str, int]:
