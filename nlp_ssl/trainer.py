@@ -304,6 +304,8 @@ class Trainer:
         )
 
     def _optimizer(self) -> torch.optim.Optimizer:
+        if not 0 < self.config.layer_decay <= 1:
+            raise ConfigError(f"layer_decay must be in (0, 1] (1 is off), got {self.config.layer_decay}")
         named = [(name, param) for name, param in self.task.named_parameters() if param.requires_grad]
         names = [name for name, _ in named]
         depth = block_depths(names) if self.config.layer_decay != 1.0 else dict.fromkeys(names, 0)

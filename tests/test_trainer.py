@@ -10,6 +10,7 @@ from transformers import BertConfig, BertForMaskedLM
 
 from nlp_ssl import checkpointing as ckpt
 from nlp_ssl.data.text import tokenize_and_pack
+from nlp_ssl.errors import ConfigError
 from nlp_ssl.objectives import MLMCollator
 from nlp_ssl.tasks.masked_lm import MaskedLMTask
 from nlp_ssl.trainer import TrainConfig, Trainer
@@ -196,3 +197,5 @@ def test_layer_decay_scales_each_blocks_learning_rate(tmp_path, wordpiece_tokeni
     wd_of = {id(p): g["weight_decay"] for g in trainer.optimizer.param_groups for p in g["params"]}
     assert wd_of[id(named["model.bert.encoder.layer.0.attention.self.query.bias"])] == 0.0
     assert [h["lr"] for h in trainer.state.history if "lr" in h][1] == pytest.approx(base)  # end of warmup, head's rate
+    with pytest.raises(ConfigError, match=r"layer_decay must be in \(0, 1\].*got 1.5"):
+        train(tmp_path / "bad", wordpiece_tokenizer, data, layer_decay=1.5)
