@@ -63,7 +63,7 @@ class StudyVisionConfig:
     finetune_args: list[str] = field(default_factory=list)
     #: Fine-tuning arguments for one method only, after ``finetune_args``: each init's own learning
     #: rate, chosen on validation, e.g. ``{mim: [learning_rate=2e-4]}``.
-    method_finetune_args: dict[str, list[str]] = field(default_factory=dict)
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)
     #: Reuse runs that already finished (their all_results.json exists).
     reuse: bool = True
 
@@ -85,11 +85,11 @@ def check(cfg: StudyVisionConfig) -> None:
         for arg in getattr(cfg, name):
             if "=" not in arg:
                 raise ConfigError(f"{name}: {arg!r} is not of the form key=value")
-    for method, args in cfg.method_finetune_args.items():
+    for method, args in cfg.method_overrides.items():
         if method not in FINETUNED:
-            raise ConfigError(f"method_finetune_args: {method!r} is not one of {list(FINETUNED)}")
+            raise ConfigError(f"method_overrides: {method!r} is not one of {list(FINETUNED)}")
         if not isinstance(args, list) or any(not isinstance(a, str) or "=" not in a for a in args):
-            raise ConfigError(f"method_finetune_args.{method}: {args!r} is not a list of key=value")
+            raise ConfigError(f"method_overrides.{method}: {args!r} is not a list of key=value")
 
 
 def run_recipe(script: str, args: list[str], out: Path, reuse: bool) -> dict:
@@ -240,7 +240,7 @@ def write_markdown(cfg, summary, records, pretraining, path: Path) -> None:
         "## Settings",
         "",
         f"- fine-tuning arguments (on top of recipes/configs/finetune_vision.yaml): `{' '.join(cfg.finetune_args) or '(none)'}`",
-        *(f"- {LABELS[m]} also: `{' '.join(a)}`" for m, a in cfg.method_finetune_args.items() if m in cfg.methods),
+        *(f"- {LABELS[m]} also: `{' '.join(a)}`" for m, a in cfg.method_overrides.items() if m in cfg.methods),
         "",
         "![accuracy vs labels](accuracy_vs_labels.png)",
         "",
@@ -267,7 +267,7 @@ def main(argv=None):
                 else:
                     run_dir = out / "runs" / name
                     init = pretraining[method][0] if method in pretraining else ""
-                    args = [*cfg.finetune_args, *cfg.method_finetune_args.get(method, []), f"seed={seed}", f"data.k_per_class={k}", f"model.name_or_path={init}"]
+                    args = [*cfg.finetune_args, *cfg.method_overrides.get(method, []), f"seed={seed}", f"data.k_per_class={k}", f"model.name_or_path={init}"]
                     result = run_recipe("finetune_vision.py", args, run_dir, cfg.reuse)
                     history = json.loads((run_dir / "trainer_history.json").read_text(encoding="utf-8"))
                     histories.setdefault(k, {})[name] = history

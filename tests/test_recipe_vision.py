@@ -237,7 +237,7 @@ def test_study_smoke_writes_table_plot_and_curves(tmp_path, rotation_run):
     proc = run_recipe(
         "study_vision.py", f"output_dir={out}", f"rotation_checkpoint={rotation_run}",
         "methods=[rotation, pixels_logreg]", "k_per_class=[4]", "seeds=[0, 1]", f"finetune_args={finetune}",
-        "method_finetune_args={rotation: [learning_rate=3.5e-4]}",
+        "method_overrides={rotation: [learning_rate=3.5e-4]}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "learning_rate: 0.00035" in (out / "runs" / "rotation_k4_seed1" / "README.md").read_text()
