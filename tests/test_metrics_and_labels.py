@@ -52,8 +52,8 @@ def test_metrics_accumulate_batches_and_reject_unknown_average():
     f1.add_batch(predictions=predictions[:50], references=references[:50])
     f1.add_batch(predictions=predictions[50:], references=references[50:])
     assert f1.compute(average="weighted")["f1"] == pytest.approx(f1_score(references, predictions, average="weighted"))
-    with pytest.raises(ValueError, match="average='binary'"):
-        load_metric("f1").compute(predictions=[0, 1], references=[0, 1], average="binary")
+    with pytest.raises(ValueError, match="average='samples'"):
+        load_metric("f1").compute(predictions=[0, 1], references=[0, 1], average="samples")
 
 
 def test_compute_classification_metrics_and_its_errors():

@@ -21,8 +21,19 @@ def available_metrics() -> list[str]:
     return sorted(p.parent.name for p in METRICS_DIR.glob("*/*.py") if p.stem == p.parent.name)
 
 
+#: Scores a fine-tuning run can report: name -> (metric module, compute() arguments, regression?).
+SCORES = {
+    "accuracy": ("accuracy", {}, False),
+    "f1": ("f1", {"average": "binary", "pos_label": 1}, False),
+    "macro_f1": ("f1", {"average": "macro"}, False),
+    "matthews_correlation": ("matthews_correlation", {}, False),
+    "pearsonr": ("pearsonr", {}, True),
+    "spearmanr": ("spearmanr", {}, True),
+}
+
+
 def load_metric(name: str, **kwargs):
-    """``evaluate.load`` of the packaged metric ``name`` (``"accuracy"`` or ``"f1"``), by local path.
+    """``evaluate.load`` of the packaged metric ``name`` (e.g. ``"accuracy"``, ``"pearsonr"``), by local path.
 
     Keeps predictions in memory by default (no cache files, no file locks) unless ``num_process``
     asks for a distributed evaluation, which needs the files.
@@ -47,6 +58,28 @@ def compute_classification_metrics(predictions: Sequence[int], references: Seque
     accuracy = load_metric("accuracy").compute(predictions=predictions, references=references)
     f1 = load_metric("f1").compute(predictions=predictions, references=references, average="macro")
     return {"accuracy": accuracy["accuracy"], "macro_f1": f1["f1"]}
+
+
+def compute_scores(names: Sequence[str], predictions, references) -> dict[str, float]:
+    """Each score of ``names`` (keys of ``SCORES``: ``f1`` is the positive class's, ``macro_f1`` the
+    mean over classes) for class ids, or for float scores when the names are regression ones."""
+    unknown = [n for n in names if n not in SCORES]
+    if unknown:
+        raise DataError(f"metrics: unknown score(s) {unknown}; known: {', '.join(SCORES)}")
+    if len(predictions) != len(references):
+        raise DataError(f"metrics: {len(predictions)} predictions but {len(references)} references")
+    if len(predictions) == 0:
+        raise DataError("metrics: no predictions to score (empty evaluation set?)")
+    out = {}
+    for name in names:
+        module, kwargs, regression = SCORES[name]
+        if regression:
+            pred, ref = np.asarray(predictions, dtype=np.float64), np.asarray(references, dtype=np.float64)
+        else:
+            pred, ref = _class_ids(predictions, "predictions"), _class_ids(references, "references")
+        result = load_metric(module).compute(predictions=pred, references=ref, **kwargs)
+        out[name] = float(result[module])
+    return out
 
 
 def _class_ids(values, name: str) -> np.ndarray:

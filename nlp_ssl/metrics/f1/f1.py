@@ -10,7 +10,7 @@ import datasets
 import evaluate
 import numpy as np
 
-_DESCRIPTION = "F1 score per class, averaged over classes (macro, weighted) or over decisions (micro)."
+_DESCRIPTION = "F1 score per class, averaged over classes (macro, weighted), over decisions (micro), or of one class (binary)."
 
 _KWARGS_DESCRIPTION = """
 Args:
@@ -19,13 +19,15 @@ Args:
     average (str): "macro" (plain mean over classes, the default), "micro" (pool every decision;
         equals accuracy when each example has one label) or "weighted" (mean weighted by the number
         of true examples of each class).
+        "binary": the F1 of class ``pos_label`` alone (MRPC and QQP are scored so).
     labels (list of int, optional): the classes to average over; default: every class seen in
         predictions or references.
+    pos_label (int): the positive class for ``average="binary"``; default 1.
 Returns:
     f1 (float): in [0, 1].
 """
 
-AVERAGES = ("macro", "micro", "weighted")
+AVERAGES = ("macro", "micro", "weighted", "binary")
 
 
 class F1(evaluate.Metric):
@@ -39,13 +41,15 @@ class F1(evaluate.Metric):
             features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
         )
 
-    def _compute(self, predictions, references, average="macro", labels=None):
+    def _compute(self, predictions, references, average="macro", labels=None, pos_label=1):
         if average not in AVERAGES:
             raise ValueError(f"f1: average={average!r} is not one of {', '.join(AVERAGES)}")
         predictions = np.asarray(predictions, dtype=np.int64)
         references = np.asarray(references, dtype=np.int64)
         if predictions.size == 0:
             raise ValueError("f1: no predictions to score")
+        if average == "binary":
+            labels = [pos_label]
         if labels is None:
             classes = np.union1d(predictions, references)
         else:
@@ -59,7 +63,7 @@ class F1(evaluate.Metric):
             return {"f1": float(2 * tp.sum() / denominator) if denominator else 0.0}
         denominators = 2 * tp + fp + fn
         per_class = np.divide(2 * tp, denominators, out=np.zeros_like(tp), where=denominators > 0)
-        if average == "macro":
+        if average in ("macro", "binary"):
             return {"f1": float(per_class.mean())}
         support = tp + fn
         total = support.sum()
