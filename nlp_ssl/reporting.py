@@ -19,6 +19,51 @@ class RunDescription:
     pipeline_tag: str | None = None
     notes: list[str] = field(default_factory=list)
     license: str | None = None
+    #: Hub ids of the training data (card metadata ``datasets``), where the data has one.
+    datasets: list[str] = field(default_factory=list)
+    #: Hub id of the starting checkpoint (metadata ``base_model``); None for a local folder or scratch.
+    base_model_id: str | None = None
+    #: Results to list in ``model-index``: result key -> metric type (e.g. ``test_accuracy`` -> ``accuracy``).
+    eval_metrics: dict[str, str] = field(default_factory=dict)
+    #: The scored dataset as ``model-index`` names it: ``name``, and ``type``/``config``/``split`` if known.
+    eval_dataset: dict[str, str] = field(default_factory=dict)
+
+
+#: What the Hub calls each pipeline's task in ``model-index``.
+TASK_NAMES = {"text-classification": "Text Classification", "image-classification": "Image Classification",
+              "fill-mask": "Fill-Mask", "text-generation": "Text Generation"}
+
+
+def card_metadata(description: RunDescription, results: dict, name: str) -> dict:
+    """The card's YAML front matter: license, datasets, base model and ``model-index`` eval results.
+
+    ``model-index`` is what makes the Hub show the scores beside the model; only results that the
+    run actually reports (finite numbers) are listed.
+    """
+    meta: dict = {"library_name": "transformers", "tags": ["nlp_ssl", "self-supervised"]}
+    if description.pipeline_tag:
+        meta["pipeline_tag"] = description.pipeline_tag
+    if description.license:
+        meta["license"] = description.license
+    if description.datasets:
+        meta["datasets"] = list(description.datasets)
+    if description.base_model_id:
+        meta["base_model"] = description.base_model_id
+    metrics = [
+        {"type": metric, "value": float(results[key]), "name": key}
+        for key, metric in description.eval_metrics.items()
+        if isinstance(results.get(key), (int, float)) and results[key] == results[key]
+    ]
+    if metrics:
+        task = description.pipeline_tag or "other"
+        dataset = dict(description.eval_dataset) or {"name": description.data or "evaluation data", "type": "local"}
+        dataset.setdefault("type", "local")
+        meta["model-index"] = [{"name": name, "results": [{
+            "task": {"type": task, "name": TASK_NAMES.get(task, task)},
+            "dataset": dataset,
+            "metrics": metrics,
+        }]}]
+    return meta
 
 
 def plot_loss_curves(history: list[dict], path: Path, title: str = "") -> Path | None:
@@ -57,11 +102,7 @@ def write_model_card(
     ``repo_id`` (where the model is pushed) names the model in the card; else the folder does.
     """
     name = repo_id or Path(output_dir).name
-    meta = {"library_name": "transformers", "tags": ["nlp_ssl", "self-supervised"]}
-    if description.pipeline_tag:
-        meta["pipeline_tag"] = description.pipeline_tag
-    if description.license:
-        meta["license"] = description.license
+    meta = card_metadata(description, results, name)
     lines = [
         "---",
         yaml.safe_dump(meta, sort_keys=False).strip(),
@@ -69,7 +110,8 @@ def write_model_card(
         "",
         f"# {name}",
         "",
-        f"Pretrained with [nlp_ssl](https://github.com/) — objective: **{description.objective}**.",
+        f"Trained with nlp_ssl (self-supervised pretraining and fine-tuning on the Hugging Face stack) — "
+        f"objective: **{description.objective}**.",
         "",
         f"- **Data:** {description.data}",
         f"- **Base model:** {description.base_model}",
@@ -96,14 +138,19 @@ def write_model_card(
         "## How to load",
         "",
         "```python",
-        "from transformers import AutoModel",
-        f'model = AutoModel.from_pretrained("{name}")',
+        *_load_lines(description.pipeline_tag, name),
         "```",
         "",
     ]
     path = Path(output_dir) / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _load_lines(pipeline_tag: str | None, name: str) -> list[str]:
+    if pipeline_tag:
+        return ["from transformers import pipeline", f'model = pipeline("{pipeline_tag}", model="{name}")']
+    return ["from transformers import AutoModel", f'model = AutoModel.from_pretrained("{name}")']
 
 
 def write_results(output_dir: Path, results: dict) -> Path:

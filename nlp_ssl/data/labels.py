@@ -36,6 +36,8 @@ def load_labeled_dataset(
     *,
     split: str = "train",
     config_name: str | None = None,
+    text_pair_column: str | None = None,
+    regression: bool = False,
 ) -> Dataset:
     """Read a labelled csv, jsonl/json, parquet file, ``save_to_disk`` folder or Hub dataset.
 
@@ -43,8 +45,11 @@ def load_labeled_dataset(
     keep their values (names ``"0"`` … ``"max"``); a ``ClassLabel`` column is kept as it is. In a CSV
     file, a label column whose every value is an integer is read as integers. ``split`` picks the
     split of a ``DatasetDict`` folder or a Hub dataset. Other columns are kept.
+
+    ``text_pair_column`` names a second text column (sentence pairs), checked like the first.
+    ``regression``: labels are numbers (float32 scores, e.g. STS-B similarity), not classes.
     """
-    columns = _Columns(text_column, label_column)
+    columns = _Columns(text_column, label_column, text_pair_column, regression)
     dataset, where, row_name = _read(source, split, config_name, columns)
     is_class_label = isinstance(dataset.features.get(label_column), ClassLabel)
     encoded = columns.check(dataset.column_names, lambda c: dataset[c][:], where, row_name, is_class_label)
@@ -130,17 +135,24 @@ def drop_classes(dataset: Dataset, label_column: str, names: str | Iterable[str 
 class _Columns:
     """The text and label columns, and the checks a table must pass to be labelled text."""
 
-    def __init__(self, text: str, label: str):
-        self.text, self.label = text, label
+    def __init__(self, text: str, label: str, pair: str | None = None, regression: bool = False):
+        self.text, self.label, self.pair, self.regression = text, label, pair, regression
 
     def check(self, names: Sequence[str], values_of: Callable[[str], list], where: str, row_name, is_class_label: bool):
-        """Raise the first problem found; return (ClassLabel, codes), or None for a ClassLabel column."""
-        for role, column in (("text", self.text), ("label", self.label)):
-            if column not in names:
+        """Raise the first problem found; return (feature, codes), or None for a ClassLabel column."""
+        roles = [("text", self.text), ("text pair", self.pair), ("label", self.label)]
+        for role, column in roles:
+            if column is not None and column not in names:
                 raise DataError(f"{where}: {role} column {column!r} not found; available columns: {', '.join(names)}")
-        _check_texts(values_of(self.text), where, self.text, row_name)
+        for column in (self.text, self.pair):
+            if column is not None:
+                _check_texts(values_of(column), where, column, row_name)
         labels = values_of(self.label)
-        _check_labels_present(labels, where, self.label, row_name, is_class_label)
+        _check_labels_present(labels, where, self.label, row_name, is_class_label and not self.regression)
+        if self.regression:
+            if is_class_label:
+                raise DataError(f"{where}: label column {self.label!r} holds classes, but regression needs numeric scores")
+            return _float_labels(labels, where, self.label, row_name)
         if is_class_label:
             return None
         return _encode_labels(labels, where, self.label, row_name, untyped=where.lower().endswith(".csv"))
@@ -155,7 +167,7 @@ def _read(source, split: str, config_name: str | None, columns: _Columns) -> tup
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".csv":
-            return _read_csv(path, (columns.text, columns.label)), str(path), data_row
+            return _read_csv(path, (columns.text, columns.pair, columns.label)), str(path), data_row
         if suffix in (".jsonl", ".json"):
             dataset, json_row = _read_json(path, columns)
             return dataset, str(path), json_row
@@ -292,10 +304,37 @@ def _check_labels_present(labels: Sequence, where: str, column: str, row_name, i
         raise DataError(f"{where}: label column {column!r} has no label in {_rows_message(missing, row_name)}")
 
 
+def _float_labels(labels: Sequence, where: str, column: str, row_name) -> tuple[datasets.Value, np.ndarray]:
+    """Regression targets as float32; a value that is not a number is named with its row."""
+    values = np.empty(len(labels), dtype=np.float32)
+    for i, value in enumerate(labels):
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            values[i] = float(value.strip()) if isinstance(value, str) else float(value)
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: label column {column!r} {row_name(i)}: {value!r} is not a number (regression)") from None
+        if not math.isfinite(values[i]):
+            raise DataError(f"{where}: label column {column!r} {row_name(i)}: {value!r} is not a finite number")
+    return datasets.Value("float32"), values
+
+
 def _encode_labels(labels: Sequence, where: str, column: str, row_name, untyped: bool) -> tuple[ClassLabel, np.ndarray]:
-    """Class ids for ``labels``: sorted names for strings, the values themselves for integers."""
-    if untyped and all(isinstance(v, str) and _INTEGER.fullmatch(v.strip()) for v in labels):
-        labels = [int(v) for v in labels]
+    """Class ids for ``labels``: sorted names for strings, the values themselves for integers.
+
+    In an untyped file (csv) every value is a string: all integers are ids, none are names, and a
+    mix of both (``1`` beside ``cat``) is refused rather than read as one more class.
+    """
+    if untyped:
+        numeric = [isinstance(v, str) and bool(_INTEGER.fullmatch(v.strip())) for v in labels]
+        if all(numeric):
+            labels = [int(v) for v in labels]
+        elif any(numeric):
+            i, j = numeric.index(True), numeric.index(False)
+            raise DataError(
+                f"{where}: label column {column!r} mixes class names and ids: {labels[j]!r} in "
+                f"{row_name(j)} and {labels[i]!r} in {row_name(i)}"
+            )
     kinds: dict[str, int] = {}
     for i, value in enumerate(labels):
         if isinstance(value, str):
@@ -351,8 +390,9 @@ def _nonempty(dataset: Dataset, column: str, names) -> Dataset:
     return dataset
 
 
-def _replace_column(dataset: Dataset, column: str, values: np.ndarray, feature: ClassLabel) -> Dataset:
+def _replace_column(dataset: Dataset, column: str, values: np.ndarray, feature) -> Dataset:
     """``dataset`` with ``column`` set to ``values`` typed ``feature``, in the same column position."""
     order = dataset.column_names
-    replaced = dataset.remove_columns(column).add_column(column, np.asarray(values, dtype=np.int64), feature=feature)
+    dtype = np.int64 if isinstance(feature, ClassLabel) else np.float32
+    replaced = dataset.remove_columns(column).add_column(column, np.asarray(values, dtype=dtype), feature=feature)
     return replaced.select_columns(order)

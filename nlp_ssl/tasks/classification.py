@@ -14,6 +14,12 @@ task is ordinary fine-tuning and no LM head exists at all (DDP then sees no unus
 
 Losses are sums with counts (see :mod:`nlp_ssl.tasks.base`): ``cls`` counts labelled examples,
 ``lm`` counts predicted tokens; the trainer weighs them by ``loss_weights = {"cls": 1, "lm": λ}``.
+With ``regression=True`` the head has one output and ``cls`` is the summed squared error (MSE).
+
+Sentence pairs are laid out by :func:`tokenize_texts` as each family expects: the tokenizer's own
+pair template for BERT (``[CLS] a [SEP] b [SEP]``, segment ids 0/1), ModernBERT and XLM
+(``</s> a </s> b </s>``), and GPT-1 §3.3's ``<|start|> a <|delim|> b <|extract|>`` for causal
+models (:func:`prepare_pair_layout`), whose classifier reads the last, *extract*, token.
 """
 
 from __future__ import annotations
@@ -36,6 +42,45 @@ CAUSAL_TYPES = ("gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "openai-
 
 def is_causal(config) -> bool:
     return config.model_type in CAUSAL_TYPES or bool(getattr(config, "is_decoder", False)) or bool(getattr(config, "causal", False))
+#: GPT-1 §3.3's tokens around a (pair of) text(s) for a causal model: start, delimiter, extract.
+GPT1_TOKENS = ("<|start|>", "<|delim|>", "<|extract|>")
+
+
+def prepare_pair_layout(tokenizer, config) -> bool:
+    """Give a causal model's tokenizer GPT-1's input layout; True when tokens were added.
+
+    ``<|start|> a <|extract|>`` and ``<|start|> a <|delim|> b <|extract|>``, as a post-processor
+    template saved in ``tokenizer.json``, so ``pipeline("text-classification")`` on the saved folder
+    lays out ``{"text": a, "text_pair": b}`` the same way. The extract token is not the pad token, so
+    GPT-2's classifier (which reads the last non-pad token) reads it. Encoders keep their tokenizer's
+    own template (``[CLS] a [SEP] b [SEP]``).
+    """
+    if not is_causal(config):
+        return False
+    from tokenizers import processors
+
+    before = len(tokenizer)
+    missing = [t for t in GPT1_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    start, delim, extract = GPT1_TOKENS
+    template = processors.TemplateProcessing(
+        single=f"{start} $A {extract}", pair=f"{start} $A {delim} $B:1 {extract}:1",
+        special_tokens=[(t, tokenizer.convert_tokens_to_ids(t)) for t in GPT1_TOKENS],
+    )
+    backend = tokenizer.backend_tokenizer
+    current = backend.post_processor
+    keep = [current] if isinstance(current, processors.ByteLevel) else []
+    backend.post_processor = processors.Sequence([*keep, template])
+    return len(tokenizer) > before
+
+
+def tokenize_texts(tokenizer, texts, pairs=None, max_length: int = 128) -> dict:
+    """The tokenizer's own layout of single texts or pairs; a pair too long loses tokens from its
+    longer side first (``truncation="longest_first"``), so neither sentence is dropped whole."""
+    return tokenizer(texts, pairs, truncation="longest_first" if pairs is not None else True, max_length=max_length)
+
+
 #: Keys of a batch that the classifier takes.
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "langs", "position_ids")
 
@@ -90,8 +135,12 @@ class SequenceClassificationTask(Task):
     Metrics: ``accuracy`` (and ``lm_accuracy`` with an auxiliary loss).
     """
 
-    def __init__(self, model: nn.Module, aux_lm: str = "none", aux_weight: float = 0.5, lm_head: nn.Module | None = None):
+    def __init__(self, model: nn.Module, aux_lm: str = "none", aux_weight: float = 0.5, lm_head: nn.Module | None = None,
+                 regression: bool = False):
         super().__init__(model)
+        self.regression = regression
+        if regression and model.config.num_labels != 1:
+            raise ConfigError(f"regression needs a one-output head, the model has num_labels={model.config.num_labels}")
         if aux_lm not in AUX_LM:
             raise ConfigError(f"aux_lm {aux_lm!r} is not one of {list(AUX_LM)}")
         if aux_weight < 0:
@@ -112,7 +161,8 @@ class SequenceClassificationTask(Task):
         self.loss_weights = {"cls": 1.0, "lm": self.aux_weight}
 
     def count_items(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        counts = {"cls": (batch["labels"] != -100).sum()}
+        labels = batch["labels"]
+        counts = {"cls": torch.as_tensor(labels.numel()) if self.regression else (labels != -100).sum()}
         if self.aux_lm == "clm":
             counts["lm"] = (batch["lm_labels"][:, 1:] != -100).sum()
         elif self.aux_lm == "mlm":
@@ -134,8 +184,13 @@ class SequenceClassificationTask(Task):
         finally:
             if hook is not None:
                 hook.remove()
-        loss, count, correct = cross_entropy_sum(logits, labels)
-        out = {"losses": {"cls": (loss, count)}, "metrics": {"accuracy": (correct, count)}}
+        if self.regression:
+            errors = logits.float().reshape(-1) - labels.float()
+            loss, count = (errors * errors).sum(), torch.as_tensor(labels.numel(), device=labels.device)
+            out = {"losses": {"cls": (loss, count)}, "metrics": {"mse": (loss.detach(), count)}}
+        else:
+            loss, count, correct = cross_entropy_sum(logits, labels)
+            out = {"losses": {"cls": (loss, count)}, "metrics": {"accuracy": (correct, count)}}
         if self.aux_lm == "clm":
             hidden = captured[0]
             lm_loss, lm_count, lm_correct = masked_positions_loss(hidden[:, :-1], lm_labels[:, 1:], self.lm_head)
@@ -160,7 +215,7 @@ class ClassificationCollator:
     """
 
     def __init__(self, tokenizer, aux_lm: str = "none", mlm_probability: float = 0.15, seed: int = 0,
-                 pad_token_id: int | None = None, label_key: str = "label"):
+                 pad_token_id: int | None = None, label_key: str = "label", regression: bool = False):
         if aux_lm not in AUX_LM:
             raise ConfigError(f"aux_lm {aux_lm!r} is not one of {list(AUX_LM)}")
         self.pad_token_id = pad_token_id if pad_token_id is not None else tokenizer.pad_token_id
@@ -168,6 +223,7 @@ class ClassificationCollator:
             raise DataError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no pad token; set one (e.g. the EOS)")
         self.aux_lm = aux_lm
         self.label_key = label_key
+        self.regression = regression
         self.mlm = MLMCollator(tokenizer, mlm_probability=mlm_probability, seed=seed) if aux_lm == "mlm" else None
 
     def set_epoch(self, epoch: int) -> None:
@@ -179,7 +235,10 @@ class ClassificationCollator:
         input_ids = torch.from_numpy(ids_np)
         attention_mask = attention_mask_from_lengths(lengths, input_ids.shape[1])
         try:
-            labels = torch.tensor([int(e[self.label_key]) for e in examples], dtype=torch.long)
+            if self.regression:
+                labels = torch.tensor([float(e[self.label_key]) for e in examples], dtype=torch.float32)
+            else:
+                labels = torch.tensor([int(e[self.label_key]) for e in examples], dtype=torch.long)
         except KeyError:
             raise DataError(f"collator: example is missing the field {self.label_key!r}") from None
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
