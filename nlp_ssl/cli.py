@@ -1,11 +1,12 @@
-"""Entry-point glue: bad input ends the run with one line naming the culprit, not a traceback."""
+"""Entry-point glue: a run ends with one line naming the culprit and a documented exit code
+(``nlp_ssl.errors``), never a traceback for anything but a bug."""
 
 from __future__ import annotations
 
 import logging
 import sys
 
-from nlp_ssl.errors import NlpSslError
+from nlp_ssl.errors import EXIT_INTERRUPTED, NlpSslError, RunEnded
 
 
 def run(main) -> None:
@@ -16,4 +17,10 @@ def run(main) -> None:
         main()
     except NlpSslError as e:
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(e.exit_code) from None
+    except RunEnded as e:
+        print(str(e) if e.exit_code == 0 else f"stopped: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:  # before training: there is nothing to save yet
+        print("interrupted before training started; nothing was saved", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None

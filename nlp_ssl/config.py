@@ -7,6 +7,7 @@ Unknown keys are errors that list the valid ones, so a typo never silently falls
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import types
 import typing
@@ -103,7 +104,38 @@ def _build(cls: type[T], values: dict, where: str = "") -> T:
     for name, value in values.items():
         key = f"{where}.{name}" if where else name
         kwargs[name] = _coerce(value, types_[name], key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # a section's own range check names the field; add the section
+        if where and not str(e).startswith(f"{where}."):
+            raise ConfigError(f"{where}.{e}") from None
+        raise
+
+
+_INTERVAL = re.compile(r"^([\[(])\s*(-?[\w.]+)\s*,\s*(-?[\w.]+)\s*([\])])$")
+
+
+def check_ranges(obj, **intervals: str) -> None:
+    """Range checks for ``__post_init__``: ``check_ranges(self, max_steps="(0, inf)", p="[0, 1)")``.
+
+    Each field must lie in its interval (``(``/``)`` open, ``[``/``]`` closed); ``None`` passes, for
+    optional fields. The error names the field and the value, so bad values fail before any work.
+    """
+    for name, interval in intervals.items():
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        m = _INTERVAL.match(interval)
+        if m is None:
+            raise AssertionError(f"bad interval {interval!r}")
+        left, low, high, right = m.group(1), float(m.group(2)), float(m.group(3)), m.group(4)
+        ok = (value > low if left == "(" else value >= low) and (value < high if right == ")" else value <= high)
+        if not ok or value != value:  # NaN fails every check
+            if high == float("inf"):
+                rule = f"> {m.group(2)}" if left == "(" else f">= {m.group(2)}"
+            else:
+                rule = f"in {interval}"
+            raise ConfigError(f"{name} must be {rule}, got {value!r}")
 
 
 def _merge(base: dict, update: dict) -> dict:

@@ -77,6 +77,8 @@ class HubConfig:
     hub_revision: str | None = None
     hub_strategy: Strategy = "end"
     hub_token: str | None = field(default=None, repr=False)
+    #: Seconds to wait for a connection, or for the next bytes of an answer, before giving up.
+    hub_timeout: float = 60.0
 
     def __repr__(self) -> str:
         # Spelled out (not just repr=False) so the reader sees that the token is set without its value.
@@ -84,6 +86,26 @@ class HubConfig:
             f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.name not in SECRET_FIELDS
         )
         return f"HubConfig({shown}, hub_token={'<set>' if self.hub_token else None})"
+
+
+def apply_timeout(seconds: float) -> None:
+    """Give every ``huggingface_hub`` request connect and read timeouts.
+
+    Its client waits forever by default, so a server that accepts the connection and never answers
+    would hang a run before training, printing nothing. A timed-out request is then retried like any
+    network error, so the whole wait stays bounded.
+    """
+    import httpx2
+    from huggingface_hub import close_session, set_client_factory
+    from huggingface_hub.utils import _http
+
+    def client_factory():
+        client = _http.default_client_factory()
+        client.timeout = httpx2.Timeout(seconds, connect=min(seconds, 10.0))
+        return client
+
+    set_client_factory(client_factory)
+    close_session()  # the next request builds a client with the timeouts
 
 
 def scrub_secrets(tree):
@@ -166,6 +188,7 @@ class HubPusher:
         self._lock = threading.Lock()
         if self.enabled:
             self._validate()
+            apply_timeout(config.hub_timeout)
 
     # ------------------------------------------------------------------ setup
     def _validate(self) -> None:
@@ -529,9 +552,10 @@ def resolve_hub_resume(spec, cache_dir: str | os.PathLike, config: HubConfig | N
     from huggingface_hub.errors import HfUriError
     from huggingface_hub.utils import parse_hf_uri
 
-    if not isinstance(spec, str):
+    if not isinstance(spec, str) or not (spec == "hub" or spec.startswith("hf://")):
         return None
     token = config.hub_token if config is not None else None
+    apply_timeout(config.hub_timeout if config is not None else HubConfig.hub_timeout)
     if spec == "hub":
         if config is None or (config.hub_model_id is None and output_dir is None):
             raise ConfigError("resume=hub needs hub_model_id (or an output_dir to name the repo)")

@@ -16,6 +16,9 @@ import math
 import os
 import re
 import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,19 +26,23 @@ from typing import Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list, set_seed
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from nlp_ssl import atomic, run_lock
 from nlp_ssl import checkpointing as ckpt
-from nlp_ssl.config import to_dict
-from nlp_ssl.errors import ConfigError
-from nlp_ssl.hub import HF_MODEL_SUBDIR, HubConfig, HubPusher, resolve_hub_resume
-from nlp_ssl.reporting import RunDescription, plot_loss_curves, write_model_card, write_results
+from nlp_ssl.config import check_ranges, to_dict
+from nlp_ssl.errors import EXIT_INTERRUPTED, CheckpointError, CheckpointWriteFailed, ConfigError, Diverged, Preempted
+from nlp_ssl.hub import HF_MODEL_SUBDIR, HubConfig, HubError, HubPusher, resolve_hub_resume
+from nlp_ssl.reporting import RunDescription, plot_loss_curves, write_model_card
 from nlp_ssl.tasks.base import Task
 
 logger = logging.getLogger("nlp_ssl.trainer")
+
+#: Seconds a stopping run waits for Hub uploads in flight: schedulers allow ~30 s after SIGTERM.
+PREEMPT_HUB_WAIT_S = 20.0
 
 #: Dense bf16/fp16 peak FLOP/s of common accelerators, for MFU; set ``peak_flops`` for others.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12, "V100": 125e12, "4090": 165e12}
@@ -95,6 +102,22 @@ class TrainConfig:
     #: ``end``: the final model; ``every_save``: also the model at each save; ``checkpoint``: also
     #: the resumable state under checkpoints/last (then ``resume=hub`` continues from it).
     hub_strategy: Literal["end", "every_save", "checkpoint"] = "end"
+    #: Seconds a Hub request may wait for a connection or for the next bytes of an answer.
+    hub_timeout: float = 60.0
+    #: Stop (exit 3) after this many optimizer steps in a row with a non-finite loss or gradient
+    #: norm; each such step is skipped, as fp16 loss scaling skips an overflow.
+    max_bad_steps: int = 10
+
+    def __post_init__(self):
+        check_ranges(
+            self, max_steps="(0, inf)", global_batch_size="(0, inf)", micro_batch_size="(0, inf)",
+            eval_batch_size="(0, inf)", learning_rate="(0, inf)", weight_decay="[0, inf)", layer_decay="(0, 1]",
+            adam_beta1="[0, 1)", adam_beta2="[0, 1)", adam_epsilon="(0, inf)", warmup_steps="[0, inf)",
+            warmup_ratio="[0, 1)", max_grad_norm="[0, inf)", log_every="(0, inf)", eval_every="(0, inf)",
+            eval_batches="(0, inf)", save_every="(0, inf)", save_total_limit="[0, inf)",
+            early_stopping_patience="[0, inf)", num_workers="[0, inf)", peak_flops="(0, inf)",
+            hub_timeout="(0, inf)", max_bad_steps="(0, inf)",
+        )
 
 
 @dataclass
@@ -106,6 +129,9 @@ class TrainerState:
     best_metric: float | None = None
     best_step: int | None = None
     evals_without_improvement: int = 0
+    #: Optimizer steps skipped for a non-finite loss or gradient norm: in all, and the current streak.
+    skipped_steps: int = 0
+    bad_steps_in_row: int = 0
     history: list[dict] = field(default_factory=list)
 
 
@@ -144,13 +170,16 @@ def hub_config(config: TrainConfig) -> HubConfig:
         hub_private=config.hub_private,
         hub_revision=config.hub_revision,
         hub_strategy=config.hub_strategy,
+        hub_timeout=config.hub_timeout,
     )
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
-    """The run's Accelerator; create it first so data preparation can use ``main_process_first``."""
-    if not is_hub_resume(config.resume):
-        ckpt.resolve_resume(config.resume, Path(config.output_dir) / "checkpoints")  # fail early on a bad path
+    """The run's Accelerator; create it first so data preparation can use ``main_process_first``.
+
+    It also locks ``output_dir`` for this run and checks ``resume`` (a finished run, a damaged
+    checkpoint), so that those fail before any data is prepared.
+    """
     trackers = [t for t in config.report_to if t and t != "none"]
     accelerator = Accelerator(
         # `accelerate launch --multi_gpu` on a machine without GPUs: run real DDP over gloo on CPU
@@ -162,8 +191,67 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed, even_batches=False),
         step_scheduler_with_optimizer=False,
     )
+    lock_output_dir(accelerator, config.output_dir)
+    if not is_hub_resume(config.resume):
+        _RESOLVED[_resume_key(config)] = ckpt.resolve_resume(config.resume, Path(config.output_dir) / "checkpoints", config.max_steps)
     set_seed(config.seed)
     return accelerator
+
+
+#: Resume targets that ``make_accelerator`` already resolved (and verified), for the Trainer to take.
+_RESOLVED: dict[tuple[str, str | None], Path | None] = {}
+
+
+def _resume_key(config: TrainConfig) -> tuple[str, str | None]:
+    return str(Path(config.output_dir).resolve()), config.resume
+
+
+def lock_output_dir(accelerator: Accelerator, output_dir: str) -> None:
+    """The main process locks ``output_dir``; every process raises the same one-line error if it can't."""
+    error = None
+    if accelerator.is_main_process:
+        try:
+            run_lock.acquire(output_dir)
+        except ConfigError as e:
+            error = str(e)
+    if accelerator.num_processes > 1:
+        shared = [error]
+        broadcast_object_list(shared, from_process=0)
+        error = shared[0]
+    if error is not None:
+        raise ConfigError(error)
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT ask the run to stop after the current optimizer step, with a checkpoint.
+
+    A second SIGINT aborts at once without saving (for a user who really means Ctrl-C). Handlers are
+    installed only around the training loop, and only from the main thread (signals reach no other).
+    """
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.received is not None and signum == signal.SIGINT:
+            print("second SIGINT: aborting without saving", file=sys.stderr, flush=True)
+            os._exit(EXIT_INTERRUPTED)
+        if self.received is None:
+            self.received = name
+            logger.warning("received %s: finishing this optimizer step, then saving a checkpoint and stopping", name)
 
 
 def gradient_accumulation_steps(config: TrainConfig, num_processes: int) -> int:
@@ -235,6 +323,7 @@ class Trainer:
         self.config = config
         self.accelerator = accelerator or make_accelerator(config)
         self.output_dir = Path(config.output_dir)
+        lock_output_dir(self.accelerator, config.output_dir)  # held already when the recipe made the accelerator
         self.checkpoint_root = self.output_dir / "checkpoints"
         self.resume_from = self._resolve_resume()
         self.accumulation = gradient_accumulation_steps(config, self.accelerator.num_processes)
@@ -278,9 +367,15 @@ class Trainer:
 
     def _resolve_resume(self) -> Path | None:
         if not is_hub_resume(self.config.resume):
-            return ckpt.resolve_resume(self.config.resume, self.checkpoint_root)
+            key = _resume_key(self.config)
+            if key in _RESOLVED:
+                return _RESOLVED.pop(key)
+            return ckpt.resolve_resume(self.config.resume, self.checkpoint_root, self.config.max_steps)
         with self.accelerator.main_process_first():
-            return resolve_hub_resume(self.config.resume, self.output_dir / ".hub_resume", hub_config(self.config), self.output_dir)
+            path = resolve_hub_resume(self.config.resume, self.output_dir / ".hub_resume", hub_config(self.config), self.output_dir)
+        if path is not None:
+            ckpt.verify_checkpoint(path)
+        return path
 
     def _loader(self, dataset, collator, batch_size: int, train: bool) -> DataLoader:
         """A DataLoader with a generator of its own: starting an iterator (which a resume does at
@@ -363,14 +458,29 @@ class Trainer:
         is called on every process with the final model, before anything is saved or pushed, and
         returns more results (e.g. test-set accuracy); with ``load_best_at_end`` it also scores the last
         model, reported with a ``last_`` prefix.
+
+        Raises :class:`Preempted` after SIGTERM/SIGINT (a checkpoint is saved first),
+        :class:`Diverged` after ``max_bad_steps`` non-finite steps in a row, and
+        :class:`CheckpointWriteFailed` when a save fails (the previous checkpoint stays intact).
         """
         self.extra_results = dict(extra_results or {})
         self.score_model = score_model
         acc = self.accelerator
-        cfg = self.config
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            # Written last by a finished run: a stale one would make this run look finished if it died.
+            (self.output_dir / ckpt.RESULTS_FILE).unlink(missing_ok=True)
         acc.init_trackers("tensorboard", config=_flat_hparams(self.run_config))
+        try:
+            with _StopSignals() as signals:
+                return self._fit(signals)
+        finally:
+            if acc.is_main_process:
+                run_lock.release(self.output_dir)
+
+    def _fit(self, signals: _StopSignals) -> dict:
+        acc = self.accelerator
+        cfg = self.config
         if self.resume_from is not None:
             self._load_checkpoint(self.resume_from)
         if self.hub is not None and acc.is_main_process:
@@ -399,15 +509,21 @@ class Trainer:
                 step_loss += loss.detach() / acc.num_processes
                 window_tokens += self.unwrapped_task.tokens_in(batch)
                 seq_len = batch["input_ids"].shape[-1] if "input_ids" in batch else seq_len
-            if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-                acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-            self.optimizer.step()
+            # The norm is needed anyway for clipping; with clipping off, max_norm=inf only measures it.
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+            bad, stop_requested = self._step_health(step_loss, grad_norm, signals)
+            if bad:
+                self._skip_update()
+            else:
+                self.optimizer.step()
+                self.state.bad_steps_in_row = 0
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.state.step += 1
-            window_losses.append(step_loss)
+            if not bad:
+                window_losses.append(step_loss)
             bar.update(1)
-            if self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps:
+            if (self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps) and window_losses:
                 elapsed = time.perf_counter() - window_start
                 record = self._log_train(window_losses, window_tokens, elapsed, seq_len)
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
@@ -415,11 +531,66 @@ class Trainer:
             if self.eval_loader is not None and (self.state.step % cfg.eval_every == 0 or self.state.step == cfg.max_steps):
                 final_eval = self.evaluate()
                 stop = self._track_best(final_eval)
+            saved = False
             if self.state.step % cfg.save_every == 0 and self.state.step < cfg.max_steps and not stop:
-                self.save_checkpoint()
+                if self.state.bad_steps_in_row and not stop_requested:
+                    # Same weights as before the streak, which now give a non-finite loss: keep the
+                    # checkpoints from before it as the newest, for "last good checkpoint" to mean good.
+                    logger.warning("step %d: checkpoint skipped during a run of non-finite steps", self.state.step)
+                else:
+                    self.save_checkpoint()
+                    saved = True
+            if stop_requested and self.state.step < cfg.max_steps and not stop:
+                bar.close()
+                self._stop_for_signal(signals.received, saved)
         bar.close()
         runtime = time.perf_counter() - run_start
         return self._finish(final_eval, runtime)
+
+    def _step_health(self, step_loss: torch.Tensor, grad_norm, signals: _StopSignals) -> tuple[bool, bool]:
+        """(non-finite step, stop requested), agreed by every process in one small all-reduce."""
+        acc = self.accelerator
+        bad = ~torch.isfinite(step_loss)
+        # Under fp16 an infinite gradient is the loss scaler's business: it skips the step and rescales.
+        if grad_norm is not None and acc.mixed_precision != "fp16":
+            bad = bad | ~torch.isfinite(torch.as_tensor(grad_norm, device=acc.device))
+        flags = torch.stack([bad.float(), torch.tensor(float(signals.received is not None), device=acc.device)])
+        if acc.num_processes > 1:
+            flags = acc.reduce(flags, "sum")
+        bad_any, stop_any = flags.tolist()
+        return bad_any > 0, stop_any > 0
+
+    def _skip_update(self) -> None:
+        """Drop a non-finite step's gradients, as fp16 loss scaling drops an overflow; stop when it persists."""
+        self.state.skipped_steps += 1
+        self.state.bad_steps_in_row += 1
+        step = self.state.step + 1
+        if self.accelerator.is_local_main_process:
+            logger.warning("step %d: non-finite loss or gradient norm; update skipped (%d in a row, max_bad_steps=%d)",
+                           step, self.state.bad_steps_in_row, self.config.max_bad_steps)
+        if self.state.bad_steps_in_row >= self.config.max_bad_steps:
+            raise Diverged(
+                f"training diverged: steps {step - self.state.bad_steps_in_row + 1}-{step} had a non-finite loss or "
+                f"gradient norm (updates skipped, nothing saved from them); {self._last_good()}. "
+                "Lower learning_rate or lengthen warmup, then resume from that checkpoint or start again"
+            )
+
+    def _last_good(self) -> str:
+        newest = ckpt.latest_checkpoint(self.checkpoint_root)
+        return f"last good checkpoint: {newest}" if newest else "no checkpoint was saved before"
+
+    def _stop_for_signal(self, received: str | None, saved: bool) -> None:
+        """Save (unless this step just did), let pending Hub pushes finish (bounded), then end the run."""
+        path = ckpt.checkpoint_dir(self.checkpoint_root, self.state.step)
+        if not saved:
+            path = self.save_checkpoint()
+        if self.hub is not None and self.accelerator.is_main_process:
+            try:
+                self.hub.wait(timeout=PREEMPT_HUB_WAIT_S)
+            except HubError as e:
+                logger.warning("%s (the checkpoint is saved locally)", e)
+        self.accelerator.end_training()
+        raise Preempted(f"{received or 'stop signal'} at step {self.state.step}: checkpoint {path} saved; continue with resume=auto")
 
     def _count(self, micro: list[dict]) -> dict[str, torch.Tensor]:
         task = self.unwrapped_task
@@ -495,32 +666,76 @@ class Trainer:
             raise ConfigError(f"metric_for_best {self.config.metric_for_best!r} is not reported; choose one of {sorted(k[5:] for k in result)}")
         value = result[key]
         best = self.state.best_metric
-        better = best is None or (value > best if self._greater_is_better else value < best)
+        self._warn_if_exploding(result)
+        better = math.isfinite(value) and (best is None or (value > best if self._greater_is_better else value < best))
         if better:
             self.state.best_metric, self.state.best_step = value, self.state.step
             self.state.evals_without_improvement = 0
-            self._save_model(self.output_dir / "best_model")
+            self._save_model(self.output_dir / "best_model", what="best_model")
         else:
             self.state.evals_without_improvement += 1
         patience = self.config.early_stopping_patience
         return bool(patience) and self.state.evals_without_improvement >= patience
 
+    def _warn_if_exploding(self, result: dict) -> None:
+        """A loss far above its best usually means the run is diverging: say so while it can be acted on."""
+        loss = result.get("eval_loss")
+        earlier = [h["eval_loss"] for h in self.state.history[:-1] if math.isfinite(h.get("eval_loss", math.nan))]
+        if loss is None or not earlier or not self.accelerator.is_local_main_process:
+            return
+        best = min(earlier)
+        if not math.isfinite(loss) or loss > best + max(1.0, 0.5 * abs(best)):
+            logger.warning("step %d: eval_loss %.4g is far above its best (%.4g): the run may be exploding; "
+                           "consider a lower learning_rate", self.state.step, loss, best)
+
     # ------------------------------------------------------------------ saving
 
-    def save_checkpoint(self) -> Path:
-        """Accelerate state + trainer state, written to a temporary folder and renamed when complete."""
+    def _check_finite(self, what: str) -> None:
+        """Never publish non-finite weights: refuse (and stop) instead."""
         acc = self.accelerator
+        params = [p.detach() for p in self.model.parameters()]
+        finite = torch.stack([torch.isfinite(p).all() for p in params]).all().float() if params else torch.ones((), device=acc.device)
+        if acc.num_processes > 1:
+            finite = acc.reduce(finite.to(acc.device), "min")
+        if finite.item() < 1:
+            raise Diverged(f"the weights at step {self.state.step} are not finite; {what} not saved; {self._last_good()}")
+
+    @contextlib.contextmanager
+    def _writing(self, what: str, partial: Path, intact: str):
+        """Turn a failed write (full disk, I/O error) into one line that says what is still safe."""
+        try:
+            yield
+        except CheckpointWriteFailed:
+            raise
+        except Exception as e:
+            reason = ckpt.write_failure(e, partial)
+            if reason is None:
+                raise
+            shutil.rmtree(partial, ignore_errors=True)
+            raise CheckpointWriteFailed(
+                f"{reason} while saving {what} to {partial.parent} ({intact}); free space, then continue with resume=auto"
+            ) from None
+
+    def save_checkpoint(self) -> Path:
+        """Accelerate state + trainer state + manifest, written to a temporary folder and renamed when complete."""
+        acc = self.accelerator
+        self._check_finite(f"checkpoint step {self.state.step}")
         final = ckpt.checkpoint_dir(self.checkpoint_root, self.state.step)
         tmp = ckpt.temporary_dir(final)
+        previous = ckpt.latest_checkpoint(self.checkpoint_root)
+        intact = f"checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+        with self._writing(f"checkpoint step {self.state.step}", tmp, intact):
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            acc.wait_for_everyone()
+            acc.save_state(str(tmp))
+            self._save_model(tmp / HF_MODEL_SUBDIR, check=False)  # a plain HF folder inside each checkpoint
+            if acc.is_main_process:
+                ckpt.write_json_atomic(tmp / ckpt.STATE_FILE, {**self.state.__dict__, "run_config": self.run_config})
+                ckpt.write_manifest(tmp)
+                ckpt.publish_checkpoint(tmp, final)
         if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        self._save_model(tmp / HF_MODEL_SUBDIR)  # a plain HF folder inside each checkpoint
-        if acc.is_main_process:
-            ckpt.write_json_atomic(tmp / ckpt.STATE_FILE, {**self.state.__dict__, "run_config": self.run_config})
-            ckpt.publish_checkpoint(tmp, final)
             ckpt.rotate_checkpoints(self.checkpoint_root, self.config.save_total_limit)
             if self.hub is not None:
                 self.hub.on_save(final, self.state.step)
@@ -528,16 +743,22 @@ class Trainer:
         return final
 
     def _load_checkpoint(self, path: Path) -> None:
-        self.accelerator.load_state(str(path))
-        saved = json.loads((path / ckpt.STATE_FILE).read_text(encoding="utf-8"))
+        try:
+            self.accelerator.load_state(str(path))
+            saved = json.loads((path / ckpt.STATE_FILE).read_text(encoding="utf-8"))
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError) as e:  # verified, yet it does not fit
+            raise CheckpointError(f"checkpoint {path} cannot be loaded into this run: {type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:300] if str(e) else ''}") from None
         saved.pop("run_config", None)
         self.state = TrainerState(**saved)
         if self.accelerator.is_local_main_process:
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step, self.state.epoch, self.state.batches_in_epoch)
 
-    def _save_model(self, folder: Path) -> None:
+    def _save_model(self, folder: Path, what: str | None = None, check: bool = True) -> None:
         """The HF model (and processor) as a plain folder, written next door and swapped in."""
         acc = self.accelerator
+        if check:
+            self._check_finite(what or folder.name)
         acc.wait_for_everyone()
         state_dict = acc.get_state_dict(self.model)
         if acc.is_main_process:
@@ -545,11 +766,12 @@ class Trainer:
             prefix = "model."
             inner = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
             tmp = folder.parent / f".tmp-{folder.name}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp, state_dict=inner, safe_serialization=True)
-            if self.processor is not None:
-                self.processor.save_pretrained(tmp)
-            ckpt.publish_checkpoint(tmp, folder)
+            with self._writing(what or str(folder), tmp, f"the previous {folder.name} is intact" if folder.exists() else "nothing was replaced"):
+                shutil.rmtree(tmp, ignore_errors=True)
+                model.save_pretrained(tmp, state_dict=inner, safe_serialization=True)
+                if self.processor is not None:
+                    self.processor.save_pretrained(tmp)
+                ckpt.publish_checkpoint(tmp, folder)
         acc.wait_for_everyone()
 
     def _finish(self, final_eval: dict | None, runtime: float) -> dict:
@@ -576,6 +798,10 @@ class Trainer:
             **scores,
             **self.extra_results,
         }
+        if self.state.skipped_steps:
+            results["skipped_steps"] = self.state.skipped_steps
+        if self.state.step < cfg.max_steps:
+            results["stopped_early"] = True
         if self.state.best_step is not None:
             results["best_step"] = self.state.best_step
             results[f"best_{cfg.metric_for_best}"] = self.state.best_metric
@@ -593,19 +819,24 @@ class Trainer:
         model.load_state_dict(best.state_dict())
 
     def _save_final(self, results: dict) -> None:
+        """The final model, plots, history and card, then ``all_results.json`` last: its presence
+        says that everything else is on disk (``resume=auto`` then knows the run is finished)."""
         acc = self.accelerator
         staging = self.output_dir / ".tmp-final"
-        self._save_model(staging)
+        self._save_model(staging, what="the final model")
         if not acc.is_main_process:
             return
-        for item in staging.iterdir():
-            target = self.output_dir / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(item, target)
-        staging.rmdir()
-        plot = plot_loss_curves(self.state.history, self.output_dir / "loss_curves.png", title=self.description.objective)
-        write_results(self.output_dir, results)
-        (self.output_dir / "trainer_history.json").write_text(json.dumps(self.state.history, indent=1), encoding="utf-8")
-        repo_id = self.hub.repo_id if self.hub is not None else None
-        write_model_card(self.output_dir, self.description, results, self.run_config, plot.name if plot else None, repo_id)
+        previous = ckpt.latest_checkpoint(self.checkpoint_root)
+        intact = f"checkpoint {previous.name} is intact" if previous else "no checkpoint exists"
+        with self._writing("the final outputs", staging, intact):
+            for item in staging.iterdir():
+                target = self.output_dir / item.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                os.replace(item, target)
+            staging.rmdir()
+            plot = plot_loss_curves(self.state.history, self.output_dir / "loss_curves.png", title=self.description.objective)
+            atomic.write_json(self.output_dir / "trainer_history.json", self.state.history, indent=1)
+            repo_id = self.hub.repo_id if self.hub is not None else None
+            write_model_card(self.output_dir, self.description, results, self.run_config, plot.name if plot else None, repo_id)
+            atomic.write_json(self.output_dir / ckpt.RESULTS_FILE, results)
