@@ -190,7 +190,9 @@ def check_summary(out, tasks, skipped=()):
         # The harness reports what finetune() scored on the dev set of that very run.
         run = json.loads((out / name / "seed42" / "all_results.json").read_text())
         first = task.metrics[0]
-        assert metrics[first + (f"_{devs[0]}" if devs[0] else "")] == pytest.approx(run[f"test_{first}"])
+        assert summary["runs"][name]["42"][first + (f"_{devs[0]}" if devs[0] else "")] == pytest.approx(run[f"test_{first}"])
+        for key, value in metrics.items():  # the mean over seeds
+            assert value == pytest.approx(np.mean([r[key] for r in summary["runs"][name].values()]))
         assert run["test_examples"] == DEV and summary["tasks"][name]["dev_examples"] == DEV
         assert summary["tasks"][name]["score"] == pytest.approx(np.mean(list(metrics.values())))
         assert not (out / name / "seed42" / "model.safetensors").exists()  # glue.save_models=false
