@@ -15,6 +15,8 @@ from typing import Literal
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from nlp_ssl.errors import ConfigError
+
 TokenizerKind = Literal["wordpiece", "bytelevel_bpe", "bpe"]
 
 # Special tokens per kind, in id order; the first ones get ids 0, 1, 2, ...
@@ -54,7 +56,7 @@ def _build(kind: str, vocab_size: int, lowercase: bool) -> tuple[Tokenizer, trai
             vocab_size=vocab_size, special_tokens=specials, min_frequency=2, end_of_word_suffix="</w>"
         )
     else:
-        raise ValueError(f"tokenizer kind {kind!r} is not one of {list(SPECIALS)}")
+        raise ConfigError(f"tokenizer kind {kind!r} is not one of {list(SPECIALS)}")
     return tok, trainer
 
 

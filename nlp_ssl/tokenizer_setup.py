@@ -10,6 +10,7 @@ from datasets import IterableDataset
 from transformers import AutoTokenizer
 
 from nlp_ssl.data.cache import cache_root
+from nlp_ssl.config import check_ranges
 from nlp_ssl.tokenization import train_tokenizer
 
 
@@ -22,6 +23,9 @@ class TokenizerConfig:
     lowercase: bool = True
     #: Documents the tokenizer is trained on (the first ones of a streamed corpus).
     max_training_documents: int = 200_000
+
+    def __post_init__(self):
+        check_ranges(self, vocab_size="(0, inf)", max_training_documents="(0, inf)")
 
 
 def load_or_train_tokenizer(cfg: TokenizerConfig, texts_dataset, text_column: str, cache_dir: str | None = None):

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from nlp_ssl.cli import run  # noqa: E402
-from nlp_ssl.config import parse_config  # noqa: E402
+from nlp_ssl.config import check_ranges, parse_config  # noqa: E402
 from nlp_ssl.data.labels import sample_k_per_class  # noqa: E402
 from nlp_ssl.errors import ConfigError, DataError  # noqa: E402
 from nlp_ssl.metrics import compute_classification_metrics  # noqa: E402
@@ -52,6 +52,9 @@ class LabeledImagesConfig:
     max_test_images: int | None = None
     augment: bool = True
     cache_dir: str | None = None
+
+    def __post_init__(self):
+        check_ranges(self, k_per_class="(0, inf)", validation_per_class="[0, inf)", max_test_images="(0, inf)")
 
 
 @dataclass

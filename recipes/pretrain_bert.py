@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from nlp_ssl.cli import run
-from nlp_ssl.config import parse_config
+from nlp_ssl.config import check_ranges, parse_config
 from nlp_ssl.data.documents import load_kjv_chapters, load_python_docs
 from nlp_ssl.data.text import TextDataConfig, load_text_splits
 from nlp_ssl.errors import ConfigError
@@ -44,6 +44,9 @@ class BertDataConfig:
     num_proc: int | None = None
     cache_dir: str | None = None
 
+    def __post_init__(self):
+        check_ranges(self, validation_split="(0, 1)", max_seq_length="(0, inf)", short_seq_prob="[0, 1]", dupe_factor="(0, inf)", max_train_documents="(0, inf)", num_proc="(0, inf)")
+
 
 @dataclass
 class BertObjectiveConfig:
@@ -51,6 +54,9 @@ class BertObjectiveConfig:
     sop: bool = False
     mlm_probability: float = 0.15
     pad_to_multiple_of: int | None = None
+
+    def __post_init__(self):
+        check_ranges(self, mlm_probability="(0, 1)", pad_to_multiple_of="(0, inf)")
 
 
 @dataclass

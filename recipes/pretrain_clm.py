@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nlp_ssl.cli import run
-from nlp_ssl.config import parse_config
+from nlp_ssl.config import check_ranges, parse_config
 from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
 from nlp_ssl.models import ModelConfig, build_model, check_block_size
 from nlp_ssl.objectives import CLMCollator
@@ -22,6 +22,9 @@ class CLMConfig:
     #: Packed documents do not attend to each other (positions restart after each EOS).
     document_aware: bool = True
     pad_to_multiple_of: int | None = None
+
+    def __post_init__(self):
+        check_ranges(self, pad_to_multiple_of="(0, inf)")
 
 
 @dataclass

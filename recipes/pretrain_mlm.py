@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nlp_ssl.cli import run
-from nlp_ssl.config import parse_config
+from nlp_ssl.config import check_ranges, parse_config
 from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
 from nlp_ssl.models import ModelConfig, build_model, check_block_size, special_token_fields
 from nlp_ssl.objectives import MLMCollator
@@ -27,6 +27,9 @@ class MLMConfig:
     pad_to_multiple_of: int | None = None
     #: Project to the vocabulary only at masked positions (the checkpoint is unchanged).
     sparse_head: bool = True
+
+    def __post_init__(self):
+        check_ranges(self, mlm_probability="(0, 1)", mask_replace_prob="[0, 1]", random_replace_prob="[0, 1]", pad_to_multiple_of="(0, inf)")
 
 
 @dataclass

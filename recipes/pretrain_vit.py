@@ -21,7 +21,7 @@ from typing import Literal
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nlp_ssl.cli import run  # noqa: E402
-from nlp_ssl.config import parse_config  # noqa: E402
+from nlp_ssl.config import check_ranges, parse_config  # noqa: E402
 from nlp_ssl.data.cache import cache_root  # noqa: E402
 from nlp_ssl.data.images import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_image_dataset  # noqa: E402
 from nlp_ssl.errors import ConfigError, DataError  # noqa: E402
@@ -48,6 +48,9 @@ class ImageConfig:
     mean: list[float] = field(default_factory=lambda: list(FASHION_MNIST_MEAN))
     std: list[float] = field(default_factory=lambda: list(FASHION_MNIST_STD))
 
+    def __post_init__(self):
+        check_ranges(self, image_size="(0, inf)", patch_size="(0, inf)")
+
 
 @dataclass
 class ImagePoolConfig:
@@ -62,6 +65,9 @@ class ImagePoolConfig:
     augment: bool = False
     cache_dir: str | None = None
 
+    def __post_init__(self):
+        check_ranges(self, validation_images="(0, inf)", max_train_images="(0, inf)")
+
 
 @dataclass
 class RotationConfig:
@@ -74,6 +80,9 @@ class MIMConfig:
     #: Side of the square blocks that are hidden; a multiple of image.patch_size dividing image.image_size.
     mask_patch_size: int = 4
     mask_ratio: float = 0.5
+
+    def __post_init__(self):
+        check_ranges(self, mask_patch_size="(0, inf)", mask_ratio="(0, 1)")
 
 
 @dataclass

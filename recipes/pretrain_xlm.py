@@ -18,7 +18,7 @@ from datasets import Dataset, concatenate_datasets, load_dataset
 from torch.utils.data import ConcatDataset, Subset
 
 from nlp_ssl.cli import run
-from nlp_ssl.config import parse_config
+from nlp_ssl.config import check_ranges, parse_config
 from nlp_ssl.data.mixing import AlternatingBatchSampler, interleaved_indices, parse_ratio, round_robin_schedule
 from nlp_ssl.data.parallel import load_monolingual_corpus, load_sword_pairs
 from nlp_ssl.data.text import check_text_file
@@ -50,6 +50,9 @@ class XLMDataConfig:
     num_proc: int | None = None
     cache_dir: str | None = None
 
+    def __post_init__(self):
+        check_ranges(self, max_length="(0, inf)", validation_split="(0, 1)", max_documents="(0, inf)", num_proc="(0, inf)")
+
 
 @dataclass
 class XLMObjectiveConfig:
@@ -58,6 +61,9 @@ class XLMObjectiveConfig:
     #: over the pairs. Default: ``mlm:1,tlm:1``, or ``clm:1`` for the causal objective.
     schedule: str | None = None
     mlm_probability: float = 0.15
+
+    def __post_init__(self):
+        check_ranges(self, mlm_probability="(0, 1)")
 
 
 @dataclass

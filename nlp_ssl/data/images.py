@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from nlp_ssl.errors import DataError
+from nlp_ssl.errors import ConfigError, DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
@@ -326,7 +326,7 @@ def pil_to_channels(image: Image.Image, num_channels: int) -> Image.Image:
     transparent pixel reads as background rather than as whatever colour it happened to store.
     """
     if num_channels not in (1, 3):
-        raise ValueError(f"num_channels must be 1 or 3, got {num_channels}")
+        raise ConfigError(f"num_channels must be 1 or 3, got {num_channels}")
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
         image = _pil_to_8bit(image)
     if image.mode in ("P", "PA"):
@@ -368,7 +368,7 @@ def image_to_tensor(image, num_channels: int) -> torch.Tensor:
     elif x.shape[0] == 3 and num_channels == 1:
         x = (x * _LUMA[:, None, None]).sum(0, keepdim=True)
     elif num_channels not in (1, 3):
-        raise ValueError(f"num_channels must be 1 or 3, got {num_channels}")
+        raise ConfigError(f"num_channels must be 1 or 3, got {num_channels}")
     return x.contiguous()
 
 
@@ -419,7 +419,7 @@ def _check_stats(name: str, values: Sequence[float], num_channels: int) -> torch
     if len(values) == 1:
         values = values * num_channels
     if len(values) != num_channels:
-        raise ValueError(f"{name} needs 1 or {num_channels} values (one per channel), got {values}")
+        raise ConfigError(f"{name} needs 1 or {num_channels} values (one per channel), got {values}")
     return torch.tensor(values).view(-1, 1, 1)
 
 
@@ -445,21 +445,21 @@ class ImageTransform:
         flip_prob: float = 0.5,
     ):
         if int(image_size) <= 0:
-            raise ValueError(f"image_size must be positive, got {image_size}")
+            raise ConfigError(f"image_size must be positive, got {image_size}")
         if num_channels not in (1, 3):
-            raise ValueError(f"num_channels must be 1 or 3, got {num_channels}")
+            raise ConfigError(f"num_channels must be 1 or 3, got {num_channels}")
         if not 0 < scale[0] <= scale[1] <= 1:
-            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+            raise ConfigError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
         if not 0 < ratio[0] <= ratio[1]:
-            raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
+            raise ConfigError(f"ratio must satisfy 0 < min <= max, got {ratio}")
         if not 0 <= flip_prob <= 1:
-            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
+            raise ConfigError(f"flip_prob must be in [0, 1], got {flip_prob}")
         self.image_size = int(image_size)
         self.num_channels = num_channels
         self.mean = _check_stats("mean", (0.5,) if mean is None else mean, num_channels)
         self.std = _check_stats("std", (0.5,) if std is None else std, num_channels)
         if (self.std <= 0).any():
-            raise ValueError(f"std must be positive, got {self.std.flatten().tolist()}")
+            raise ConfigError(f"std must be positive, got {self.std.flatten().tolist()}")
         self.train = train
         self.scale = tuple(scale)
         self.ratio = tuple(ratio)
@@ -469,7 +469,7 @@ class ImageTransform:
         x = image_to_tensor(image, self.num_channels)
         if self.train:
             if generator is None:
-                raise ValueError("ImageTransform(train=True) needs a torch.Generator for its random crop and flip")
+                raise ConfigError("ImageTransform(train=True) needs a torch.Generator for its random crop and flip")
             top, left, h, w = random_resized_crop_box(x.shape[1], x.shape[2], generator, self.scale, self.ratio)
             x = resize(x[:, top : top + h, left : left + w], self.image_size)
             if float(torch.rand((), generator=generator)) < self.flip_prob:

@@ -8,13 +8,16 @@ file, bytes that are not UTF-8 or a missing column fail with the file, line and 
 from __future__ import annotations
 
 import codecs
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
 
+from nlp_ssl.config import check_ranges
 from nlp_ssl.errors import DataError
 
 BUILTIN_PREFIX = "builtin:"
@@ -41,6 +44,9 @@ class TextDataConfig:
     num_proc: int | None = None
     max_train_documents: int | None = None
     cache_dir: str | None = None
+
+    def __post_init__(self):
+        check_ranges(self, validation_split="(0, 1)", block_size="(0, inf)", streaming_validation_documents="(0, inf)", shuffle_buffer="(0, inf)", num_proc="(0, inf)", max_train_documents="(0, inf)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,6 +99,8 @@ def check_text_column(ds: Dataset, column: str, where: str, path: Path | None = 
     if column not in ds.column_names:
         raise DataError(f"{where}: no column {column!r} (columns: {', '.join(ds.column_names)}); set data.text_column")
     arrow = ds.data.column(column)
+    if not (pa.types.is_string(arrow.type) or pa.types.is_large_string(arrow.type)):
+        raise DataError(f"{where}: field {column!r} holds {arrow.type} values, not text; set data.text_column to a text column")
     if arrow.null_count:
         first = pc.index(pc.is_null(arrow), True).as_py()
         at = _row_to_line(path, first) if path else f"row {first}"
@@ -117,6 +125,9 @@ def _load_file(path: Path, role: str, cfg: TextDataConfig, streaming: bool):
         check_text_column(ds, cfg.text_column, f"{role} {path}", path)
     elif cfg.text_column not in (ds.column_names or [cfg.text_column]):
         raise DataError(f"{role} {path}: no column {cfg.text_column!r} (columns: {', '.join(ds.column_names)})")
+    elif ds.features and cfg.text_column in ds.features and getattr(ds.features[cfg.text_column], "dtype", "string") not in ("string", "large_string"):
+        raise DataError(f"{role} {path}: field {cfg.text_column!r} holds {ds.features[cfg.text_column].dtype} values, not text; "
+                        "set data.text_column to a text column")
     return ds
 
 
@@ -130,9 +141,15 @@ def _builtin(cfg: TextDataConfig) -> Dataset:
     return load_wiki_corpus(cfg.cache_dir)[splits[name]]
 
 
-def _split(ds: Dataset, cfg: TextDataConfig, seed: int) -> DatasetDict:
+def _split(ds: Dataset, cfg: TextDataConfig, seed: int, where: str) -> DatasetDict:
     if not 0 < cfg.validation_split < 1:
         raise DataError(f"data.validation_split must be in (0, 1), got {cfg.validation_split}")
+    held_out = math.ceil(cfg.validation_split * len(ds))  # as train_test_split rounds
+    if len(ds) - held_out < 1:
+        raise DataError(
+            f"{where}: {len(ds)} document(s) are too few to hold out data.validation_split={cfg.validation_split} "
+            "for validation and train on the rest; add documents or pass data.validation_file"
+        )
     parts = ds.train_test_split(test_size=cfg.validation_split, seed=seed, shuffle=True)
     return DatasetDict(train=parts["train"], validation=parts["test"])
 
@@ -147,19 +164,19 @@ def load_text_splits(cfg: TextDataConfig, seed: int = 0) -> DatasetDict | dict[s
             validation = _load_file(check_text_file(cfg.validation_file, "data.validation_file"), "data.validation_file", cfg, False)
             splits = DatasetDict(train=train, validation=validation)
         else:
-            splits = _split(train, cfg, seed)
+            splits = _split(train, cfg, seed, f"data.train_file {cfg.train_file}")
     elif cfg.source.startswith(BUILTIN_PREFIX):
-        splits = _split(_builtin(cfg), cfg, seed)
+        splits = _split(_builtin(cfg), cfg, seed, f"data.source {cfg.source}")
     else:
         loaded = load_from_disk(cfg.source) if os.path.isdir(cfg.source) else load_dataset(cfg.source, cfg.dataset_config, cache_dir=cfg.cache_dir)
         if isinstance(loaded, Dataset):
-            splits = _split(loaded, cfg, seed)
+            splits = _split(loaded, cfg, seed, f"data.source {cfg.source}")
         elif "train" not in loaded:
             raise DataError(f"data.source {cfg.source}: no 'train' split (splits: {', '.join(loaded)})")
         elif "validation" in loaded:
             splits = DatasetDict(train=loaded["train"], validation=loaded["validation"])
         else:
-            splits = _split(loaded["train"], cfg, seed)
+            splits = _split(loaded["train"], cfg, seed, f"data.source {cfg.source}")
         for name, ds in splits.items():
             check_text_column(ds, cfg.text_column, f"data.source {cfg.source} [{name}]")
     if cfg.validation_file and not cfg.train_file:
@@ -180,8 +197,17 @@ def _load_streaming(cfg: TextDataConfig, seed: int) -> dict[str, IterableDataset
         validation = _load_file(check_text_file(cfg.validation_file, "data.validation_file"), "data.validation_file", cfg, True)
         train = stream
     else:
-        validation = stream.take(cfg.streaming_validation_documents)
-        train = stream.skip(cfg.streaming_validation_documents)
+        held_out = cfg.streaming_validation_documents
+        # Reads at most held_out + 1 documents: a stream that short would leave nothing to train on.
+        seen = sum(1 for _ in stream.take(held_out + 1))
+        if seen <= held_out:
+            where = f"data.train_file {cfg.train_file}" if cfg.train_file else f"data.source {cfg.source}"
+            raise DataError(
+                f"{where}: the stream has {seen} document(s), not more than the data.streaming_validation_documents="
+                f"{held_out} held out for validation; lower it or pass data.validation_file"
+            )
+        validation = stream.take(held_out)
+        train = stream.skip(held_out)
     train = train.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer)
     return {"train": train, "validation": validation}
 

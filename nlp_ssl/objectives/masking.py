@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from nlp_ssl.errors import DataError
+from nlp_ssl.errors import ConfigError, DataError
 
 
 def batch_generator(seed: int, *arrays: np.ndarray) -> torch.Generator:
@@ -195,9 +195,9 @@ def choose_masked_positions(
 
 def check_probabilities(mlm_probability: float, mask_replace_prob: float, random_replace_prob: float) -> None:
     if not 0.0 < mlm_probability < 1.0:
-        raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
+        raise ConfigError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
     if mask_replace_prob < 0 or random_replace_prob < 0 or mask_replace_prob + random_replace_prob > 1.0:
-        raise ValueError(
+        raise ConfigError(
             "mask_replace_prob and random_replace_prob must be >= 0 and sum to at most 1, got "
             f"{mask_replace_prob} and {random_replace_prob}"
         )

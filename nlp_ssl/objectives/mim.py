@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from nlp_ssl.data.images import ImageTransform, image_fingerprint, images_of
+from nlp_ssl.errors import ConfigError
 from nlp_ssl.objectives.masking import batch_generator
 
 
@@ -20,14 +21,14 @@ def check_mask_sizes(image_size: int, model_patch_size: int, mask_patch_size: in
     for name, value in (("image_size", image_size), ("model_patch_size", model_patch_size),
                         ("mask_patch_size", mask_patch_size)):
         if int(value) != value or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
+            raise ConfigError(f"{name} must be a positive integer, got {value}")
     if image_size % mask_patch_size:
-        raise ValueError(
+        raise ConfigError(
             f"mask_patch_size {mask_patch_size} must divide image_size {image_size} "
             f"({image_size} / {mask_patch_size} = {image_size / mask_patch_size:g})"
         )
     if mask_patch_size % model_patch_size:
-        raise ValueError(
+        raise ConfigError(
             f"model_patch_size {model_patch_size} must divide mask_patch_size {mask_patch_size} "
             "(each mask block has to cover whole model patches)"
         )
@@ -56,7 +57,7 @@ class MaskedImageCollator:
     ):
         check_mask_sizes(image_size, model_patch_size, mask_patch_size)
         if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+            raise ConfigError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
         self.image_size = int(image_size)
         self.model_patch_size = int(model_patch_size)
         self.mask_patch_size = int(mask_patch_size)
@@ -66,7 +67,7 @@ class MaskedImageCollator:
         self.scale = self.mask_patch_size // self.model_patch_size
         self.num_masked = int(round(mask_ratio * self.mask_grid**2))
         if self.num_masked == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"mask_ratio {mask_ratio} of {self.mask_grid ** 2} mask blocks rounds to 0 masked blocks; "
                 "raise mask_ratio or use a smaller mask_patch_size"
             )
@@ -91,7 +92,7 @@ class MaskedImageCollator:
         generator = batch_generator(self.seed, *(image_fingerprint(image) for image in images))
         pixel_values = torch.stack([self.transform(image, generator) for image in images])
         if pixel_values.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(
+            raise ConfigError(
                 f"MaskedImageCollator: the transform gave images of shape {tuple(pixel_values.shape[1:])}, "
                 f"expected {self.image_size}×{self.image_size}"
             )

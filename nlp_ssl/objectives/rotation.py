@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from nlp_ssl.data.images import ImageTransform, image_fingerprint, images_of
-from nlp_ssl.errors import DataError
+from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.objectives.masking import batch_generator
 
 NUM_ROTATIONS = 4
@@ -41,7 +41,7 @@ class RotationCollator:
         augment: bool = False,
     ):
         if mode not in ("all", "one"):
-            raise ValueError(f"RotationCollator mode must be 'all' or 'one', got {mode!r}")
+            raise ConfigError(f"RotationCollator mode must be 'all' or 'one', got {mode!r}")
         self.image_size = int(image_size)
         self.num_channels = num_channels
         self.mode = mode
