@@ -179,6 +179,11 @@ def test_bad_task_arguments():
 
 # ------------------------------------------------------------------------------ end to end (slow)
 
+
+def assert_nothing_trained(out):
+    """The run stopped before training: no model, no results (the trainer may leave a run lock)."""
+    assert not (out / "all_results.json").exists() and not list(out.glob("**/*.safetensors"))
+
 TINY = ["max_steps=6", "eval_every=3", "log_every=2", "micro_batch_size=8", "global_batch_size=8", "eval_batch_size=32",
         "data.validation_per_class=2", "data.max_length=48", "progress_bar=false"]
 CLASSES = ("People", "Geography", "Mathematics")
@@ -301,7 +306,7 @@ def test_bad_input_fails_with_one_clear_line(tmp_path, topic_files, case, expect
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected in last and str(path) in last, last
-    assert not (tmp_path / "out").exists()
+    assert_nothing_trained(tmp_path / "out")
 
 
 @pytest.mark.slow
@@ -373,3 +378,138 @@ def test_modernbert_mlm_aux_uses_its_pretrained_head_and_mean_pooling(tmp_path, 
                             attention_mask=torch.cat([batch["attention_mask"], torch.zeros_like(pad)], 1)).logits
     torch.testing.assert_close(lm_sum / lm_count, reference, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(padded, logits, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------- sentence pairs, regression, bad labelled data
+
+@pytest.fixture(scope="module")
+def tiny_bert_checkpoint(tmp_path_factory):
+    """A tiny BERT with a WordPiece tokenizer that holds every toy word, saved as a checkpoint folder."""
+    from nlp_ssl.tokenization import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("pairckpt") / "bert"
+    tok = train_tokenizer("wordpiece", toy_texts(300), 400, folder)
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                               max_position_embeddings=64, pad_token_id=tok.pad_token_id, **NO_DROPOUT)).save_pretrained(folder)
+    return folder
+
+
+def pair_rows(n, seed, regression=False):
+    """Pairs of toy sentences; the label says whether (or how much) the second repeats the first."""
+    import random
+
+    rng = random.Random(seed)
+    texts = toy_texts(2 * n, seed=seed)
+    rows = []
+    for i in range(n):
+        same = i % 2 == 0
+        b = " ".join(texts[i].split()[:6]) if same else texts[n + i]
+        label = round(rng.uniform(3, 5), 2) if (regression and same) else round(rng.uniform(0, 2), 2) if regression else int(same)
+        rows.append({"premise": texts[i], "hypothesis": b, "score" if regression else "label": label})
+    return rows
+
+
+PAIR = ["data.text_column=premise", "data.text_pair_column=hypothesis"]
+
+
+@pytest.mark.slow
+def test_pair_classifier_loads_in_a_pipeline_that_takes_text_and_text_pair(tmp_path, tiny_bert_checkpoint):
+    import pandas as pd
+    from transformers import AutoTokenizer, pipeline
+
+    pd.DataFrame(pair_rows(40, 0)).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame(pair_rows(10, 1)).to_csv(tmp_path / "test.csv", index=False)
+    out = tmp_path / "cls"
+    proc = run_recipe("finetune_text.py", f"model.name_or_path={tiny_bert_checkpoint}", f"output_dir={out}", *TINY, *PAIR,
+                      f"data.train_file={tmp_path / 'train.csv'}", f"data.test_file={tmp_path / 'test.csv'}", "finetune.aux_lm=mlm", env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["train_examples"] == 36 and results["test_examples"] == 10 and "eval_lm_loss" in results
+    a, b = "the cat sat on a mat.", "two dogs ran."
+    classify = pipeline("text-classification", model=str(out), top_k=None)
+    got = {p["label"]: p["score"] for p in classify({"text": a, "text_pair": b})}
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    enc = tok(a, b, return_tensors="pt")
+    assert (enc["token_type_ids"] == 1).any()  # the pipeline's input is the pair, with segment ids
+    with torch.no_grad():
+        probs = model(**enc).logits.softmax(-1)[0]
+    assert set(got) == {"0", "1"}
+    assert got["1"] == pytest.approx(probs[1].item(), abs=1e-5) and got["0"] == pytest.approx(probs[0].item(), abs=1e-5)
+    # A different second sentence changes the prediction: the pair reached the model.
+    other = {p["label"]: p["score"] for p in classify({"text": a, "text_pair": "every bird sang loudly near old stone walls."})}
+    assert other["1"] != pytest.approx(got["1"], abs=1e-7)
+    card = (out / "README.md").read_text()
+    assert "model-index:" in card and "type: accuracy" in card and "pipeline(\"text-classification\"" in card
+
+
+@pytest.mark.slow
+def test_regression_end_to_end_scores_pearson_and_spearman_of_the_saved_model(tmp_path, tiny_bert_checkpoint):
+    from scipy.stats import pearsonr, spearmanr
+    from transformers import AutoTokenizer
+
+    train, test = write_jsonl(tmp_path / "train.jsonl", pair_rows(40, 0, True)), write_jsonl(tmp_path / "test.jsonl", pair_rows(12, 1, True))
+    out = tmp_path / "reg"
+    proc = run_recipe("finetune_text.py", f"model.name_or_path={tiny_bert_checkpoint}", f"output_dir={out}", *TINY, *PAIR,
+                      f"data.train_file={train}", f"data.test_file={test}", "data.label_column=score", "finetune.problem_type=regression",
+                      "data.k_per_class=null", "data.validation_per_class=8", "finetune.aux_lm=mlm", env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["train_examples"] == 32 and results["problem_type"] == "regression" and "eval_lm_loss" in results
+    assert "best_loss" in results  # the best checkpoint is chosen by validation MSE
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert model.config.num_labels == 1 and model.config.problem_type == "regression"
+    tok = AutoTokenizer.from_pretrained(out)
+    rows = [json.loads(line) for line in test.read_text().splitlines()]
+    enc = tok([r["premise"] for r in rows], [r["hypothesis"] for r in rows], padding=True, truncation="longest_first",
+              max_length=48, return_tensors="pt")
+    with torch.no_grad():
+        preds = model(**enc).logits[:, 0].numpy()
+    gold = [r["score"] for r in rows]
+    assert results["test_pearsonr"] == pytest.approx(pearsonr(preds, gold)[0], abs=1e-4)
+    assert results["test_spearmanr"] == pytest.approx(spearmanr(preds, gold)[0], abs=1e-4)
+    assert "type: spearmanr" in (out / "README.md").read_text()
+
+
+def _bad_files(tmp_path, case):
+    import pandas as pd
+
+    rows = [{"body": t, "topic": ["a", "b"][i % 2]} for i, t in enumerate(toy_texts(20))]
+    if case == "one_class":
+        return write_jsonl(tmp_path / "train.jsonl", [{**r, "topic": "a"} for r in rows]), []
+    if case == "mixed_csv":
+        rows[5]["topic"] = "7"
+        pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+        return tmp_path / "train.csv", []
+    if case == "bad_jsonl":
+        path = write_jsonl(tmp_path / "train.jsonl", rows)
+        lines = path.read_text().splitlines()
+        lines[6] = lines[6][:-3]
+        path.write_text("\n".join(lines) + "\n")
+        return path, []
+    if case == "int_text":
+        pd.DataFrame([{**r, "body": i} for i, r in enumerate(rows)]).to_parquet(tmp_path / "train.parquet")
+        return tmp_path / "train.parquet", []
+    rows[4]["topic"] = "high"  # regression with a label that is no number
+    rows = [{**r, "topic": r["topic"] if r["topic"] == "high" else 0.5} for r in rows]
+    return write_jsonl(tmp_path / "train.jsonl", rows), ["finetune.problem_type=regression", "data.k_per_class=null"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, expected", [
+    ("one_class", "the labelled data has 1 class (['a']); classification needs at least 2"),
+    ("mixed_csv", "label column 'topic' mixes class names and ids: 'a' in row 1 and '7' in row 6"),
+    ("bad_jsonl", "line 7: not valid JSON"),
+    ("int_text", "text column 'body' holds non-text values (e.g. 0)"),
+    ("not_a_float", "label column 'topic' line 5: 'high' is not a number (regression)"),
+])
+def test_bad_labelled_data_fails_with_one_line_before_training(tmp_path, case, expected):
+    path, extra = _bad_files(tmp_path, case)
+    proc = run_recipe("finetune_text.py", "model.name_or_path=unused", f"output_dir={tmp_path}/out", f"data.train_file={path}",
+                      "data.text_column=body", "data.label_column=topic", *TINY, *extra, env=ENV)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and expected in errors[0] and str(path) in errors[0], proc.stderr[-2000:]
+    assert_nothing_trained(tmp_path / "out")
