@@ -422,7 +422,8 @@ def test_pair_classifier_loads_in_a_pipeline_that_takes_text_and_text_pair(tmp_p
     pd.DataFrame(pair_rows(10, 1)).to_csv(tmp_path / "test.csv", index=False)
     out = tmp_path / "cls"
     proc = run_recipe("finetune_text.py", f"model.name_or_path={tiny_bert_checkpoint}", f"output_dir={out}", *TINY, *PAIR,
-                      f"data.train_file={tmp_path / 'train.csv'}", f"data.test_file={tmp_path / 'test.csv'}", "finetune.aux_lm=mlm", env=ENV)
+                      f"data.train_file={tmp_path / 'train.csv'}", f"data.test_file={tmp_path / 'test.csv'}", "finetune.aux_lm=mlm",
+                      "data.k_per_class=null", env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     assert results["train_examples"] == 36 and results["test_examples"] == 10 and "eval_lm_loss" in results
