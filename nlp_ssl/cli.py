@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from nlp_ssl import run_lock
 from nlp_ssl.errors import EXIT_INTERRUPTED, NlpSslError, RunEnded
 
 
@@ -16,6 +17,7 @@ def run(main) -> None:
     try:
         main()
     except NlpSslError as e:
+        run_lock.release_all()
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
     except RunEnded as e:

@@ -19,8 +19,9 @@ from nlp_ssl.errors import ConfigError
 
 LOCK_FILE = ".lock"
 
-#: Locks this process holds, by resolved output_dir: a process may build several trainers on one folder.
-_HELD: dict[str, int] = {}
+#: Locks this process holds, by resolved output_dir (a process may build several trainers on one
+#: folder), with whether taking the lock created the folder.
+_HELD: dict[str, tuple[int, bool]] = {}
 
 
 def acquire(output_dir: str | os.PathLike) -> None:
@@ -28,6 +29,7 @@ def acquire(output_dir: str | os.PathLike) -> None:
     folder = Path(output_dir).resolve()
     if str(folder) in _HELD:
         return
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -40,14 +42,25 @@ def acquire(output_dir: str | os.PathLike) -> None:
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
-    _HELD[str(folder)] = fd
+    _HELD[str(folder)] = (fd, created)
 
 
 def release(output_dir: str | os.PathLike) -> None:
-    fd = _HELD.pop(str(Path(output_dir).resolve()), None)
-    if fd is not None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    held = _HELD.pop(str(Path(output_dir).resolve()), None)
+    if held is not None:
+        fcntl.flock(held[0], fcntl.LOCK_UN)
+        os.close(held[0])
+
+
+def release_all() -> None:
+    """Release every lock; a folder that the lock itself created and that holds nothing else (a run
+    refused on bad input) is removed, so bad input leaves no trace."""
+    for name, (fd, created) in list(_HELD.items()):
+        release(name)
+        folder = Path(name)
+        if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+            folder.rmdir()
 
 
 def _describe(fd: int) -> str:

@@ -34,12 +34,16 @@ from transformers import get_scheduler
 from nlp_ssl import atomic, run_lock
 from nlp_ssl import checkpointing as ckpt
 from nlp_ssl.config import check_ranges, to_dict
-from nlp_ssl.errors import EXIT_INTERRUPTED, CheckpointError, CheckpointWriteFailed, ConfigError, Diverged, Preempted
+from nlp_ssl.errors import EXIT_INTERRUPTED, CheckpointError, CheckpointWriteFailed, ConfigError, Diverged, Preempted, RunEnded
 from nlp_ssl.hub import HF_MODEL_SUBDIR, HubConfig, HubError, HubPusher, resolve_hub_resume
 from nlp_ssl.reporting import RunDescription, plot_loss_curves, write_model_card
 from nlp_ssl.tasks.base import Task
 
 logger = logging.getLogger("nlp_ssl.trainer")
+
+#: How the run ended (``running``, ``finished``, ``preempted``, ``diverged``, ``write_failed``).
+STATUS_FILE = "run_status.json"
+STATUS_NAMES = {Preempted: "preempted", Diverged: "diverged", CheckpointWriteFailed: "write_failed"}
 
 #: Seconds a stopping run waits for Hub uploads in flight: schedulers allow ~30 s after SIGTERM.
 PREEMPT_HUB_WAIT_S = 20.0
@@ -471,12 +475,31 @@ class Trainer:
             # Written last by a finished run: a stale one would make this run look finished if it died.
             (self.output_dir / ckpt.RESULTS_FILE).unlink(missing_ok=True)
         acc.init_trackers("tensorboard", config=_flat_hparams(self.run_config))
+        self._write_status("running", None, "training")
         try:
             with _StopSignals() as signals:
-                return self._fit(signals)
+                results = self._fit(signals)
+        except RunEnded as e:
+            self._write_status(STATUS_NAMES.get(type(e), "stopped"), e.exit_code, str(e))
+            raise
         finally:
             if acc.is_main_process:
                 run_lock.release(self.output_dir)
+        self._write_status("finished", 0, f"finished at step {self.state.step}")
+        return results
+
+    def _write_status(self, status: str, exit_code: int | None, message: str) -> None:
+        """``output_dir/run_status.json``: how the run ended, for job scripts whose launcher
+        (``accelerate launch``, torchrun) reports every failure as exit code 1."""
+        if not self.accelerator.is_main_process:
+            return
+        try:
+            atomic.write_json(self.output_dir / STATUS_FILE, {
+                "status": status, "exit_code": exit_code, "step": self.state.step, "message": message,
+                "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            })
+        except OSError:  # a full disk must not hide the error that is being reported
+            logger.warning("could not write %s", self.output_dir / STATUS_FILE)
 
     def _fit(self, signals: _StopSignals) -> dict:
         acc = self.accelerator
