@@ -10,11 +10,11 @@ makes one process and N processes agree at the same global batch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import sys
@@ -36,6 +36,7 @@ from nlp_ssl import checkpointing as ckpt
 from nlp_ssl.config import check_ranges, to_dict
 from nlp_ssl.errors import EXIT_INTERRUPTED, CheckpointError, CheckpointWriteFailed, ConfigError, Diverged, Preempted, RunEnded
 from nlp_ssl.hub import HF_MODEL_SUBDIR, HubConfig, HubError, HubPusher, resolve_hub_resume
+from nlp_ssl.models.architectures import optimizer_groups
 from nlp_ssl.reporting import RunDescription, plot_loss_curves, write_model_card
 from nlp_ssl.tasks.base import Task
 
@@ -96,7 +97,7 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     num_workers: int = 0
     progress_bar: bool = True
-    #: Hardware peak FLOP/s for MFU (None: looked up for known GPUs, not reported on CPU).
+    #: Hardware peak FLOP/s for MFU (None: looked up for known GPUs, else measured by a short matmul probe).
     peak_flops: float | None = None
     #: Push to the Hugging Face Hub (token from HF_TOKEN or the saved login; never logged).
     push_to_hub: bool = False
@@ -137,18 +138,6 @@ class TrainerState:
     skipped_steps: int = 0
     bad_steps_in_row: int = 0
     history: list[dict] = field(default_factory=list)
-
-
-def block_depths(names: list[str]) -> dict[str, int]:
-    """Each parameter's depth for layer-wise lr decay: 0 for embeddings, i + 1 for transformer block
-    i (the first number in the name: ``encoder.layer.3.``, ``layers.3.``, ``h.3.``), and n + 1 for
-    what follows the n blocks (final norm, pooler, heads)."""
-    block = {name: re.search(r"\.(\d+)\.", name) for name in names}
-    n = max((int(m.group(1)) + 1 for m in block.values() if m), default=0)
-    embedding = re.compile(r"emb|\bwte\b|\bwpe\b|cls_token|mask_token")
-    return {
-        name: int(m.group(1)) + 1 if m else 0 if embedding.search(name) else n + 1 for name, m in block.items()
-    }
 
 
 def resolve_mixed_precision(choice: str) -> str:
@@ -268,23 +257,44 @@ def gradient_accumulation_steps(config: TrainConfig, num_processes: int) -> int:
     return config.global_batch_size // per_step
 
 
-def flops_per_token(model_config, seq_len: int, n_params: int) -> float:
-    """nanoGPT's estimate: 6N + 12·L·H·Q·T FLOPs per token for a forward and backward pass."""
-    layers = getattr(model_config, "num_hidden_layers", None) or getattr(model_config, "n_layer", None) or getattr(model_config, "n_layers", 0)
-    heads = getattr(model_config, "num_attention_heads", None) or getattr(model_config, "n_head", None) or getattr(model_config, "n_heads", 1)
-    hidden = getattr(model_config, "hidden_size", None) or getattr(model_config, "n_embd", None) or getattr(model_config, "emb_dim", 0)
-    return 6 * n_params + 12 * layers * heads * (hidden // max(heads, 1)) * seq_len
-
-
-def _peak_flops(config: TrainConfig) -> float | None:
+def _peak_flops(config: TrainConfig, device: torch.device, mixed_precision: str) -> float:
+    """The hardware peak FLOP/s for MFU: ``peak_flops``, the table for known GPUs, else measured."""
     if config.peak_flops:
         return config.peak_flops
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
         for key, value in PEAK_FLOPS.items():
             if key in name:
                 return value
-    return None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+    return measured_peak_flops(str(device), dtype)
+
+
+@functools.cache
+def measured_peak_flops(device: str, dtype: torch.dtype, budget_s: float = 0.4) -> float:
+    """The best FLOP/s of square matmuls in ``dtype`` on ``device`` within about ``budget_s`` (at most
+    twice that), the size doubling while the next fits: the roofline of hardware that no table knows.
+    Once per process; the inputs come from a private generator, so the run's RNG is untouched."""
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    generator = torch.Generator().manual_seed(0)
+    best, size, largest, deadline = 0.0, 512, 8192 if cuda else 2048, time.perf_counter() + budget_s
+    a = b = None
+    while True:
+        if a is None or a.shape[0] != size:
+            a, b = (torch.rand(size, size, generator=generator).to(device, dtype) for _ in range(2))
+            a @ b  # warm-up: first-call dispatch and allocation
+        sync()
+        start = time.perf_counter()
+        a @ b
+        sync()
+        took = time.perf_counter() - start
+        best = max(best, 2 * size**3 / max(took, 1e-9))
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return best
+        if size < largest and 16 * took < left + budget_s:  # 8× the work, run twice (warm-up)
+            size *= 2
 
 
 def _flat_hparams(config: dict, prefix: str = "") -> dict:
@@ -363,9 +373,7 @@ class Trainer:
             self.eval_loader = self.accelerator.prepare(self.eval_loader)
         # The scheduler is stepped by hand once per optimizer step, and saved with the state.
         self.accelerator.register_for_checkpointing(self.scheduler)
-        n_params = sum(p.numel() for p in task.parameters())
-        self._n_params = n_params
-        self._peak = _peak_flops(config)
+        self._peak = _peak_flops(config, self.accelerator.device, self.accelerator.mixed_precision)
 
     # ------------------------------------------------------------------ setup
 
@@ -405,22 +413,12 @@ class Trainer:
     def _optimizer(self) -> torch.optim.Optimizer:
         if not 0 < self.config.layer_decay <= 1:
             raise ConfigError(f"layer_decay must be in (0, 1] (1 is off), got {self.config.layer_decay}")
-        named = [(name, param) for name, param in self.task.named_parameters() if param.requires_grad]
-        names = [name for name, _ in named]
-        depth = block_depths(names) if self.config.layer_decay != 1.0 else dict.fromkeys(names, 0)
-        top = max(depth.values(), default=0)
-        groups: dict[tuple[bool, int], dict] = {}
-        for name, param in named:
-            decays = not (param.ndim < 2 or "norm" in name.lower())
-            key = (decays, depth[name])
-            if key not in groups:
-                groups[key] = {
-                    "params": [], "weight_decay": self.config.weight_decay if decays else 0.0,
-                    "lr": self.config.learning_rate * self.config.layer_decay ** (top - depth[name]),
-                }
-            groups[key]["params"].append(param)
+        groups = optimizer_groups(
+            self.task.named_parameters(), self.task.model.config, self.config.learning_rate, self.config.weight_decay,
+            self.config.layer_decay,
+        )
         return torch.optim.AdamW(
-            list(groups.values()),
+            groups,
             lr=self.config.learning_rate,
             betas=(self.config.adam_beta1, self.config.adam_beta2),
             eps=self.config.adam_epsilon,
@@ -515,7 +513,7 @@ class Trainer:
         window_tokens = 0
         window_start = time.perf_counter()
         run_start = time.perf_counter()
-        seq_len = 0
+        window_flops = 0.0
         stop = False
         final_eval = None
         while self.state.step < cfg.max_steps and not stop:
@@ -531,7 +529,7 @@ class Trainer:
                     acc.backward(loss)
                 step_loss += loss.detach() / acc.num_processes
                 window_tokens += self.unwrapped_task.tokens_in(batch)
-                seq_len = batch["input_ids"].shape[-1] if "input_ids" in batch else seq_len
+                window_flops += self.unwrapped_task.flops(batch)
             # The norm is needed anyway for clipping; with clipping off, max_norm=inf only measures it.
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
             bad, stop_requested = self._step_health(step_loss, grad_norm, signals)
@@ -548,9 +546,10 @@ class Trainer:
             bar.update(1)
             if (self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps) and window_losses:
                 elapsed = time.perf_counter() - window_start
-                record = self._log_train(window_losses, window_tokens, elapsed, seq_len)
-                bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}")
-                window_losses, window_tokens, window_start = [], 0, time.perf_counter()
+                record = self._log_train(window_losses, window_tokens, elapsed, window_flops)
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
+                                **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}))
+                window_losses, window_tokens, window_flops, window_start = [], 0, 0.0, time.perf_counter()
             if self.eval_loader is not None and (self.state.step % cfg.eval_every == 0 or self.state.step == cfg.max_steps):
                 final_eval = self.evaluate()
                 stop = self._track_best(final_eval)
@@ -624,10 +623,13 @@ class Trainer:
         totals = {n: self.accelerator.reduce(v, "sum") for n, v in totals.items()}
         return {n: v.clamp(min=1.0) for n, v in totals.items()}
 
-    def _log_train(self, losses: list[torch.Tensor], tokens: int, elapsed: float, seq_len: int) -> dict:
+    def _log_train(self, losses: list[torch.Tensor], tokens: int, elapsed: float, flops: float) -> dict:
+        """One train record over the window since the last: loss, lr, tokens/s and MFU (the window's
+        model FLOPs, over its time, over the peak of every process)."""
         acc = self.accelerator
         loss = acc.reduce(torch.stack(losses).mean(), "sum").item()
-        tokens_all = int(acc.reduce(torch.tensor(tokens, device=acc.device, dtype=torch.float64), "sum").item())
+        counts = acc.reduce(torch.tensor([tokens, flops], device=acc.device, dtype=torch.float64), "sum").tolist()
+        tokens_all, flops_all = int(counts[0]), counts[1]
         self.state.train_tokens += tokens_all
         record = {
             "step": self.state.step,
@@ -636,9 +638,8 @@ class Trainer:
             "tokens_per_s": tokens_all / max(elapsed, 1e-9),
             "epoch": self.state.epoch,
         }
-        if self._peak and seq_len:
-            flops = flops_per_token(self.unwrapped_task.model.config, seq_len, self._n_params)
-            record["mfu"] = flops * record["tokens_per_s"] / (self._peak * acc.num_processes)
+        if self._peak and flops_all:
+            record["mfu"] = flops_all / max(elapsed, 1e-9) / (self._peak * acc.num_processes)
         self.state.history.append(record)
         acc.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=self.state.step)
         return record
@@ -811,12 +812,14 @@ class Trainer:
         if self.score_model is not None:
             scores.update(self.score_model(self.unwrapped_task.model))
         train_records = [h for h in self.state.history if "train_loss" in h]
+        mfu_records = [h for h in train_records if "mfu" in h]
         results = {
             "steps": self.state.step,
             "train_loss": train_records[-1]["train_loss"] if train_records else None,
             "train_tokens": self.state.train_tokens,
             "train_runtime_s": runtime,
             "train_tokens_per_s": (sum(h["tokens_per_s"] for h in train_records) / len(train_records)) if train_records else None,
+            "train_mfu": (sum(h["mfu"] for h in mfu_records) / len(mfu_records)) if mfu_records else None,
             **(final_eval or {}),
             **scores,
             **self.extra_results,

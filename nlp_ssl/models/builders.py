@@ -1,49 +1,34 @@
-"""Build BERT, GPT-2, XLM and ViT models from size presets, or from any HF config or checkpoint folder.
+"""Build BERT, ModernBERT, GPT-2, XLM and ViT models from size presets, or from any HF config or checkpoint folder.
 
-Every model is a plain transformers class, so what the trainer saves is a standard checkpoint.
+Every model is a plain transformers class, so what the trainer saves is a standard checkpoint. What
+each architecture is (config class, preset fields, head classes) is its entry in
+:mod:`nlp_ssl.models.architectures`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import transformers
 from transformers import AutoConfig, PretrainedConfig
 
 from nlp_ssl.errors import ConfigError
+from nlp_ssl.models.architectures import ARCHITECTURES
 
 Arch = Literal["bert", "modernbert", "gpt2", "xlm", "vit"]
 Head = Literal[
     "masked_lm", "pretraining", "causal_lm", "sequence_classification", "image_classification", "masked_image_modeling"
 ]
 
-#: (layers, hidden size, attention heads); the feed-forward width is 4 × hidden.
+#: (layers, hidden size, attention heads); the other fields (feed-forward width...) are each architecture's.
 SIZE_PRESETS: dict[str, tuple[int, int, int]] = {
     "tiny": (2, 128, 2),
     "mini": (4, 256, 4),
     "small": (4, 512, 8),
     "medium": (8, 512, 8),
     "base": (12, 768, 12),
-}
-
-HEAD_CLASSES: dict[str, dict[str, str]] = {
-    "bert": {
-        "masked_lm": "BertForMaskedLM",
-        "pretraining": "BertForPreTraining",
-        "sequence_classification": "BertForSequenceClassification",
-    },
-    "modernbert": {
-        "masked_lm": "ModernBertForMaskedLM",
-        "sequence_classification": "ModernBertForSequenceClassification",
-    },
-    "gpt2": {"causal_lm": "GPT2LMHeadModel", "sequence_classification": "GPT2ForSequenceClassification"},
-    "xlm": {"masked_lm": "XLMWithLMHeadModel", "causal_lm": "XLMWithLMHeadModel", "sequence_classification": "XLMForSequenceClassification"},
-    "vit": {
-        "image_classification": "ViTForImageClassification",
-        "masked_image_modeling": "ViTForMaskedImageModeling",
-    },
 }
 
 AUTO_CLASSES: dict[str, str] = {
@@ -72,29 +57,10 @@ def preset_config(arch: str, size: str, **fields) -> PretrainedConfig:
     """An HF config of ``arch`` at preset ``size``; ``fields`` are arch-specific extras."""
     if size not in SIZE_PRESETS:
         raise ConfigError(f"model.size {size!r} is not one of {list(SIZE_PRESETS)}")
-    layers, hidden, heads = SIZE_PRESETS[size]
-    if arch == "bert":
-        base = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, intermediate_size=4 * hidden)
-        return transformers.BertConfig(**{**base, **fields})
-    if arch == "modernbert":
-        # Pre-LN with rotary positions and a gated MLP: it leaves the unigram plateau far sooner than
-        # post-LN BERT at these sizes. Global attention in every layer (sequences here are short),
-        # and mean pooling for classification, which MLM trains (it never trains [CLS]).
-        base = dict(
-            num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, intermediate_size=2 * hidden,
-            global_attn_every_n_layers=1, max_position_embeddings=512, classifier_pooling="mean",
-        )
-        return transformers.ModernBertConfig(**{**base, **fields})
-    if arch == "gpt2":
-        base = dict(n_layer=layers, n_embd=hidden, n_head=heads, n_inner=4 * hidden)
-        return transformers.GPT2Config(**{**base, **fields})
-    if arch == "xlm":
-        base = dict(n_layers=layers, emb_dim=hidden, n_heads=heads)
-        return transformers.XLMConfig(**{**base, **fields})
-    if arch == "vit":
-        base = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads, intermediate_size=4 * hidden)
-        return transformers.ViTConfig(**{**base, **fields})
-    raise ConfigError(f"model.arch {arch!r} is not one of {list(HEAD_CLASSES)}")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"model.arch {arch!r} is not one of {list(get_args(Arch))}")
+    entry = ARCHITECTURES[arch]
+    return getattr(transformers, entry.config_class)(**{**entry.preset(*SIZE_PRESETS[size]), **fields})
 
 
 def _has_weights(path: str) -> bool:
@@ -119,10 +85,10 @@ def build_model(cfg: ModelConfig, head: Head, *, ignore_mismatched_sizes: bool =
         if cfg.load_weights and (_has_weights(cfg.name_or_path) or not Path(cfg.name_or_path).exists()):
             return auto.from_pretrained(cfg.name_or_path, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes)
         return auto.from_config(config)
-    classes = HEAD_CLASSES[cfg.arch]
+    config = preset_config(cfg.arch, cfg.size, **fields)
+    classes = ARCHITECTURES[cfg.arch].head_classes
     if head not in classes:
         raise ConfigError(f"model.arch {cfg.arch!r} has no {head!r} head; it has {list(classes)}")
-    config = preset_config(cfg.arch, cfg.size, **fields)
     _check_overrides(type(config), cfg.config_overrides)
     return getattr(transformers, classes[head])(config)
 

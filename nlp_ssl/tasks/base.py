@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nlp_ssl.models.architectures import training_flops
+
 Sums = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -45,6 +47,19 @@ class Task(nn.Module):
         if "input_ids" in batch:
             return batch["input_ids"].numel()
         return 0
+
+
+    def flop_heads(self, batch: dict[str, torch.Tensor]) -> list[tuple[nn.Module, int]]:
+        """Parts of the model that run at fewer positions than the encoder, each with its number of
+        positions in ``batch`` (a sparse MLM head: the masked tokens), for :meth:`flops`."""
+        return []
+
+    def flops(self, batch: dict[str, torch.Tensor]) -> float:
+        """Training FLOPs (forward and backward) of ``batch``, for MFU; see
+        :func:`nlp_ssl.models.architectures.training_flops`."""
+        if getattr(self.model, "config", None) is None:
+            return 0.0
+        return training_flops(self.model, self.parameters(), batch, self.flop_heads(batch))
 
 
 def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100):

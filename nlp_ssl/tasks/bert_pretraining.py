@@ -26,6 +26,11 @@ class BertPretrainingTask(Task):
         labels = batch["labels"]
         return {"mlm": (labels != -100).sum(), "nsp": torch.tensor(labels.shape[0], device=labels.device)}
 
+    def flop_heads(self, batch):
+        labels = batch["labels"]
+        masked, pairs = int((labels != -100).sum()), labels.shape[0]
+        return [(self.model.cls.predictions, masked), (self.model.bert.pooler, pairs), (self.model.cls.seq_relationship, pairs)]
+
     def forward(self, labels: torch.Tensor, next_sentence_label: torch.Tensor, **batch):
         inputs = {k: batch[k] for k in ENCODER_INPUTS if batch.get(k) is not None}
         out = self.model.bert(**inputs)

@@ -33,15 +33,10 @@ from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.objectives.masking import attention_mask_from_lengths, pad_column
 from nlp_ssl.objectives.mlm import MLMCollator
 from nlp_ssl.tasks.base import Sums, Task, cross_entropy_sum
-from nlp_ssl.tasks.masked_lm import MLM_PARTS, masked_positions_loss, mlm_parts
+from nlp_ssl.models.architectures import ARCHITECTURES, is_causal, mlm_parts
+from nlp_ssl.tasks.masked_lm import masked_positions_loss
 
 AUX_LM = ("none", "clm", "mlm")
-#: Model types trained left to right, whose natural auxiliary loss is next-token prediction.
-CAUSAL_TYPES = ("gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "openai-gpt")
-
-
-def is_causal(config) -> bool:
-    return config.model_type in CAUSAL_TYPES or bool(getattr(config, "is_decoder", False)) or bool(getattr(config, "causal", False))
 #: GPT-1 §3.3's tokens around a (pair of) text(s) for a causal model: start, delimiter, extract.
 GPT1_TOKENS = ("<|start|>", "<|delim|>", "<|extract|>")
 
@@ -118,7 +113,7 @@ def pretrained_lm_head(classifier: nn.Module, lm_model: nn.Module, aux_lm: str) 
     parts = mlm_parts(lm_model)
     if parts is None:
         raise ConfigError(
-            f"aux_lm 'mlm': no known MLM head for model type {lm_model.config.model_type!r}; supported: {sorted(MLM_PARTS)}"
+            f"aux_lm 'mlm': no known MLM head for model type {lm_model.config.model_type!r}; supported: {sorted(t for t, a in ARCHITECTURES.items() if a.mlm_encoder)}"
         )
     if tied:
         lm_model.get_output_embeddings().weight = classifier.get_input_embeddings().weight

@@ -3,37 +3,18 @@
 BERT's ``gather_indexes`` (and cramming) project to the vocabulary only at masked positions: with 15%
 masking that skips 85% of the largest matrix multiply in a small model. The model stays a plain HF
 masked LM (``BertForMaskedLM``, ``ModernBertForMaskedLM``...), so the checkpoint and its ``fill-mask``
-logits are unchanged.
+logits are unchanged. Where each masked LM keeps its encoder and head is its entry in
+:mod:`nlp_ssl.models.architectures`.
 """
 
 from __future__ import annotations
 
 import torch
 
+from nlp_ssl.models.architectures import mlm_parts
 from nlp_ssl.tasks.base import Task, cross_entropy_sum
 
-#: model_type -> (encoder, modules that in turn map hidden states to vocabulary logits) of a masked LM.
-MLM_PARTS = {
-    "bert": ("bert", ("cls",)),
-    "roberta": ("roberta", ("lm_head",)),
-    "xlm-roberta": ("roberta", ("lm_head",)),
-    "modernbert": ("model", ("head", "decoder")),
-    "xlm": ("transformer", ("pred_layer.proj",)),
-}
-
-
-def mlm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
-    """(encoder, MLM head) of a masked LM whose layout is known, else None."""
-    layout = MLM_PARTS.get(model.config.model_type)
-    if layout is None:
-        return None
-    encoder, head_paths = layout
-    try:
-        heads = [model.get_submodule(path) for path in head_paths]
-    except AttributeError:  # e.g. XLM with an adaptive softmax: no plain output projection
-        return None
-    return model.get_submodule(encoder), heads[0] if len(heads) == 1 else torch.nn.Sequential(*heads)
-
+__all__ = ["MaskedLMTask", "masked_positions_loss", "mlm_parts"]
 
 def masked_positions_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module):
     """Apply ``head`` to the hidden states of predicted tokens only; (loss sum, count, correct)."""
@@ -52,6 +33,11 @@ class MaskedLMTask(Task):
 
     def count_items(self, batch):
         return {"loss": (batch["labels"] != -100).sum()}
+
+    def flop_heads(self, batch):
+        if not self.sparse:
+            return []
+        return [(mlm_parts(self.model)[1], int((batch["labels"] != -100).sum()))]
 
     def forward(self, labels, **inputs):
         if not self.sparse:

@@ -34,6 +34,9 @@ class ImageClassificationTask(Task):
         loss, count, correct = cross_entropy_sum(logits, labels)
         return {"losses": {"loss": (loss, count)}, "metrics": {"accuracy": (correct, count)}}
 
+    def flop_heads(self, batch):
+        return [(self.model.classifier, batch["pixel_values"].shape[0])]  # on the [CLS] position only
+
     def tokens_in(self, batch: dict[str, torch.Tensor]) -> int:
         return _patches_in(batch["pixel_values"], self.model.config.patch_size)
 
@@ -72,6 +75,9 @@ class MaskedImageModelingTask(Task):
         error = (reconstruction.float() - pixel_values.float()).abs() * mask
         count = mask.sum() * pixel_values.shape[1]
         return {"losses": {"loss": (error.sum(), count)}, "metrics": {}}
+
+    def flop_heads(self, batch):
+        return [(self.model.decoder, _patches_in(batch["pixel_values"], self.model.config.patch_size))]  # not on [CLS]
 
     def tokens_in(self, batch: dict[str, torch.Tensor]) -> int:
         return _patches_in(batch["pixel_values"], self.model.config.patch_size)

@@ -27,6 +27,9 @@ class XLMMaskedLMTask(Task):
     def count_items(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"loss": (batch["labels"] != -100).sum()}
 
+    def flop_heads(self, batch):
+        return [(mlm_parts(self.model)[1], int((batch["labels"] != -100).sum()))]
+
     def forward(self, labels: torch.Tensor, **batch):
         inputs = {k: batch[k] for k in ENCODER_INPUTS if batch.get(k) is not None}
         encoder, head = mlm_parts(self.model)
