@@ -19,10 +19,8 @@ refused rather than uploaded.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import http
 import itertools
-import json
 import logging
 import os
 import shutil
@@ -32,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, TypeVar
 
+from nlp_ssl.config import check_ranges
 from nlp_ssl.errors import ConfigError, NlpSslError
 
 logger = logging.getLogger(__name__)
@@ -53,8 +52,6 @@ END_IGNORE_PATTERNS = (f"{STAGING_DIR}/*", ".hub_resume/*", "best_model/*", ".tm
 #: Text files scanned for the token before upload (binary weights are not scanned).
 _SCANNED_SUFFIXES = {".json", ".yaml", ".yml", ".txt", ".md", ".log", ".cfg", ".ini", ".toml", ".csv", ".py", ""}
 _SCAN_LIMIT = 2 * 1024 * 1024
-#: Config keys whose values are secrets: kept out of reprs and of saved configs (see ``scrub_secrets``).
-SECRET_FIELDS = frozenset({"hub_token"})
 
 Strategy = Literal["end", "every_save", "checkpoint"]
 
@@ -69,23 +66,24 @@ class HubCheckpointMissing(HubError):
 
 @dataclass
 class HubConfig:
-    """What to push, where, and when. ``hub_token`` is normally left unset (HF_TOKEN / saved login)."""
+    """The Hub options, declared once: ``TrainConfig`` inherits them, so every recipe takes them as
+    top-level keys (``push_to_hub=true hub_model_id=user/name``). The token is never an option: it
+    comes from ``HF_TOKEN`` or ``hf auth login``, so no config, log or saved file can hold it."""
 
+    #: Push to the Hugging Face Hub.
     push_to_hub: bool = False
+    #: ``user/name``, or ``name`` in the token owner's namespace; default: the output folder's name.
     hub_model_id: str | None = None
     hub_private: bool = False
     hub_revision: str | None = None
+    #: ``end``: the final model; ``every_save``: also the model at each save; ``checkpoint``: also
+    #: the resumable state under checkpoints/last (then ``resume=hub`` continues from it).
     hub_strategy: Strategy = "end"
-    hub_token: str | None = field(default=None, repr=False)
-    #: Seconds to wait for a connection, or for the next bytes of an answer, before giving up.
+    #: Seconds a Hub request may wait for a connection or for the next bytes of an answer.
     hub_timeout: float = 60.0
 
-    def __repr__(self) -> str:
-        # Spelled out (not just repr=False) so the reader sees that the token is set without its value.
-        shown = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.name not in SECRET_FIELDS
-        )
-        return f"HubConfig({shown}, hub_token={'<set>' if self.hub_token else None})"
+    def __post_init__(self):
+        check_ranges(self, hub_timeout="(0, inf)")
 
 
 def apply_timeout(seconds: float) -> None:
@@ -106,18 +104,6 @@ def apply_timeout(seconds: float) -> None:
 
     set_client_factory(client_factory)
     close_session()  # the next request builds a client with the timeouts
-
-
-def scrub_secrets(tree):
-    """A copy of a config dict (as from ``dataclasses.asdict``) with secret values replaced by ``"***"``.
-
-    Use it before writing a config into ``output_dir``, which may itself be pushed to the Hub.
-    """
-    if isinstance(tree, dict):
-        return {k: ("***" if k in SECRET_FIELDS and v else scrub_secrets(v)) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [scrub_secrets(v) for v in tree]
-    return tree
 
 
 @dataclass
@@ -213,14 +199,13 @@ class HubPusher:
         if self._api is None:
             from huggingface_hub import HfApi
 
-            self._api = HfApi(endpoint=self._endpoint, token=self.config.hub_token or None,
-                              library_name="nlp_ssl")
+            self._api = HfApi(endpoint=self._endpoint, library_name="nlp_ssl")
         return self._api
 
     def _token(self) -> str | None:
         from huggingface_hub import get_token
 
-        return self.config.hub_token or get_token()
+        return get_token()
 
     def _scrub(self, text: str) -> str:
         token = self._token()
@@ -429,17 +414,13 @@ class HubPusher:
 
     def on_end(self, output_dir: str | os.PathLike | None = None, ignore_patterns=END_IGNORE_PATTERNS,
                commit_message: str = "End of training") -> concurrent.futures.Future | None:
-        """Push the final outputs (model, tokenizer, config, README.md, plots, all_results.json).
+        """Push the final outputs (model, tokenizer, config, model card, plots, all_results.json).
 
-        Writes a minimal model card first if ``output_dir`` has no README.md. Local checkpoints and
-        staging copies are left out (the resumable state is under ``checkpoints/last``).
+        Local checkpoints and staging copies are left out (the resumable state is under ``checkpoints/last``).
         """
         if not self.enabled:
             return None
         output_dir = Path(output_dir) if output_dir is not None else self.output_dir
-        readme = output_dir / "README.md"
-        if not readme.exists():
-            readme.write_text(model_card(self.repo_id or self.repo_name, output_dir), encoding="utf-8")
         return self.push_folder(output_dir, None, commit_message, ignore_patterns=list(ignore_patterns))
 
     def wait(self, timeout: float | None = None) -> PushSummary:
@@ -476,27 +457,9 @@ class HubPusher:
             self._executor = None
 
 
-def model_card(repo_id: str, output_dir: Path) -> str:
-    """A short model card: metadata the Hub indexes, and the final results when they exist."""
-    lines = ["---", "library_name: transformers", "tags:", "- nlp_ssl", "- self-supervised", "---", "",
-             f"# {repo_id.split('/')[-1]}", "",
-             "Pretrained with nlp_ssl (self-supervised pretraining on the Hugging Face stack).", ""]
-    results = output_dir / "all_results.json"
-    if results.is_file():
-        try:
-            data = json.loads(results.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            data = {}
-        if isinstance(data, dict) and data:
-            lines += ["## Results", "", "| metric | value |", "|---|---|"]
-            lines += [f"| {k} | {v} |" for k, v in sorted(data.items()) if isinstance(v, (int, float, str))]
-            lines.append("")
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------------- resuming from the Hub
 def download_checkpoint(repo_id: str, revision: str | None, local_dir: str | os.PathLike,
-                        token: str | None = None, endpoint: str | None = None) -> Path:
+                        endpoint: str | None = None) -> Path:
     """Download ``checkpoints/last`` of ``repo_id`` into ``local_dir``; returns the checkpoint folder.
 
     The revision is pinned to one commit for the listing and the download, and files left in
@@ -508,7 +471,7 @@ def download_checkpoint(repo_id: str, revision: str | None, local_dir: str | os.
                                         RepositoryNotFoundError, RevisionNotFoundError)
     from huggingface_hub.hf_api import RepoFile
 
-    api = HfApi(endpoint=endpoint, token=token)
+    api = HfApi(endpoint=endpoint)
     where = f"repo {repo_id}" + (f" revision {revision}" if revision else "")
     missing = f"resume from hub: {where} has no {CHECKPOINT_PATH}/ (push with hub_strategy=checkpoint)"
     try:
@@ -518,7 +481,7 @@ def download_checkpoint(repo_id: str, revision: str | None, local_dir: str | os.
         if not remote:
             raise HubCheckpointMissing(missing)
         snapshot_download(repo_id, revision=sha, allow_patterns=[f"{CHECKPOINT_PATH}/*"], local_dir=local_dir,
-                          token=token, endpoint=endpoint)
+                          endpoint=endpoint)
     except HubError:
         raise
     except OfflineModeIsEnabled:
@@ -542,19 +505,17 @@ def download_checkpoint(repo_id: str, revision: str | None, local_dir: str | os.
 
 
 def resolve_hub_resume(spec, cache_dir: str | os.PathLike, config: HubConfig | None = None,
-                       output_dir: str | os.PathLike | None = None, missing_ok: bool = False) -> Path | None:
+                       output_dir: str | os.PathLike | None = None) -> Path | None:
     """Turn ``resume=hub`` or ``resume=hf://user/name[@revision]`` into a local checkpoint folder.
 
     ``hub`` means the repo this run pushes to (``config.hub_model_id``, else the output folder's name,
-    in the token owner's namespace). Any other spec returns None: it is not a Hub resume. With
-    ``missing_ok`` a repo without a pushed checkpoint also returns None (first run of a resumable job).
+    in the token owner's namespace). Any other spec returns None: it is not a Hub resume.
     """
     from huggingface_hub.errors import HfUriError
     from huggingface_hub.utils import parse_hf_uri
 
     if not isinstance(spec, str) or not (spec == "hub" or spec.startswith("hf://")):
         return None
-    token = config.hub_token if config is not None else None
     apply_timeout(config.hub_timeout if config is not None else HubConfig.hub_timeout)
     if spec == "hub":
         if config is None or (config.hub_model_id is None and output_dir is None):
@@ -575,15 +536,9 @@ def resolve_hub_resume(spec, cache_dir: str | os.PathLike, config: HubConfig | N
         from huggingface_hub import HfApi
 
         try:
-            repo_id = f"{HfApi(token=token).whoami()['name']}/{repo_id}"
+            repo_id = f"{HfApi().whoami()['name']}/{repo_id}"
         except Exception as e:  # noqa: BLE001 - any failure means we cannot name the repo
             raise HubError(f"resume from hub: cannot find your Hub user name to locate {repo_id!r}: "
                            f"{type(e).__name__} (check HF_TOKEN or `hf auth login`)") from None
     local_dir = Path(cache_dir) / "hub-resume" / repo_id.replace("/", "--") / (revision or "main").replace("/", "--")
-    try:
-        return download_checkpoint(repo_id, revision, local_dir, token=token)
-    except HubCheckpointMissing as e:
-        if not missing_ok:
-            raise
-        logger.info("%s; starting from scratch", e)
-        return None
+    return download_checkpoint(repo_id, revision, local_dir)

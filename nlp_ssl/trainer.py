@@ -54,7 +54,7 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(HubConfig):
     output_dir: str = "outputs/run"
     seed: int = 42
     max_steps: int = 1000
@@ -99,21 +99,13 @@ class TrainConfig:
     progress_bar: bool = True
     #: Hardware peak FLOP/s for MFU (None: looked up for known GPUs, else measured by a short matmul probe).
     peak_flops: float | None = None
-    #: Push to the Hugging Face Hub (token from HF_TOKEN or the saved login; never logged).
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_private: bool = False
-    hub_revision: str | None = None
-    #: ``end``: the final model; ``every_save``: also the model at each save; ``checkpoint``: also
-    #: the resumable state under checkpoints/last (then ``resume=hub`` continues from it).
-    hub_strategy: Literal["end", "every_save", "checkpoint"] = "end"
-    #: Seconds a Hub request may wait for a connection or for the next bytes of an answer.
-    hub_timeout: float = 60.0
+    # The Hub options (push_to_hub, hub_model_id, hub_strategy ...) are inherited from HubConfig.
     #: Stop (exit 3) after this many optimizer steps in a row with a non-finite loss or gradient
     #: norm; each such step is skipped, as fp16 loss scaling skips an overflow.
     max_bad_steps: int = 10
 
     def __post_init__(self):
+        super().__post_init__()
         check_ranges(
             self, max_steps="(0, inf)", global_batch_size="(0, inf)", micro_batch_size="(0, inf)",
             eval_batch_size="(0, inf)", learning_rate="(0, inf)", weight_decay="[0, inf)", layer_decay="(0, 1]",
@@ -121,7 +113,7 @@ class TrainConfig:
             warmup_ratio="[0, 1)", max_grad_norm="[0, inf)", log_every="(0, inf)", eval_every="(0, inf)",
             eval_batches="(0, inf)", save_every="(0, inf)", save_total_limit="[0, inf)",
             early_stopping_patience="[0, inf)", num_workers="[0, inf)", peak_flops="(0, inf)",
-            hub_timeout="(0, inf)", max_bad_steps="(0, inf)",
+            max_bad_steps="(0, inf)",
         )
 
 
@@ -154,17 +146,6 @@ def _launched_distributed() -> bool:
 
 def is_hub_resume(resume: str | None) -> bool:
     return resume == "hub" or (resume or "").startswith("hf://")
-
-
-def hub_config(config: TrainConfig) -> HubConfig:
-    return HubConfig(
-        push_to_hub=config.push_to_hub,
-        hub_model_id=config.hub_model_id,
-        hub_private=config.hub_private,
-        hub_revision=config.hub_revision,
-        hub_strategy=config.hub_strategy,
-        hub_timeout=config.hub_timeout,
-    )
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -345,7 +326,7 @@ class Trainer:
         self.processor = processor
         self.description = description or RunDescription()
         self.run_config = to_dict(run_config) if run_config is not None else to_dict(config)
-        self.hub = HubPusher(hub_config(config), self.output_dir) if config.push_to_hub and self.accelerator.is_main_process else None
+        self.hub = HubPusher(config, self.output_dir) if config.push_to_hub and self.accelerator.is_main_process else None
         self.state = TrainerState()
         self._greater_is_better = (
             config.greater_is_better if config.greater_is_better is not None else config.metric_for_best not in ("loss", "perplexity")
@@ -384,7 +365,7 @@ class Trainer:
                 return _RESOLVED.pop(key)
             return ckpt.resolve_resume(self.config.resume, self.checkpoint_root, self.config.max_steps)
         with self.accelerator.main_process_first():
-            path = resolve_hub_resume(self.config.resume, self.output_dir / ".hub_resume", hub_config(self.config), self.output_dir)
+            path = resolve_hub_resume(self.config.resume, self.output_dir / ".hub_resume", self.config, self.output_dir)
         if path is not None:
             ckpt.verify_checkpoint(path)
         return path
@@ -835,7 +816,10 @@ class Trainer:
         acc.end_training()
         if self.hub is not None and acc.is_main_process:
             self.hub.on_end(self.output_dir)
-            self.hub.wait()
+            try:
+                self.hub.wait()
+            finally:
+                self.hub.close()
         return results
 
     def _load_best(self, best_dir: Path) -> None:
