@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 
@@ -64,6 +65,12 @@ def finalize_tree(folder: Path) -> None:
                 os.fsync(f.fileno())
             if path.stat().st_mode & 0o777 != mode:
                 os.chmod(path, mode)
+
+
+def staging_dir(final: Path) -> Path:
+    """A fresh hidden sibling of ``final`` to build a folder in, then :func:`publish_dir` it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
 
 
 def publish_dir(tmp: Path, final: Path) -> None:

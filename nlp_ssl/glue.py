@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nlp_ssl import atomic
 from nlp_ssl.config import load_config, save_config
 from nlp_ssl.data.glue import (
     HUB_NAME,
@@ -161,8 +161,8 @@ def run_glue(cfg: GlueConfig) -> dict:
         "model": cfg.model.name_or_path or f"{cfg.model.arch} {cfg.model.size} from scratch",
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "glue_results.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    (out / "glue_results.md").write_text(results_table(summary), encoding="utf-8")
+    atomic.write_json(out / "glue_results.json", summary)
+    atomic.write_text(out / "glue_results.md", results_table(summary))
     return summary
 
 

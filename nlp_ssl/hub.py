@@ -467,8 +467,13 @@ def download_checkpoint(repo_id: str, revision: str | None, local_dir: str | os.
     exactly one pushed checkpoint, never a mix of two.
     """
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import (HfHubHTTPError, OfflineModeIsEnabled, RemoteEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
     from huggingface_hub.hf_api import RepoFile
 
     api = HfApi(endpoint=endpoint)

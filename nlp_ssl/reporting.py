@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from nlp_ssl import atomic
 
 
 @dataclass
@@ -143,7 +144,7 @@ def write_model_card(
         "",
     ]
     path = Path(output_dir) / "README.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    atomic.write_text(path, "\n".join(lines))
     return path
 
 
@@ -151,9 +152,3 @@ def _load_lines(pipeline_tag: str | None, name: str) -> list[str]:
     if pipeline_tag:
         return ["from transformers import pipeline", f'model = pipeline("{pipeline_tag}", model="{name}")']
     return ["from transformers import AutoModel", f'model = AutoModel.from_pretrained("{name}")']
-
-
-def write_results(output_dir: Path, results: dict) -> Path:
-    path = Path(output_dir) / "all_results.json"
-    path.write_text(json.dumps(results, indent=2, default=float), encoding="utf-8")
-    return path

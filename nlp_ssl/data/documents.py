@@ -18,7 +18,8 @@ from pathlib import Path
 
 from datasets import Dataset, load_from_disk
 
-from nlp_ssl.data.cache import atomic_dir, cache_root, publish_dir
+from nlp_ssl import atomic
+from nlp_ssl.data.cache import cache_root
 from nlp_ssl.errors import DataError
 
 DOCUMENTS_VERSION = "v1"
@@ -159,9 +160,10 @@ def rst_to_paragraphs(text: str) -> list[str]:
 
 def _publish(rows: dict, name: str, cache_dir) -> Path:
     final = cache_root(cache_dir) / "datasets" / name
-    tmp = atomic_dir(final)
+    tmp = atomic.staging_dir(final)
     Dataset.from_dict(rows).save_to_disk(str(tmp))
-    return publish_dir(tmp, final)
+    atomic.publish_dir(tmp, final)
+    return final
 
 
 def build_python_docs(cache_dir: str | Path | None = None, source_dir: str | Path = PYTHON_DOCS_DIR) -> Path:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from datasets import Dataset, load_from_disk
 
-from nlp_ssl.data.cache import atomic_dir, cache_root, publish_dir
+from nlp_ssl import atomic
+from nlp_ssl.data.cache import cache_root
 from nlp_ssl.errors import DataError
 
 PAIRS_VERSION = "v1"
@@ -131,9 +132,10 @@ def build_sword_pairs(cache_dir: str | Path | None = None) -> Path:
             rows["translation"].append({"en": text, "es": other})
     if not rows["ref"]:
         raise DataError("the KJV and Reina-Valera SWORD modules share no verse reference; are the modules complete?")
-    tmp = atomic_dir(final)
+    tmp = atomic.staging_dir(final)
     Dataset.from_dict(rows).save_to_disk(str(tmp))
-    return publish_dir(tmp, final)
+    atomic.publish_dir(tmp, final)
+    return final
 
 
 def load_sword_pairs(cache_dir: str | Path | None = None) -> Dataset:

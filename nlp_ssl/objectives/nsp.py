@@ -34,7 +34,8 @@ import torch
 from datasets import Dataset, load_from_disk
 from datasets.fingerprint import Hasher
 
-from nlp_ssl.data.cache import atomic_dir, cache_root, publish_dir
+from nlp_ssl import atomic
+from nlp_ssl.data.cache import cache_root
 from nlp_ssl.data.documents import split_sentences
 from nlp_ssl.errors import DataError
 from nlp_ssl.objectives.mlm import MLMCollator
@@ -235,9 +236,10 @@ def build_nsp_dataset(
     dataset = Dataset.from_dict(examples)
     if not cacheable:
         return dataset
-    tmp = atomic_dir(final)
+    tmp = atomic.staging_dir(final)
     dataset.save_to_disk(str(tmp))
-    return load_from_disk(str(publish_dir(tmp, final)))
+    atomic.publish_dir(tmp, final)
+    return load_from_disk(str(final))
 
 
 class NSPCollator:
