@@ -199,3 +199,106 @@ def test_layer_decay_scales_each_blocks_learning_rate(tmp_path, wordpiece_tokeni
     assert [h["lr"] for h in trainer.state.history if "lr" in h][1] == pytest.approx(base)  # end of warmup, head's rate
     with pytest.raises(ConfigError, match=r"layer_decay must be in \(0, 1\].*got 1.5"):
         train(tmp_path / "bad", wordpiece_tokenizer, data, layer_decay=1.5)
+
+
+class EveryFourthTokenMasked:
+    """The packed 32-token blocks as they are, predicted at every 4th position: 8 of 32 per row."""
+
+    def __call__(self, examples):
+        ids = torch.tensor([e["input_ids"] for e in examples])
+        labels = torch.full_like(ids, -100)
+        labels[:, ::4] = ids[:, ::4]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def mfu_config(tmp_path, **overrides):
+    return TrainConfig(
+        output_dir=str(tmp_path), max_steps=3, global_batch_size=16, micro_batch_size=16, log_every=1, eval_every=100,
+        save_every=100, report_to=[], progress_bar=False, seed=7, **overrides,
+    )
+
+
+def test_mfu_of_a_sparse_mlm_head_counts_the_head_at_masked_positions_only(tmp_path, wordpiece_tokenizer, data):
+    task = tiny_task(wordpiece_tokenizer)  # BERT: hidden 32, 1 layer, 2 heads, feed-forward 64
+    assert task.sparse
+    peak = 1e12
+    trainer = Trainer(mfu_config(tmp_path, peak_flops=peak), task, data[0], EveryFourthTokenMasked())
+    results = trainer.fit()
+    # Hand count. Embedding tables are looked up, not multiplied: no FLOPs, except the word embeddings,
+    # which are also the MLM decoder's weight (tied) and so count with the head.
+    d, f, vocab, layers, seq = 32, 64, len(wordpiece_tokenizer), 1, 32
+    body = (2 * d                        # embedding LayerNorm
+            + 4 * (d * d + d)            # query, key, value, attention output (weights and biases)
+            + 2 * d                      # attention LayerNorm
+            + (d * f + f) + (f * d + d)  # feed-forward in and out
+            + 2 * d)                     # output LayerNorm
+    assert body == 8608
+    head = (d * d + d) + 2 * d + vocab * d + vocab  # transform dense, its LayerNorm, decoder weight and bias
+    tokens, masked = 16 * 32, 16 * 8  # per step: 16 full rows of 32 tokens, every 4th predicted
+    # nanoGPT: 6 FLOPs per multiplied parameter per position (forward 2, backward 4), plus attention's
+    # 12·L·d·T per position; the head's 6 per parameter at the masked positions only.
+    step_flops = tokens * (6 * body + 12 * layers * d * seq) + 6 * masked * head
+    records = [h for h in trainer.state.history if "mfu" in h]
+    assert len(records) == 3
+    for record in records:  # mfu = FLOPs / elapsed / peak and tokens_per_s = tokens / elapsed
+        assert record["mfu"] * peak / record["tokens_per_s"] == pytest.approx(step_flops / tokens, rel=1e-9)
+    assert results["train_mfu"] == pytest.approx(sum(r["mfu"] for r in records) / 3)
+    assert json.loads((tmp_path / "all_results.json").read_text())["train_mfu"] == pytest.approx(results["train_mfu"])
+    # A dense head would cost the head at all 512 positions.
+    dense = MaskedLMTask(task.model, sparse=False)
+    batch = EveryFourthTokenMasked()([data[0][i] for i in range(16)])
+    assert dense.flops(batch) == tokens * (6 * (body + head) + 12 * layers * d * seq)
+    assert task.flops(batch) == step_flops
+
+
+def test_mfu_of_a_vit_counts_patches_and_cls_with_a_measured_cpu_peak(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from nlp_ssl.tasks.vision import ImageClassificationTask
+    from nlp_ssl.trainer import measured_peak_flops
+
+    torch.manual_seed(0)
+    d, f, layers, patch, labels = 32, 64, 1, 7, 4
+    config = ViTConfig(hidden_size=d, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=f, image_size=28,
+                       patch_size=patch, num_channels=1, num_labels=labels)
+    task = ImageClassificationTask(ViTForImageClassification(config))
+    images = [{"pixel_values": torch.randn(1, 28, 28), "labels": i % labels} for i in range(64)]
+
+    def collate(examples):
+        return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+                "labels": torch.tensor([e["labels"] for e in examples])}
+
+    trainer = Trainer(mfu_config(tmp_path), task, images, collate)  # no peak_flops: measured on this CPU
+    results = trainer.fit()
+    peak = measured_peak_flops("cpu", torch.float32)
+    assert trainer._peak == peak > 1e8
+    # Hand count per image: 28×28 in 7×7 patches = 16 patches, + [CLS] = 17 positions, attention over 17.
+    # [CLS] and the position embeddings are added, not multiplied: no FLOPs.
+    positions = (28 // patch) ** 2 + 1
+    body = (patch * patch * 1 * d + d    # patch projection (a 7×7 convolution, 1 channel)
+            + 2 * d                      # LayerNorm before attention
+            + 4 * (d * d + d)            # query, key, value, output
+            + 2 * d                      # LayerNorm after
+            + (d * f + f) + (f * d + d)  # MLP
+            + 2 * d)                     # final LayerNorm
+    assert body == 10208
+    classifier = d * labels + labels     # on the [CLS] position only
+    image_flops = positions * (6 * body + 12 * layers * d * positions) + 6 * classifier
+    records = [h for h in trainer.state.history if "mfu" in h]
+    assert len(records) == 3
+    for record in records:  # tokens_per_s counts the 16 patches of each image
+        assert record["mfu"] * peak / record["tokens_per_s"] == pytest.approx(image_flops / 16, rel=1e-9)
+    assert 0 < results["train_mfu"] < 1
+
+
+def test_the_cpu_peak_probe_is_short_and_leaves_the_rng_alone():
+    import time
+
+    from nlp_ssl.trainer import measured_peak_flops
+
+    before = torch.get_rng_state()
+    start = time.perf_counter()
+    peak = measured_peak_flops("cpu", torch.float32, budget_s=0.05)  # its own cache entry
+    assert time.perf_counter() - start < 1.0 and peak > 1e8
+    assert torch.equal(torch.get_rng_state(), before)
+    assert measured_peak_flops("cpu", torch.float32, budget_s=0.05) == peak  # once per process

@@ -120,7 +120,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture(
             "vit", "ViTConfig",
             {"image_classification": "ViTForImageClassification", "masked_image_modeling": "ViTForMaskedImageModeling"},
-            preset_extras=_ffn(4), block=_ENCODER_LAYER, embeddings=_EMBEDDINGS,
+            preset_extras=_ffn(4), block=_LAYERS, embeddings=_EMBEDDINGS,
             lookups=r"embeddings\.(?:cls_token|mask_token|position_embeddings)$", inputs="patches",
         ),
         # Families loaded from checkpoints (fine-tuning, the auxiliary LM loss); presets for tests.
