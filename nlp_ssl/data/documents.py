@@ -14,13 +14,17 @@ which splits it into sentences the same way).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from datasets import Dataset, load_from_disk
+from datasets import Dataset, DatasetDict, load_from_disk
 
 from nlp_ssl import atomic
+from nlp_ssl.config import check_ranges
 from nlp_ssl.data.cache import cache_root
-from nlp_ssl.errors import DataError
+from nlp_ssl.data.holdout import hold_out
+from nlp_ssl.errors import ConfigError, DataError
 
 DOCUMENTS_VERSION = "v1"
 PYTHON_DOCS_PACKAGE = "python3.11-doc"
@@ -213,3 +217,64 @@ def build_kjv_chapters(cache_dir: str | Path | None = None) -> Path:
 def load_kjv_chapters(cache_dir: str | Path | None = None) -> Dataset:
     """1,189 chapters of the King James Bible: ``title`` (e.g. ``Genesis 1``) and ``sentences`` (its verses)."""
     return load_from_disk(str(build_kjv_chapters(cache_dir)))
+
+
+# ---------------------------------------------------------------------------------------------
+# NSP/SOP documents, split for training and validation
+
+SENTENCE_CORPORA = {"kjv": load_kjv_chapters, "python_docs": load_python_docs}
+
+
+@dataclass
+class DocumentDataConfig:
+    #: ``wiki`` (built-in Wikipedia leads, a text per document), ``kjv`` (Bible chapters of verses)
+    #: or ``python_docs`` (pages of the Python documentation). Ignored when ``train_file`` is set.
+    documents: Literal["wiki", "kjv", "python_docs"] = "wiki"
+    #: A local file with one document per row (a text, or a list of sentences in jsonl).
+    train_file: str | None = None
+    #: Column of the documents (default: ``text`` for wiki and files, ``sentences`` for kjv and python_docs).
+    column: str | None = None
+    #: Fraction of the documents held out for validation.
+    validation_split: float = 0.05
+    max_seq_length: int = 128
+    short_seq_prob: float = 0.1
+    #: Passes over the corpus, each with other A/B splits, random Bs and (in the collator) masks.
+    dupe_factor: int = 5
+    max_train_documents: int | None = None
+    num_proc: int | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        check_ranges(self, validation_split="(0, 1)", max_seq_length="(0, inf)", short_seq_prob="[0, 1]",
+                     dupe_factor="(0, inf)", max_train_documents="(0, inf)", num_proc="(0, inf)")
+
+
+def load_document_splits(cfg: DocumentDataConfig, seed: int) -> tuple[DatasetDict, str]:
+    """Train and validation documents (whole documents held out, so no validation sentence is ever
+    a training A or B), and the column that holds them."""
+    from nlp_ssl.data.text import TextDataConfig, load_text_splits
+
+    if cfg.train_file or cfg.documents == "wiki":
+        column = cfg.column or "text"
+        text_cfg = TextDataConfig(
+            train_file=cfg.train_file, text_column=column, validation_split=cfg.validation_split,
+            max_train_documents=cfg.max_train_documents, cache_dir=cfg.cache_dir,
+        )
+        return load_text_splits(text_cfg, seed=seed), column
+    column = cfg.column or "sentences"
+    corpus = SENTENCE_CORPORA[cfg.documents](cfg.cache_dir)
+    if column not in corpus.column_names:
+        raise ConfigError(f"data.column {column!r}: data.documents={cfg.documents} has columns {corpus.column_names}")
+    return hold_out(corpus, cfg.validation_split, seed, f"data.documents={cfg.documents}", cfg.max_train_documents), column
+
+
+def _joined(row: dict, column: str) -> dict:
+    value = row[column]
+    if isinstance(value, list):
+        value = " ".join(s for s in value if isinstance(s, str))
+    return {"text": value if isinstance(value, str) else ""}  # bad rows are named by build_nsp_dataset
+
+
+def document_texts(documents: Dataset, column: str) -> Dataset:
+    """Each document as one ``text`` (sentences joined), to train a tokenizer on."""
+    return documents.map(_joined, fn_kwargs={"column": column}, remove_columns=documents.column_names)

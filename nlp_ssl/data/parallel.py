@@ -17,14 +17,16 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, load_from_disk
+from datasets import Dataset, DatasetDict, load_from_disk
 
 from nlp_ssl import atomic
+from nlp_ssl.config import check_ranges
 from nlp_ssl.data.cache import cache_root
-from nlp_ssl.errors import DataError
+from nlp_ssl.data.holdout import hold_out
+from nlp_ssl.errors import ConfigError, DataError
 
 PAIRS_VERSION = "v1"
 MOD2IMP_PACKAGE = "libsword-utils"
@@ -153,3 +155,71 @@ def load_monolingual_corpus(lang: str, cache_dir: str | Path | None = None) -> D
     if lang not in MONOLINGUAL_SPLITS:
         raise DataError(f"no built-in monolingual corpus for language {lang!r}; known: {sorted(MONOLINGUAL_SPLITS)}")
     return load_wiki_corpus(cache_dir)[MONOLINGUAL_SPLITS[lang]]
+
+
+# ---------------------------------------------------------------------------------------------
+# XLM's data: monolingual streams and translation pairs, split for training and validation
+
+
+@dataclass
+class XLMDataConfig:
+    #: Languages of the monolingual streams (built-in Wikipedia leads: en, fr, es).
+    languages: list[str] = field(default_factory=lambda: ["en", "fr", "es"])
+    #: Translation directions ``src-tgt`` for TLM (built-in pairs: en-es Bible verses).
+    pairs: list[str] = field(default_factory=lambda: ["en-es", "es-en"])
+    #: A local jsonl of ``{"translation": {lang: text, ...}}`` rows instead of the built-in pairs.
+    pairs_file: str | None = None
+    max_length: int = 128
+    #: Held out for validation: this fraction of the documents of each language, and of the
+    #: Bible's books (whole books) or of the rows of ``pairs_file``.
+    validation_split: float = 0.05
+    #: Cap on the training documents per language and on the training pairs (small runs).
+    max_documents: int | None = None
+    num_proc: int | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        check_ranges(self, max_length="(0, inf)", validation_split="(0, 1)", max_documents="(0, inf)", num_proc="(0, inf)")
+
+
+def parse_direction(text: str) -> tuple[str, str]:
+    """``"en-es"`` → ``("en", "es")``."""
+    src, sep, tgt = text.partition("-")
+    if not sep or not src or not tgt or src == tgt:
+        raise ConfigError(f"data.pairs: {text!r} is not a translation direction like 'en-es'")
+    return src, tgt
+
+
+def load_monolingual_splits(cfg: XLMDataConfig, seed: int) -> dict[str, DatasetDict]:
+    """Per language, its documents split for training (at most ``max_documents``) and validation."""
+    splits = {}
+    for lang in cfg.languages:
+        corpus = load_monolingual_corpus(lang, cfg.cache_dir)
+        splits[lang] = hold_out(corpus, cfg.validation_split, seed, f"{lang} documents", cfg.max_documents)
+    return splits
+
+
+def load_pair_splits(cfg: XLMDataConfig, seed: int) -> DatasetDict:
+    """Translation pairs split for training and validation: whole books of the Bible (the ``ref``
+    before ``chapter:verse``), so no verse of a validation book, nor its translation, is trained on."""
+    if cfg.pairs_file:
+        from datasets import load_dataset
+
+        from nlp_ssl.data.text import check_text_file
+
+        path = check_text_file(cfg.pairs_file, "data.pairs_file")
+        pairs = load_dataset("json", data_files=str(path), split="train", cache_dir=cfg.cache_dir)
+    else:
+        pairs = load_sword_pairs(cfg.cache_dir)
+    books = [ref.rsplit(" ", 1)[0] for ref in pairs["ref"]] if "ref" in pairs.column_names else None
+    where = f"data.pairs_file {cfg.pairs_file}" if cfg.pairs_file else "verse pairs"
+    return hold_out(pairs, cfg.validation_split, seed, where, cfg.max_documents, groups=books)
+
+
+def _pair_text(row: dict) -> dict:
+    return {"text": "\n".join(t for t in row["translation"].values() if isinstance(t, str))}
+
+
+def pair_texts(pairs: Dataset) -> Dataset:
+    """Both sides of each pair as one ``text``, to train a tokenizer on."""
+    return pairs.map(_pair_text, remove_columns=pairs.column_names)

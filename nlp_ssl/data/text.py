@@ -8,7 +8,6 @@ file, bytes that are not UTF-8 or a missing column fail with the file, line and 
 from __future__ import annotations
 
 import codecs
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
 
 from nlp_ssl.config import check_ranges
+from nlp_ssl.data.holdout import first_rows, hold_out
 from nlp_ssl.errors import DataError
 
 BUILTIN_PREFIX = "builtin:"
@@ -141,19 +141,6 @@ def _builtin(cfg: TextDataConfig) -> Dataset:
     return load_wiki_corpus(cfg.cache_dir)[splits[name]]
 
 
-def _split(ds: Dataset, cfg: TextDataConfig, seed: int, where: str) -> DatasetDict:
-    if not 0 < cfg.validation_split < 1:
-        raise DataError(f"data.validation_split must be in (0, 1), got {cfg.validation_split}")
-    held_out = math.ceil(cfg.validation_split * len(ds))  # as train_test_split rounds
-    if len(ds) - held_out < 1:
-        raise DataError(
-            f"{where}: {len(ds)} document(s) are too few to hold out data.validation_split={cfg.validation_split} "
-            "for validation and train on the rest; add documents or pass data.validation_file"
-        )
-    parts = ds.train_test_split(test_size=cfg.validation_split, seed=seed, shuffle=True)
-    return DatasetDict(train=parts["train"], validation=parts["test"])
-
-
 def load_text_splits(cfg: TextDataConfig, seed: int = 0) -> DatasetDict | dict[str, IterableDataset]:
     """``{"train", "validation"}`` of raw text; validation is carved out when the source has none."""
     if cfg.streaming:
@@ -164,25 +151,24 @@ def load_text_splits(cfg: TextDataConfig, seed: int = 0) -> DatasetDict | dict[s
             validation = _load_file(check_text_file(cfg.validation_file, "data.validation_file"), "data.validation_file", cfg, False)
             splits = DatasetDict(train=train, validation=validation)
         else:
-            splits = _split(train, cfg, seed, f"data.train_file {cfg.train_file}")
+            splits = hold_out(train, cfg.validation_split, seed, f"data.train_file {cfg.train_file}")
     elif cfg.source.startswith(BUILTIN_PREFIX):
-        splits = _split(_builtin(cfg), cfg, seed, f"data.source {cfg.source}")
+        splits = hold_out(_builtin(cfg), cfg.validation_split, seed, f"data.source {cfg.source}")
     else:
         loaded = load_from_disk(cfg.source) if os.path.isdir(cfg.source) else load_dataset(cfg.source, cfg.dataset_config, cache_dir=cfg.cache_dir)
         if isinstance(loaded, Dataset):
-            splits = _split(loaded, cfg, seed, f"data.source {cfg.source}")
+            splits = hold_out(loaded, cfg.validation_split, seed, f"data.source {cfg.source}")
         elif "train" not in loaded:
             raise DataError(f"data.source {cfg.source}: no 'train' split (splits: {', '.join(loaded)})")
         elif "validation" in loaded:
             splits = DatasetDict(train=loaded["train"], validation=loaded["validation"])
         else:
-            splits = _split(loaded["train"], cfg, seed, f"data.source {cfg.source}")
+            splits = hold_out(loaded["train"], cfg.validation_split, seed, f"data.source {cfg.source}")
         for name, ds in splits.items():
             check_text_column(ds, cfg.text_column, f"data.source {cfg.source} [{name}]")
     if cfg.validation_file and not cfg.train_file:
         splits["validation"] = _load_file(check_text_file(cfg.validation_file, "data.validation_file"), "data.validation_file", cfg, False)
-    if cfg.max_train_documents:
-        splits["train"] = splits["train"].select(range(min(cfg.max_train_documents, len(splits["train"]))))
+    splits["train"] = first_rows(splits["train"], cfg.max_train_documents)
     return splits
 
 
