@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 
-from nlp_ssl.data.labels import drop_classes, load_labeled_dataset, sample_k_per_class
+from nlp_ssl.data.labels import drop_classes, few_label_split, load_labeled_dataset
 from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.metrics import SCORES, compute_scores
 from nlp_ssl.models import ModelConfig, build_model, special_token_fields
 from nlp_ssl.models.builders import max_positions
+from nlp_ssl.prediction import predict
 from nlp_ssl.reporting import RunDescription
 from nlp_ssl.tasks.classification import (
     ClassificationCollator,
@@ -169,14 +169,6 @@ def standard_columns(ds, text_column: str, pair_column: str | None, label_column
     return ds.rename_columns(mapping) if mapping else ds
 
 
-def check_classes(pool, names: list[str], where: str) -> None:
-    """A classifier needs two classes in its training data; one class trains a constant."""
-    present = np.unique(np.asarray(pool["label"][:]))
-    if len(present) < 2:
-        shown = [names[int(c)] for c in present]
-        raise DataError(f"{where}: the labelled data has {len(present)} class ({shown}); classification needs at least 2")
-
-
 def split_pool(pool, names: list[str] | None, cfg: ClassificationDataConfig, seed: int, where: str):
     """(train, validation): validation first (fixed seed), then k per class (or max_train_samples) of the rest."""
     k, v = cfg.k_per_class or 0, cfg.validation_per_class
@@ -185,8 +177,7 @@ def split_pool(pool, names: list[str] | None, cfg: ClassificationDataConfig, see
     if names is None:
         train, validation = _split_regression(pool, cfg, where)
     else:
-        check_classes(pool, names, where)
-        train, validation = _split_classes(pool, names, cfg, seed, where)
+        train, validation = few_label_split(pool, k, v, seed, cfg.validation_seed, where)
     n = cfg.max_train_samples
     if n is not None:
         if n < 1:
@@ -195,28 +186,6 @@ def split_pool(pool, names: list[str] | None, cfg: ClassificationDataConfig, see
             rows = np.random.default_rng([int(seed) & 0xFFFF_FFFF, 0x5A4D]).permutation(len(train))[:n]
             train = train.select(np.sort(rows))
     return train, validation
-
-
-def _split_classes(pool, names, cfg, seed, where):
-    k, v = cfg.k_per_class or 0, cfg.validation_per_class
-    counts = np.bincount(np.asarray(pool["label"][:]), minlength=len(names))
-    need = k + v if k else v + 1
-    short = [f"{names[c]!r} has {int(n)}" for c, n in enumerate(counts) if 0 < n < need or (n == 0 and k)]
-    if short:
-        raise DataError(
-            f"{where}: {len(short)} class(es) have fewer than the {need} labelled examples that "
-            f"k_per_class={k or 'all'} + validation_per_class={v} need: {'; '.join(short)}"
-        )
-    if v:
-        numbered = pool.add_column("_row", np.arange(len(pool)))
-        validation = sample_k_per_class(numbered, "label", v, cfg.validation_seed)
-        taken = np.zeros(len(pool), dtype=bool)
-        taken[np.asarray(validation["_row"][:])] = True
-        validation = validation.remove_columns("_row")
-        rest = pool.select(np.flatnonzero(~taken))
-    else:
-        validation, rest = None, pool
-    return sample_k_per_class(rest, "label", k or None, seed), validation
 
 
 def _split_regression(pool, cfg, where):
@@ -311,22 +280,6 @@ def uses_token_types(config) -> bool:
 
 
 # ------------------------------------------------------------------------------------- evaluate
-
-
-@torch.no_grad()
-def predict(model, dataset, collator, batch_size: int, device) -> np.ndarray:
-    """Class ids (or scores, for a one-output regression head) for ``dataset``, on every process."""
-    was_training = model.training
-    model.eval()
-    preds = []
-    for start in range(0, len(dataset), batch_size):
-        rows = dataset[start : start + batch_size]
-        batch = collator([dict(zip(rows, values)) for values in zip(*rows.values())])
-        batch.pop("labels")
-        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
-        preds.append((logits[:, 0] if logits.shape[-1] == 1 else logits.argmax(-1)).cpu().numpy())
-    model.train(was_training)
-    return np.concatenate(preds)
 
 
 def test_prefix(split: str) -> str:

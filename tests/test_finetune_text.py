@@ -17,7 +17,7 @@ from transformers import (
 
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.tasks.classification import ClassificationCollator, SequenceClassificationTask, pretrained_lm_head
-from tests.helpers import run_recipe, toy_texts, write_jsonl
+from tests.helpers import ROOT, run_recipe, toy_texts, write_jsonl
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 #: One thread per recipe subprocess: on a shared 2-core machine two threads each run several times slower.
@@ -311,20 +311,40 @@ def test_bad_input_fails_with_one_clear_line(tmp_path, topic_files, case, expect
 
 @pytest.mark.slow
 def test_study_smoke_writes_table_plot_and_curves(tmp_path, pretrained_mlm, topic_files):
+    from nlp_ssl.baselines import tfidf_logreg
+    from nlp_ssl.config import load_config
+    from nlp_ssl.finetune_text import FinetuneTextConfig, load_splits, split_pool
+
     out = tmp_path / "study"
-    finetune = "[" + ",".join([*data_args(topic_files), *TINY, "max_steps=4", "eval_every=2"]) + "]"
-    proc = run_recipe("study_text.py", f"pretrained={pretrained_mlm}", f"output_dir={out}", "budgets=[4]", "seeds=[0]",
-                      "methods=[scratch,pretrained_aux,tfidf]", f"finetune={finetune}", env=ENV)
+    args = [*data_args(topic_files), *TINY, "max_steps=4", "eval_every=2"]
+    proc = run_recipe("study_text.py", f"pretrained={pretrained_mlm}", f"output_dir={out}", "k_per_class=[4]", "seeds=[0]",
+                      "methods=[scratch,pretrained_aux,tfidf]", "finetune_args=[" + ",".join(args) + "]", env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert {r["run"] for r in results["runs"]} == {"scratch_k4_s0", "pretrained_aux_k4_s0", "tfidf_k4_s0"}
     assert set(results["summary"]) == {"scratch", "pretrained_aux", "tfidf"}
-    acc = results["summary"]["tfidf"]["4"]["test_accuracy"]
-    assert 0.0 <= acc[0] <= 1.0 and acc[2] == 1
+    # The fine-tuning runs are subprocesses of recipes/finetune_text.py: their records are their all_results.json.
+    for run in ("scratch_k4_s0", "pretrained_aux_k4_s0"):
+        finished = json.loads((out / "runs" / run / "all_results.json").read_text())
+        record = next(r for r in results["runs"] if r["run"] == run)
+        assert record["test_accuracy"] == finished["test_accuracy"] and record["steps"] == finished["steps"] == 4
+    assert json.loads((out / "runs" / "pretrained_aux_k4_s0" / "all_results.json").read_text())["aux_lm"] == "mlm"
+    # TF-IDF is fitted on exactly the rows a fine-tuning run of k=4, seed 0 trains on.
+    yaml = ROOT / "recipes" / "configs" / "finetune_text.yaml"
+    ft = load_config(FinetuneTextConfig, yaml, [*args, "data.k_per_class=4", "seed=0"])
+    splits, names, where = load_splits(ft.data)
+    train, _ = split_pool(splits["pool"], names, ft.data, 0, where)
+    expected = tfidf_logreg(train["text"][:], train["label"][:], splits["test"]["text"][:], splits["test"]["label"][:], seed=0)
+    cell = results["summary"]["tfidf"]["4"]["test_accuracy"]
+    assert cell == {"mean": pytest.approx(expected["accuracy"]), "std": 0.0, "n": 1}
+    gain = results["gains"]["tfidf"]["4"]["per_seed"]["0"]
+    scratch = next(r for r in results["runs"] if r["method"] == "scratch")["test_accuracy"]
+    assert gain == pytest.approx(expected["accuracy"] - scratch)
     table = (out / "results.md").read_text()
-    assert "| tfidf |" in table and "best step" in table and "pretrained_aux_k4_s0" in table
-    for png in ("accuracy_vs_labels.png", "curves/scratch_k4_s0.png", "curves/pretrained_aux_k4_s0.png"):
-        assert (out / png).stat().st_size > 1000, png
+    assert "| TF-IDF + logistic regression |" in table and "| pretrained_aux_k4_s0 |" in table
+    assert "Best checkpoint vs last step" in table
+    for png in ("accuracy_vs_labels.png", "curves/scratch_k4_s0.png", "curves/pretrained_aux_k4_s0.png", "curves/k4.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
 
 def test_xlm_mlm_aux_uses_the_tied_pretrained_projection(tmp_path, wordpiece_tokenizer):

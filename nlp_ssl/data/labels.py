@@ -1,4 +1,4 @@
-"""Labelled text for fine-tuning and the few-label study: load any table, fix the classes, sample k.
+"""Labelled data for fine-tuning and the few-label studies: load any table, fix the classes, sample k.
 
 Every loader returns a ``datasets.Dataset`` whose label column is a ``ClassLabel``, so a model's
 ``num_labels`` and ``id2label`` come from the data, and a class id means the same thing in every
@@ -67,6 +67,52 @@ def sample_k_per_class(dataset: Dataset, label_column: str, k: int | None, seed:
     """
     if k is None or k == 0:
         return dataset
+    return dataset.select(_k_per_class_rows(dataset, label_column, k, seed))
+
+
+def few_label_split(
+    pool: Dataset,
+    k: int | None,
+    validation_per_class: int,
+    seed: int,
+    validation_seed: int,
+    where: str = "the labelled data",
+    label_column: str = "label",
+) -> tuple[Dataset, Dataset | None]:
+    """(train, validation) for few-label fine-tuning, text or images alike.
+
+    ``validation_per_class`` rows of every class are drawn first, with ``validation_seed``, then ``k``
+    per class (None or 0: every other row) from the rest, with ``seed``. Validation comes first so that
+    its rows do not depend on k, and the training rows stay nested in k for one seed. No validation
+    (``validation_per_class=0``) gives ``None``. Checked before drawing: at least two classes, and
+    enough rows in every class, each short class named.
+    """
+    k, v = k or 0, validation_per_class
+    labels = _label_array(pool, label_column)
+    feature = pool.features[label_column]
+    names = list(feature.names) if isinstance(feature, ClassLabel) else sorted(set(labels.tolist()), key=str)
+    codes = labels if isinstance(feature, ClassLabel) else np.asarray([names.index(x) for x in labels.tolist()])
+    present = np.unique(codes)
+    if len(present) < 2:
+        shown = [names[int(c)] for c in present]
+        raise DataError(f"{where}: the labelled data has {len(present)} class ({shown}); classification needs at least 2")
+    counts = np.bincount(codes, minlength=len(names))
+    need = k + v if k else v + 1
+    short = [f"{names[c]!r} has {int(n)}" for c, n in enumerate(counts) if 0 < n < need or (n == 0 and k)]
+    if short:
+        raise DataError(
+            f"{where}: {len(short)} class(es) have fewer than the {need} labelled examples that "
+            f"k_per_class={k or 'all'} + validation_per_class={v} need: {'; '.join(short)}"
+        )
+    if not v:
+        return sample_k_per_class(pool, label_column, k or None, seed), None
+    held = _k_per_class_rows(pool, label_column, v, validation_seed)
+    rest = pool.select(np.setdiff1d(np.arange(len(pool)), held))
+    return sample_k_per_class(rest, label_column, k or None, seed), pool.select(held)
+
+
+def _k_per_class_rows(dataset: Dataset, label_column: str, k: int, seed: int) -> np.ndarray:
+    """Sorted row indices of :func:`sample_k_per_class`'s draw."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
         raise DataError(f"k per class must be a positive integer, None or 0 (all rows), got {k!r}")
     labels = _label_array(dataset, label_column)
@@ -84,7 +130,7 @@ def sample_k_per_class(dataset: Dataset, label_column: str, k: int | None, seed:
         class_key = zlib.crc32(repr(_class_name(None, value)).encode())
         generator = np.random.default_rng([int(seed) & 0xFFFF_FFFF_FFFF_FFFF, class_key])
         chosen.append(generator.permutation(rows)[:k])
-    return dataset.select(np.sort(np.concatenate(chosen)))
+    return np.sort(np.concatenate(chosen))
 
 
 def drop_classes(dataset: Dataset, label_column: str, names: str | Iterable[str | int]) -> Dataset:

@@ -1,0 +1,121 @@
+"""The image datasets the ViT recipes train on: an unlabelled pool with a held-out validation set for
+pretraining, and k labelled images per class (plus validation and test) for few-label fine-tuning.
+
+The few-label draw is :func:`nlp_ssl.data.labels.few_label_split`, the same as for text, so the
+study's pixel baseline and every fine-tuning run of one seed see exactly the same images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nlp_ssl.config import check_ranges
+from nlp_ssl.data.cache import cache_root
+from nlp_ssl.data.images import load_image_dataset
+from nlp_ssl.data.labels import few_label_split
+from nlp_ssl.errors import ConfigError, DataError
+
+#: Added to ``seed`` for the validation draw: the validation images of one seed do not depend on k.
+VALIDATION_SEED_OFFSET = 1_000_003
+
+
+@dataclass
+class ImagePoolConfig:
+    #: ``fashion_mnist``, ``digits``, an image folder, a ``save_to_disk`` folder or a Hub dataset.
+    source: str = "fashion_mnist"
+    split: str = "train"
+    image_column: str | None = None
+    #: Images carved out (seeded) for validation.
+    validation_images: int = 2000
+    max_train_images: int | None = None
+    #: Random resized crop + horizontal flip on training images.
+    augment: bool = False
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        check_ranges(self, validation_images="(0, inf)", max_train_images="(0, inf)")
+
+
+@dataclass
+class LabeledImagesConfig:
+    #: ``fashion_mnist``, ``digits``, an image folder with class sub-folders, a ``save_to_disk`` folder or Hub name.
+    source: str = "fashion_mnist"
+    train_split: str = "train"
+    test_split: str = "test"
+    #: Another source for the test images (default: ``source`` at ``test_split``).
+    test_source: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    #: Labelled training images per class (seeded by ``seed``).
+    k_per_class: int = 100
+    #: Extra labelled images per class for validation, disjoint from the training ones (None: max(2, k // 5)).
+    validation_per_class: int | None = None
+    #: Score on a seeded random subset of the test split (None: all of it).
+    max_test_images: int | None = None
+    augment: bool = True
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        check_ranges(self, k_per_class="(0, inf)", validation_per_class="[0, inf)", max_test_images="(0, inf)")
+
+
+def load_images(source: str, split: str, cache_dir: str | None, image_column: str | None = None, label_column: str | None = None):
+    """Any image source as a Dataset with an ``image`` column (and ``label`` when it has one)."""
+    root = cache_root(cache_dir)
+    return load_image_dataset(source, split, cache_dir=root, image_column=image_column, label_column=label_column)
+
+
+def load_image_pool(data: ImagePoolConfig, seed: int):
+    """``{"train", "validation"}`` of unlabelled images (labels, if any, are dropped)."""
+    from datasets import DatasetDict
+
+    pool = load_images(data.source, data.split, data.cache_dir, data.image_column).select_columns(["image"])
+    if data.validation_images <= 0:
+        raise ConfigError(f"data.validation_images must be positive, got {data.validation_images}")
+    if data.validation_images >= len(pool):
+        raise DataError(
+            f"data.source {data.source}: {len(pool)} images, not enough to hold out "
+            f"data.validation_images={data.validation_images} for validation"
+        )
+    splits = pool.train_test_split(test_size=data.validation_images, seed=seed, shuffle=True)
+    train = splits["train"]
+    if data.max_train_images:
+        train = train.select(range(min(data.max_train_images, len(train))))
+    return DatasetDict(train=train, validation=splits["test"])
+
+
+def validation_per_class(data: LabeledImagesConfig) -> int:
+    return data.validation_per_class if data.validation_per_class is not None else max(2, data.k_per_class // 5)
+
+
+def labelled_splits(data: LabeledImagesConfig, seed: int):
+    """``{"train", "validation", "test"}``: k and v images per class from the pool, and the test split."""
+    from datasets import ClassLabel, DatasetDict
+
+    if data.k_per_class <= 0:
+        raise ConfigError(f"data.k_per_class must be a positive integer, got {data.k_per_class}")
+    n_val = validation_per_class(data)
+    if n_val <= 0:
+        raise ConfigError(f"data.validation_per_class must be a positive integer, got {n_val}")
+    pool = load_images(data.source, data.train_split, data.cache_dir, data.image_column, data.label_column)
+    if "label" not in pool.column_names or not isinstance(pool.features["label"], ClassLabel):
+        raise DataError(
+            f"data.source {data.source}: no class-label column (columns: {', '.join(pool.column_names)}); "
+            "set data.label_column, or use an image folder with one sub-folder per class"
+        )
+    pool = pool.select_columns(["image", "label"])
+    train, validation = few_label_split(
+        pool, data.k_per_class, n_val, seed, seed + VALIDATION_SEED_OFFSET, where=f"data.source {data.source}"
+    )
+    test = load_images(data.test_source or data.source, data.test_split, data.cache_dir, data.image_column, data.label_column)
+    if "label" not in test.column_names:
+        raise DataError(f"data.test_source {data.test_source or data.source}: the test split has no labels")
+    if test.features["label"] != pool.features["label"]:
+        raise DataError(
+            f"data: the test split's classes {test.features['label'].names} differ from the training pool's "
+            f"{pool.features['label'].names}"
+        )
+    test = test.select_columns(["image", "label"])
+    if data.max_test_images and data.max_test_images < len(test):
+        test = test.shuffle(seed=seed).select(range(data.max_test_images))
+    return DatasetDict(train=train, validation=validation, test=test)

@@ -1,0 +1,233 @@
+"""nlp_ssl.study: the grid, reuse of finished runs, continuation of unfinished ones, and the result format.
+
+The fine-tuning recipe here is a stand-in script in a temporary recipes folder: it answers at once
+with a test accuracy that the arguments decide, logs every call, and can fail or be interrupted on
+request, so the harness's logic is checked without training anything.
+"""
+
+import json
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nlp_ssl.errors import ConfigError, RunEnded
+from nlp_ssl.study import Method, Study, StudyConfig, recipes_dir, run_study
+from nlp_ssl.study import runs as study_runs
+
+FAKE_RECIPE = textwrap.dedent('''
+    """Stand-in fine-tuning recipe: test_accuracy = base (0.5, as in its yaml) + k/1000 + seed/100."""
+    import json, sys
+    from pathlib import Path
+
+    args = dict(a.split("=", 1) for a in sys.argv[1:])
+    out = Path(args["output_dir"])
+    calls = Path(args["calls"])
+    with calls.open("a") as f:
+        f.write(json.dumps({"run": out.name, "resume": args.get("resume"), "continued": (out / "checkpoints").is_dir()}) + "\\n")
+    if args.get("fail"):
+        print("error: data.train_file x.jsonl line 3: field 'text' missing", file=sys.stderr)
+        sys.exit(int(args["fail"]))
+    if args.get("interrupt") and not (out / "checkpoints").is_dir():
+        (out / "checkpoints" / "step_00000002").mkdir(parents=True)
+        print("stopped: SIGTERM at step 2", file=sys.stderr)
+        sys.exit(75)
+    out.mkdir(parents=True, exist_ok=True)
+    acc = float(args.get("base", 0.5)) + int(args["data.k_per_class"]) / 1000 + int(args["seed"]) / 100
+    history = [{"step": 2, "train_loss": 2.0}, {"step": 2, "eval_loss": 1.5, "eval_accuracy": acc - 0.05},
+               {"step": 4, "train_loss": 1.0}, {"step": 4, "eval_loss": 1.7, "eval_accuracy": acc},
+               {"step": 4, "eval_loss": 1.7, "eval_accuracy": acc}]
+    (out / "trainer_history.json").write_text(json.dumps(history))
+    (out / "all_results.json").write_text(json.dumps({
+        "test_accuracy": acc, "test_macro_f1": acc - 0.1, "last_test_accuracy": acc - 0.02, "best_step": 4,
+        "steps": 4, "test_examples": 50, "lr": float(args.get("learning_rate", 0)),
+    }))
+''')
+
+
+@dataclass
+class FakeData:
+    k_per_class: int = 1
+
+
+@dataclass
+class FakeConfig:
+    """What the stand-in recipe's config would be: the baseline receives it."""
+
+    data: FakeData = field(default_factory=FakeData)
+    seed: int = 0
+    base: float = 0.0
+    calls: str = ""
+    learning_rate: float = 0.0
+
+
+@pytest.fixture
+def recipes(tmp_path, monkeypatch):
+    folder = tmp_path / "recipes"
+    (folder / "configs").mkdir(parents=True)
+    (folder / "fake_finetune.py").write_text(FAKE_RECIPE)
+    (folder / "configs" / "fake_finetune.yaml").write_text("base: 0.5\n")
+    monkeypatch.setattr(study_runs, "recipes_dir", lambda: folder)
+    return folder
+
+
+def make_study(tmp_path, baseline_seen=None):
+    calls = f"calls={tmp_path / 'calls.jsonl'}"
+
+    def baseline(cfg: FakeConfig) -> dict:
+        if baseline_seen is not None:
+            baseline_seen.append(cfg)
+        return {"test_accuracy": 0.4 + cfg.seed / 50, "test_macro_f1": 0.3}
+
+    methods = {
+        "scratch": Method("from scratch", [calls]),
+        "pretrained": Method("pretrained", [calls, "base=0.7"]),
+        "linear": Method("a linear baseline", baseline=baseline),
+    }
+    return Study("Fake study", "fake_finetune", FakeConfig, methods)
+
+
+def config(tmp_path, **changes):
+    values = dict(output_dir=str(tmp_path / "study"), k_per_class=[4, 16], seeds=[0, 1, 2],
+                  methods=["scratch", "pretrained", "linear"])
+    return StudyConfig(**{**values, **changes})
+
+
+def calls(tmp_path):
+    path = tmp_path / "calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_every_cell_runs_and_results_hold_runs_mean_std_and_per_seed_gains(tmp_path, recipes):
+    results = run_study(config(tmp_path), make_study(tmp_path))
+    out = tmp_path / "study"
+    assert sorted(c["run"] for c in calls(tmp_path)) == sorted(
+        f"{m}_k{k}_s{s}" for m in ("scratch", "pretrained") for k in (4, 16) for s in (0, 1, 2)
+    )
+    assert all(c["resume"] == "auto" for c in calls(tmp_path))
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert len(results["runs"]) == 18 and results["reference"] == "scratch"
+
+    record = next(r for r in results["runs"] if r["run"] == "pretrained_k16_s2")
+    assert record["test_accuracy"] == pytest.approx(0.7 + 0.016 + 0.02)
+    # From the history: the repeated last evaluation is dropped, and the loss minimum is at step 2.
+    assert (record["last_step"], record["min_val_loss_step"], record["min_val_loss"], record["last_val_loss"]) == (4, 2, 1.5, 1.7)
+    assert record["best_val_accuracy"] == record["last_val_accuracy"] == record["test_accuracy"] and record["train_loss_fell"]
+
+    accs = [0.7 + 0.004 + s / 100 for s in (0, 1, 2)]
+    cell = results["summary"]["pretrained"]["4"]["test_accuracy"]
+    assert cell == {"mean": pytest.approx(np.mean(accs)), "std": pytest.approx(np.std(accs, ddof=1)), "n": 3}
+    gain = results["gains"]["pretrained"]["16"]
+    assert gain["per_seed"] == {s: pytest.approx(0.2) for s in ("0", "1", "2")}
+    assert gain["mean"] == pytest.approx(0.2) and gain["min"] == pytest.approx(0.2)
+    assert gain["std"] == pytest.approx(0.0, abs=1e-12)
+    # The baseline's gains differ seed by seed: 0.4 + s/50 against 0.5 + 0.004 + s/100.
+    linear = results["gains"]["linear"]["4"]["per_seed"]
+    assert linear == {str(s): pytest.approx(0.4 + s / 50 - (0.504 + s / 100)) for s in (0, 1, 2)}
+    assert "scratch" not in results["gains"]
+
+    table = (out / "results.md").read_text()
+    assert "| pretrained | 71.4 ± 1.0 | 72.6 ± 1.0 |" in table
+    assert "| a linear baseline | +-9.4 ± 1.0 (min -10.4) |" not in table  # signs are written once
+    assert "| a linear baseline | -9.4 ± 1.0 (min -10.4) | -10.6 ± 1.0 (min -11.6) |" in table
+    assert "| pretrained_k16_s2 | 4 | 4 | 73.6 / 73.6 | 73.6 / 71.6 | 1.500 (2) → 1.700 | yes |" in table
+    for png in ("accuracy_vs_labels.png", "curves/k4.png", "curves/k16.png", "curves/scratch_k4_s0.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert not (out / "curves" / "linear_k4_s0.png").exists()
+
+
+def test_finished_runs_are_reused_not_rerun(tmp_path, recipes):
+    first = run_study(config(tmp_path, k_per_class=[4], seeds=[0]), make_study(tmp_path))
+    assert len(calls(tmp_path)) == 2
+    (tmp_path / "study" / "runs" / "scratch_k4_s0" / "all_results.json").write_text(json.dumps(
+        {"test_accuracy": 0.123, "test_macro_f1": 0.1, "best_step": 4}
+    ))
+    again = run_study(config(tmp_path, k_per_class=[4], seeds=[0]), make_study(tmp_path))
+    assert len(calls(tmp_path)) == 2  # nothing ran
+    assert next(r for r in again["runs"] if r["method"] == "scratch")["test_accuracy"] == 0.123
+    assert [r["run"] for r in again["runs"]] == [r["run"] for r in first["runs"]]
+
+
+def test_an_interrupted_run_stops_the_study_with_its_exit_code_and_continues_on_rerun(tmp_path, recipes):
+    cfg = config(tmp_path, k_per_class=[4], seeds=[0], methods=["scratch"], method_overrides={"scratch": ["interrupt=1"]})
+    with pytest.raises(RunEnded, match="scratch_k4_s0 failed \\(exit 75\\): stopped: SIGTERM at step 2") as ended:
+        run_study(cfg, make_study(tmp_path))
+    assert ended.value.exit_code == 75
+    results = run_study(cfg, make_study(tmp_path))
+    assert calls(tmp_path) == [
+        {"run": "scratch_k4_s0", "resume": "auto", "continued": False},
+        {"run": "scratch_k4_s0", "resume": "auto", "continued": True},
+    ]
+    assert results["runs"][0]["test_accuracy"] == pytest.approx(0.504)
+    log = (tmp_path / "study" / "runs" / "scratch_k4_s0.log").read_text()
+    assert log.count("$ ") == 2 and "SIGTERM" in log  # both attempts are in the log
+
+
+def test_reuse_false_reruns_from_an_empty_folder(tmp_path, recipes):
+    cfg = config(tmp_path, k_per_class=[4], seeds=[0], methods=["scratch"])
+    run_study(cfg, make_study(tmp_path))
+    marker = tmp_path / "study" / "runs" / "scratch_k4_s0" / "checkpoints"
+    marker.mkdir()
+    run_study(config(tmp_path, k_per_class=[4], seeds=[0], methods=["scratch"], reuse=False), make_study(tmp_path))
+    assert [c["continued"] for c in calls(tmp_path)] == [False, False]
+    assert not marker.exists()
+
+
+def test_a_run_with_bad_input_raises_config_error_with_its_line(tmp_path, recipes):
+    cfg = config(tmp_path, k_per_class=[4], seeds=[0], methods=["pretrained"], method_overrides={"pretrained": ["fail=2"]})
+    with pytest.raises(ConfigError, match="pretrained_k4_s0 failed \\(exit 2\\): error: data.train_file x.jsonl line 3"):
+        run_study(cfg, make_study(tmp_path))
+
+
+def test_arguments_reach_runs_and_baselines_in_order(tmp_path, recipes):
+    seen = []
+    cfg = config(tmp_path, k_per_class=[8], seeds=[3], finetune_args=["learning_rate=0.1", "base=0.2"],
+                 method_overrides={"pretrained": ["learning_rate=0.3"], "linear": ["learning_rate=0.4"]})
+    results = run_study(cfg, make_study(tmp_path, seen))
+    runs = tmp_path / "study" / "runs"
+    lr = {m: json.loads((runs / f"{m}_k8_s3" / "all_results.json").read_text())["lr"] for m in ("scratch", "pretrained")}
+    assert lr == {"scratch": 0.1, "pretrained": 0.3}
+    # finetune_args, then the method's own arguments (pretrained's base=0.7 wins over 0.2), then its overrides.
+    assert next(r for r in results["runs"] if r["method"] == "pretrained")["test_accuracy"] == pytest.approx(0.7 + 0.008 + 0.03)
+    # The baseline gets the config a run of the same k and seed reads: recipe yaml, then the same arguments.
+    assert len(seen) == 1
+    assert (seen[0].data.k_per_class, seen[0].seed, seen[0].learning_rate, seen[0].base) == (8, 3, 0.4, 0.2)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"methods": ["scratch", "simclr"]}, "methods: 'simclr' is not one of ['scratch', 'pretrained', 'linear']"),
+        ({"method_overrides": {"mim": ["learning_rate=1"]}}, "methods: 'mim' is not one of"),
+        ({"methods": []}, "methods: list at least one of"),
+    ],
+)
+def test_unknown_methods_are_refused_before_anything_runs(tmp_path, recipes, changes, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("[", "\\[").replace("]", "\\]")):
+        run_study(config(tmp_path, **changes), make_study(tmp_path))
+    assert calls(tmp_path) == [] and not (tmp_path / "study").exists()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"k_per_class": [4, 0]}, "k_per_class: 0 is not a positive number of labels per class"),
+        ({"seeds": []}, "k_per_class and seeds must each list at least one value"),
+        ({"finetune_args": ["max_steps"]}, "finetune_args: ['max_steps'] is not a list of key=value"),
+        ({"method_overrides": {"scratch": "lr=1"}}, "method_overrides.scratch: 'lr=1' is not a list of key=value"),
+    ],
+)
+def test_bad_study_config_is_refused_while_read(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("[", "\\[").replace("]", "\\]") + "$"):
+        config(tmp_path, **changes)
+
+
+def test_recipes_dir_is_the_installed_recipes_package():
+    import nlp_ssl.recipes
+
+    folder = recipes_dir()
+    assert folder.resolve() == Path(nlp_ssl.recipes.__file__).resolve().parent
+    for recipe in ("finetune_text", "finetune_vision", "pretrain_vit", "study_text", "study_vision"):
+        assert (folder / f"{recipe}.py").is_file() and (folder / "configs" / f"{recipe}.yaml").is_file()
