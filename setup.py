@@ -8,7 +8,11 @@ from setuptools import find_namespace_packages, setup
 
 setup(
     # Namespace discovery also takes the folders of local metric modules (nlp_ssl/metrics/<name>/<name>.py).
-    packages=[*find_namespace_packages(include=["nlp_ssl*"], exclude=["*__pycache__"]), "nlp_ssl.recipes", "nlp_ssl.recipes.configs"],
+    packages=[
+        *find_namespace_packages(include=["nlp_ssl*"], exclude=["*__pycache__"]),
+        "nlp_ssl.recipes",
+        "nlp_ssl.recipes.configs",
+    ],
     package_dir={"nlp_ssl.recipes": "recipes"},
     package_data={"nlp_ssl.recipes.configs": ["*.yaml"]},
 )

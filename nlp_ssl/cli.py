@@ -48,8 +48,8 @@ USAGE = """usage: nlp-ssl ls                                      list the recip
 
 def recipes() -> dict[str, Traversable]:
     """Installed recipe name → its file."""
-    root = resources.files(RECIPES)
-    return {p.name[:-3]: p for p in sorted(root.iterdir(), key=lambda p: p.name) if p.name.endswith(".py") and not p.name.startswith("_")}
+    files = sorted(resources.files(RECIPES).iterdir(), key=lambda p: p.name)
+    return {p.name[:-3]: p for p in files if p.name.endswith(".py") and not p.name.startswith("_")}
 
 
 def configs() -> dict[str, Traversable]:
@@ -88,7 +88,7 @@ def _load_recipe(name: str):
         if not path.is_file():
             raise ConfigError(f"recipe file {name}: does not exist")
         spec = importlib.util.spec_from_file_location(f"nlp_ssl_recipe_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
+        module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look themselves up there
         spec.loader.exec_module(module)
     else:
         if name not in recipes():
@@ -103,7 +103,10 @@ def _config_paths(argv: list[str]) -> list[str]:
     """``--config pretrain_mlm`` (or ``pretrain_mlm.yaml``) names an installed config when no such file exists."""
     out = list(argv)
     for i, arg in enumerate(out):
-        value = out[i + 1] if arg == "--config" and i + 1 < len(out) else arg[len("--config="):] if arg.startswith("--config=") else None
+        if arg == "--config" and i + 1 < len(out):
+            value = out[i + 1]
+        else:
+            value = arg[len("--config="):] if arg.startswith("--config=") else None
         if value is None or Path(value).exists():
             continue
         installed = configs().get(value if value.endswith(".yaml") else value + ".yaml")

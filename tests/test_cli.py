@@ -74,5 +74,6 @@ def test_cp_gives_a_recipe_that_reads_its_own_copied_config(tmp_path):
     assert proc.returncode == 2 and "already exists" in proc.stderr
     assert "my_edit" in config.read_text()
     proc = nlp_ssl("cp", "pretrain_clm", "clm.yaml", cwd=tmp_path)
-    assert proc.returncode == 0 and (tmp_path / "clm.yaml").read_text() == (ROOT / "recipes" / "configs" / "pretrain_clm.yaml").read_text()
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "clm.yaml").read_text() == (ROOT / "recipes" / "configs" / "pretrain_clm.yaml").read_text()
     assert not (tmp_path / "pretrain_clm.py").exists()
