@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from nlp_ssl.config import check_ranges
 from nlp_ssl.data.cache import cache_root
+from nlp_ssl.data.holdout import first_rows
 from nlp_ssl.data.images import load_image_dataset
 from nlp_ssl.data.labels import few_label_split
 from nlp_ssl.errors import ConfigError, DataError
@@ -78,10 +79,7 @@ def load_image_pool(data: ImagePoolConfig, seed: int):
             f"data.validation_images={data.validation_images} for validation"
         )
     splits = pool.train_test_split(test_size=data.validation_images, seed=seed, shuffle=True)
-    train = splits["train"]
-    if data.max_train_images:
-        train = train.select(range(min(data.max_train_images, len(train))))
-    return DatasetDict(train=train, validation=splits["test"])
+    return DatasetDict(train=first_rows(splits["train"], data.max_train_images), validation=splits["test"])
 
 
 def validation_per_class(data: LabeledImagesConfig) -> int:
