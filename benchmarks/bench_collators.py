@@ -16,9 +16,8 @@ import argparse
 import time
 
 import torch
-from datasets import Dataset
-
 from bench_mlm import samples_per_s  # the same measurement as the MLM benchmark (run from benchmarks/)
+from datasets import Dataset
 
 from nlp_ssl.data.parallel import load_sword_pairs
 from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
@@ -74,9 +73,11 @@ def setups(n_rows: int):
 
     clm_rows = rows_of(tokenize_and_pack(raw, bytelevel, "text", BLOCK), ["input_ids"], n_rows)
     gpt2_cfg = ModelConfig(arch="gpt2", size="tiny")
-    ids = dict(vocab_size=len(bytelevel), bos_token_id=bytelevel.eos_token_id, eos_token_id=bytelevel.eos_token_id, pad_token_id=bytelevel.pad_token_id)
+    eos = bytelevel.eos_token_id
+    ids = dict(vocab_size=len(bytelevel), bos_token_id=eos, eos_token_id=eos, pad_token_id=bytelevel.pad_token_id)
     yield "CLM", CLMCollator(bytelevel), clm_rows, CausalLMTask(build_model(gpt2_cfg, "causal_lm", **ids))
-    yield "CLM document-aware", CLMCollator(bytelevel, document_aware=True), clm_rows, CausalLMTask(build_model(gpt2_cfg, "causal_lm", **ids))
+    aware = CLMCollator(bytelevel, document_aware=True)
+    yield "CLM document-aware", aware, clm_rows, CausalLMTask(build_model(gpt2_cfg, "causal_lm", **ids))
 
     nsp = build_nsp_dataset(raw.select(range(3000)), wordpiece, "text", max_seq_length=BLOCK, dupe_factor=1, seed=0)
     nsp_rows = rows_of(nsp, ["input_ids", "token_type_ids", "next_sentence_label"], n_rows)
@@ -110,7 +111,8 @@ def main():
         step_s = step_seconds(task, collator(rows[: args.batch_size]), args.steps)
         table.append((name, sps, collate_s * 1e3, step_s * 1e3, 100 * collate_s / step_s, len(rows)))
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, sequences up to {BLOCK} tokens, tiny models")
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads, batch {args.batch_size}, sequences up to {BLOCK} tokens, tiny models")
     header = f"{'collator':<20} {'samples/s':>10} {'ms/batch':>9} {'train step ms':>14} {'collate % of step':>18}  (target < 5%)"
     print(header)
     print("-" * len(header))

@@ -103,9 +103,12 @@ def main():
     ours_tps = train_tokens_per_s(make_step(task, ours_loss), ours, rows, args.batch_size, args.train_steps)
     hf_tps = train_tokens_per_s(make_step(hf_model, hf_loss), standard, rows, args.batch_size, args.train_steps)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size} x 128 tokens, vocab {config.vocab_size}")
-    print(f"collator samples/s     ours {ours_sps:10.0f}   transformers {hf_sps:10.0f}   ratio {ours_sps / hf_sps:6.1f}x  (target >= 10x)")
-    print(f"training tokens/s      ours {ours_tps:10.0f}   transformers {hf_tps:10.0f}   ratio {ours_tps / hf_tps:6.2f}x  (target >= 1.5x)")
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads, batch {args.batch_size} x 128 tokens, vocab {config.vocab_size}")
+    print(f"collator samples/s     ours {ours_sps:10.0f}   transformers {hf_sps:10.0f}   "
+          f"ratio {ours_sps / hf_sps:6.1f}x  (target >= 10x)")
+    print(f"training tokens/s      ours {ours_tps:10.0f}   transformers {hf_tps:10.0f}   "
+          f"ratio {ours_tps / hf_tps:6.2f}x  (target >= 1.5x)")
 
 
 if __name__ == "__main__":

@@ -150,7 +150,8 @@ def run_glue(cfg: GlueConfig) -> dict:
         }
         per_task[task.name]["score"] = task_score(per_task[task.name]["metrics"])
     if not per_task:
-        raise DataError(f"glue.data_dir {settings.data_dir}: none of the tasks {settings.tasks} is there ({'; '.join(skipped.values())})")
+        why = "; ".join(skipped.values())
+        raise DataError(f"glue.data_dir {settings.data_dir}: none of the tasks {settings.tasks} is there ({why})")
     summary = {
         "tasks": per_task,
         "average": glue_average({k: v["score"] for k, v in per_task.items()}),

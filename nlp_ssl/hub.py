@@ -48,7 +48,9 @@ STATE_PATTERNS = (
     "optimizer*", "scheduler*", "scaler*", "random_states*", "rng_state*", "custom_checkpoint*", "*.pkl",
 )
 #: What ``on_end`` leaves out of the final push: local checkpoints and our own staging copies.
-END_IGNORE_PATTERNS = (f"{STAGING_DIR}/*", ".hub_resume/*", "best_model/*", ".tmp-*", "checkpoint-*", "checkpoints/*", "*.lock", "*.tmp")
+END_IGNORE_PATTERNS = (
+    f"{STAGING_DIR}/*", ".hub_resume/*", "best_model/*", ".tmp-*", "checkpoint-*", "checkpoints/*", "*.lock", "*.tmp"
+)
 #: Text files scanned for the token before upload (binary weights are not scanned).
 _SCANNED_SUFFIXES = {".json", ".yaml", ".yml", ".txt", ".md", ".log", ".cfg", ".ini", ".toml", ".csv", ".py", ""}
 _SCAN_LIMIT = 2 * 1024 * 1024

@@ -35,7 +35,8 @@ def main(argv=None):
     description = RunDescription(license="cc-by-sa-4.0") if builtin else None
     results = finetune(cfg, description=description)
     if results is not None:
-        shown = [k for k in results if k in ("steps", "best_step", "eval_accuracy", "eval_loss") or k.startswith(("test_", "last_test_"))]
+        keys = ("steps", "best_step", "eval_accuracy", "eval_loss")
+        shown = [k for k in results if k in keys or k.startswith(("test_", "last_test_"))]
         print(json.dumps({k: results[k] for k in shown}))
     return results
 

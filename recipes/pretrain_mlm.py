@@ -29,7 +29,8 @@ class MLMConfig:
     sparse_head: bool = True
 
     def __post_init__(self):
-        check_ranges(self, mlm_probability="(0, 1)", mask_replace_prob="[0, 1]", random_replace_prob="[0, 1]", pad_to_multiple_of="(0, inf)")
+        check_ranges(self, mlm_probability="(0, 1)", mask_replace_prob="[0, 1]", random_replace_prob="[0, 1]",
+                     pad_to_multiple_of="(0, inf)")
 
 
 @dataclass
@@ -58,8 +59,9 @@ def main(argv=None):
         )
         model = build_model(cfg.model, "masked_lm", vocab_size=len(tokenizer), **special_token_fields(tokenizer))
         check_block_size(cfg.data.block_size, model.config)
+        data = cfg.data
         blocks = {
-            split: tokenize_and_pack(ds, tokenizer, cfg.data.text_column, cfg.data.block_size, cfg.mlm.whole_word_mask, cfg.data.num_proc)
+            split: tokenize_and_pack(ds, tokenizer, data.text_column, data.block_size, cfg.mlm.whole_word_mask, data.num_proc)
             for split, ds in raw.items()
         }
 

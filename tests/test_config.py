@@ -66,7 +66,8 @@ def test_model_config_overrides_reject_fields_the_hf_config_lacks(tmp_path):
     typo = load_config(ModelConfig, None, ["arch=vit", "config_overrides={num_hidden_layers:1}"])
     with pytest.raises(ConfigError, match=r"'num_hidden_layers:1'\] is not a field of ViTConfig"):
         build_model(typo, "image_classification")
-    fine = build_model(ModelConfig(arch="vit", config_overrides={"num_hidden_layers": 1, "image_size": 8, "patch_size": 4}), "image_classification")
+    small = {"num_hidden_layers": 1, "image_size": 8, "patch_size": 4}
+    fine = build_model(ModelConfig(arch="vit", config_overrides=small), "image_classification")
     assert fine.config.num_hidden_layers == 1
     fine.save_pretrained(tmp_path / "vit")
     with pytest.raises(ConfigError, match=r"\['hidden_sise'\] is not a field of ViTConfig"):

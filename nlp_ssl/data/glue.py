@@ -64,7 +64,8 @@ TASKS: dict[str, GlueTask] = {t.name: t for t in (
              (("matched", "dev_matched", "validation_matched"), ("mismatched", "dev_mismatched", "validation_mismatched"))),
     GlueTask("qnli", "QNLI", "question", "sentence", "label", "question", "sentence", NLI, ("accuracy",)),
     GlueTask("rte", "RTE", "sentence1", "sentence2", "label", "sentence1", "sentence2", NLI, ("accuracy",)),
-    GlueTask("wnli", "WNLI", "sentence1", "sentence2", "label", "sentence1", "sentence2", ("not_entailment", "entailment"), ("accuracy",)),
+    GlueTask("wnli", "WNLI", "sentence1", "sentence2", "label", "sentence1", "sentence2", ("not_entailment", "entailment"),
+             ("accuracy",)),
 )}
 
 
@@ -130,7 +131,9 @@ def load_hub_task(name: str, task: GlueTask) -> tuple[dict[str, Dataset], str]:
     try:
         loaded = datasets.load_dataset(name, task.name)
     except Exception as error:  # noqa: BLE001 - offline, missing, gated: all mean "cannot use it"
-        raise DataError(f"glue.data_dir {name}: not a local folder, and loading it from the Hub failed: {type(error).__name__}: {error}") from None
+        raise DataError(
+            f"glue.data_dir {name}: not a local folder, and loading it from the Hub failed: {type(error).__name__}: {error}"
+        ) from None
     splits = {"pool": _standard(loaded["train"], task, f"{name} {task.name} train")}
     for i, (dev, _stem, hub_split) in enumerate(task.devs):
         splits["test" if i == 0 else f"test_{dev}"] = _standard(loaded[hub_split], task, f"{name} {task.name} {hub_split}")

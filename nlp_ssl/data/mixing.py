@@ -55,7 +55,8 @@ def round_robin_schedule(ratio: Mapping[str, int], members: Mapping[str, Sequenc
     active = {g: n for g, n in ratio.items() if n > 0}
     for group in active:
         if not members.get(group):
-            raise ConfigError(f"schedule group {group!r} has no data source; groups with data: {sorted(g for g in members if members[g])}")
+            with_data = sorted(g for g in members if members[g])
+            raise ConfigError(f"schedule group {group!r} has no data source; groups with data: {with_data}")
     rounds = math.lcm(*(len(members[g]) // math.gcd(len(members[g]), n) for g, n in active.items()))
     total = sum(active.values())
     # Spread each group's steps evenly over a round: step k of group g sits at (k + 0.5) / n.

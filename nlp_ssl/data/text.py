@@ -46,7 +46,8 @@ class TextDataConfig:
     cache_dir: str | None = None
 
     def __post_init__(self):
-        check_ranges(self, validation_split="(0, 1)", block_size="(0, inf)", streaming_validation_documents="(0, inf)", shuffle_buffer="(0, inf)", num_proc="(0, inf)", max_train_documents="(0, inf)")
+        check_ranges(self, validation_split="(0, 1)", block_size="(0, inf)", streaming_validation_documents="(0, inf)",
+                     shuffle_buffer="(0, inf)", num_proc="(0, inf)", max_train_documents="(0, inf)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def _load_file(path: Path, role: str, cfg: TextDataConfig, streaming: bool):
         check_text_column(ds, cfg.text_column, f"{role} {path}", path)
     elif cfg.text_column not in (ds.column_names or [cfg.text_column]):
         raise DataError(f"{role} {path}: no column {cfg.text_column!r} (columns: {', '.join(ds.column_names)})")
-    elif ds.features and cfg.text_column in ds.features and getattr(ds.features[cfg.text_column], "dtype", "string") not in ("string", "large_string"):
+    elif getattr((ds.features or {}).get(cfg.text_column), "dtype", "string") not in ("string", "large_string"):
         raise DataError(f"{role} {path}: field {cfg.text_column!r} holds {ds.features[cfg.text_column].dtype} values, not text; "
                         "set data.text_column to a text column")
     return ds
@@ -137,7 +138,8 @@ def _builtin(cfg: TextDataConfig) -> Dataset:
     name = cfg.source[len(BUILTIN_PREFIX):]
     splits = {"wiki": "en_train", "wiki_en": "en_train", "wiki_fr": "fr", "wiki_es": "es"}
     if name not in splits:
-        raise DataError(f"data.source {cfg.source!r}: unknown built-in corpus; choose one of {[BUILTIN_PREFIX + s for s in splits]}")
+        known = [BUILTIN_PREFIX + s for s in splits]
+        raise DataError(f"data.source {cfg.source!r}: unknown built-in corpus; choose one of {known}")
     return load_wiki_corpus(cfg.cache_dir)[splits[name]]
 
 
@@ -148,14 +150,16 @@ def load_text_splits(cfg: TextDataConfig, seed: int = 0) -> DatasetDict | dict[s
     if cfg.train_file:
         train = _load_file(check_text_file(cfg.train_file, "data.train_file"), "data.train_file", cfg, False)
         if cfg.validation_file:
-            validation = _load_file(check_text_file(cfg.validation_file, "data.validation_file"), "data.validation_file", cfg, False)
-            splits = DatasetDict(train=train, validation=validation)
+            splits = DatasetDict(train=train, validation=_validation_file(cfg))
         else:
             splits = hold_out(train, cfg.validation_split, seed, f"data.train_file {cfg.train_file}")
     elif cfg.source.startswith(BUILTIN_PREFIX):
         splits = hold_out(_builtin(cfg), cfg.validation_split, seed, f"data.source {cfg.source}")
     else:
-        loaded = load_from_disk(cfg.source) if os.path.isdir(cfg.source) else load_dataset(cfg.source, cfg.dataset_config, cache_dir=cfg.cache_dir)
+        if os.path.isdir(cfg.source):
+            loaded = load_from_disk(cfg.source)
+        else:
+            loaded = load_dataset(cfg.source, cfg.dataset_config, cache_dir=cfg.cache_dir)
         if isinstance(loaded, Dataset):
             splits = hold_out(loaded, cfg.validation_split, seed, f"data.source {cfg.source}")
         elif "train" not in loaded:
@@ -167,9 +171,13 @@ def load_text_splits(cfg: TextDataConfig, seed: int = 0) -> DatasetDict | dict[s
         for name, ds in splits.items():
             check_text_column(ds, cfg.text_column, f"data.source {cfg.source} [{name}]")
     if cfg.validation_file and not cfg.train_file:
-        splits["validation"] = _load_file(check_text_file(cfg.validation_file, "data.validation_file"), "data.validation_file", cfg, False)
+        splits["validation"] = _validation_file(cfg)
     splits["train"] = first_rows(splits["train"], cfg.max_train_documents)
     return splits
+
+
+def _validation_file(cfg: TextDataConfig) -> Dataset:
+    return _load_file(check_text_file(cfg.validation_file, "data.validation_file"), "data.validation_file", cfg, False)
 
 
 def _load_streaming(cfg: TextDataConfig, seed: int) -> dict[str, IterableDataset]:
@@ -273,7 +281,9 @@ def tokenize_and_pack(
     """Packed ``input_ids`` blocks (and ``word_ids``); cached by ``datasets`` across runs."""
     packer = BlockPacker(tokenizer, text_column, block_size, word_ids)
     columns = ds.column_names
-    kwargs = {} if isinstance(ds, IterableDataset) else {"num_proc": num_proc, "desc": f"Tokenizing and packing into {block_size}-token blocks"}
+    kwargs = {}
+    if not isinstance(ds, IterableDataset):
+        kwargs = {"num_proc": num_proc, "desc": f"Tokenizing and packing into {block_size}-token blocks"}
     packed = ds.map(packer, batched=True, batch_size=map_batch_size, remove_columns=columns, **kwargs)
     if not isinstance(packed, IterableDataset) and len(packed) == 0:
         raise DataError(f"no {block_size}-token block could be packed from {len(ds)} documents: the text is too short")
