@@ -528,8 +528,10 @@ class Trainer:
             if (self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps) and window_losses:
                 elapsed = time.perf_counter() - window_start
                 record = self._log_train(window_losses, window_tokens, elapsed, window_flops)
-                bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}",
-                                **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}))
+                mfu = {"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}
+                bar.set_postfix(
+                    loss=f"{record['train_loss']:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}", **mfu
+                )
                 window_losses, window_tokens, window_flops, window_start = [], 0, 0.0, time.perf_counter()
             if self.eval_loader is not None and (self.state.step % cfg.eval_every == 0 or self.state.step == cfg.max_steps):
                 final_eval = self.evaluate()

@@ -141,7 +141,8 @@ ARCHITECTURES: dict[str, Architecture] = {
             embeddings=r"(?:^|\.)(?:tokens_embed|positions_embed)\.",
         ),
         Architecture(
-            "gpt_neo", "GPTNeoConfig", {"causal_lm": "GPTNeoForCausalLM", "sequence_classification": "GPTNeoForSequenceClassification"},
+            "gpt_neo", "GPTNeoConfig",
+            {"causal_lm": "GPTNeoForCausalLM", "sequence_classification": "GPTNeoForSequenceClassification"},
             layers="num_layers", heads="num_heads", causal=True, block=_H, embeddings=r"(?:^|\.)(?:wte|wpe)\.",
             preset_extras=lambda layers, hidden, heads: {"attention_types": [[["global"], layers]]},
         ),

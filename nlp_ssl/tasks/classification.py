@@ -30,10 +30,10 @@ import torch
 from torch import nn
 
 from nlp_ssl.errors import ConfigError, DataError
+from nlp_ssl.models.architectures import ARCHITECTURES, is_causal, mlm_parts
 from nlp_ssl.objectives.masking import attention_mask_from_lengths, pad_column
 from nlp_ssl.objectives.mlm import MLMCollator
 from nlp_ssl.tasks.base import Sums, Task, cross_entropy_sum
-from nlp_ssl.models.architectures import ARCHITECTURES, is_causal, mlm_parts
 from nlp_ssl.tasks.masked_lm import masked_positions_loss
 
 AUX_LM = ("none", "clm", "mlm")
@@ -112,9 +112,8 @@ def pretrained_lm_head(classifier: nn.Module, lm_model: nn.Module, aux_lm: str) 
         raise ConfigError(f"aux_lm {aux_lm!r} needs no LM head; choose one of {list(AUX_LM)}")
     parts = mlm_parts(lm_model)
     if parts is None:
-        raise ConfigError(
-            f"aux_lm 'mlm': no known MLM head for model type {lm_model.config.model_type!r}; supported: {sorted(t for t, a in ARCHITECTURES.items() if a.mlm_encoder)}"
-        )
+        known = sorted(t for t, a in ARCHITECTURES.items() if a.mlm_encoder)
+        raise ConfigError(f"aux_lm 'mlm': no known MLM head for model type {lm_model.config.model_type!r}; supported: {known}")
     if tied:
         lm_model.get_output_embeddings().weight = classifier.get_input_embeddings().weight
     return parts[1]
@@ -148,7 +147,8 @@ class SequenceClassificationTask(Task):
             return
         if self.aux_lm == "clm":
             if not is_causal(model.config):
-                raise ConfigError(f"aux_lm 'clm' needs a causal model; {model.config.model_type} is bidirectional: use aux_lm=mlm")
+                model_type = model.config.model_type
+                raise ConfigError(f"aux_lm 'clm' needs a causal model; {model_type} is bidirectional: use aux_lm=mlm")
             lm_head = lm_head if lm_head is not None else TiedLMHead(model)
         elif lm_head is None:
             raise ConfigError("aux_lm 'mlm' needs the checkpoint's MLM head: pass lm_head=pretrained_lm_head(...)")
