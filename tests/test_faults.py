@@ -280,7 +280,7 @@ def test_resume_auto_on_a_finished_run_says_so_and_does_not_retrain(tmp_path, co
     assert_one_line_exit(proc, 0, rf"^output_dir {re.escape(str(out))} holds a finished run \(12 steps")
     assert ((out / "all_results.json").read_bytes(), (out / "model.safetensors").stat().st_mtime_ns) == before
     # all_results.json is written last: nothing of the final outputs is newer.
-    final = [p for p in out.iterdir() if p.is_file() and not p.name.startswith(".")]
+    final = [p for p in out.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != "run_status.json"]
     assert max(final, key=lambda p: p.stat().st_mtime_ns).name == "all_results.json"
     # Files take the user's umask (safetensors alone would write them 0600).
     mode = 0o666 & ~_umask()
