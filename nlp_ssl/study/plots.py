@@ -44,6 +44,7 @@ def plot_accuracy(summary: dict, labels: dict[str, str], ks: list[int], path: Pa
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
     ax.set_xscale("log")
     ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()  # a log axis would label stray points between the budgets
     ax.set_xlabel("labelled training examples per class")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{title} (mean ± std over seeds)", fontsize=10)
