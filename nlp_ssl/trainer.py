@@ -35,7 +35,7 @@ from nlp_ssl import atomic, run_lock
 from nlp_ssl import checkpointing as ckpt
 from nlp_ssl.config import check_ranges, to_dict
 from nlp_ssl.errors import EXIT_INTERRUPTED, CheckpointError, CheckpointWriteFailed, ConfigError, Diverged, Preempted, RunEnded
-from nlp_ssl.hub import HF_MODEL_SUBDIR, HubConfig, HubError, HubPusher, resolve_hub_resume
+from nlp_ssl.hub import HF_MODEL_SUBDIR, HubConfig, HubError, HubPusher, apply_timeout, resolve_hub_resume
 from nlp_ssl.models.architectures import optimizer_groups
 from nlp_ssl.reporting import RunDescription, plot_loss_curves, write_model_card
 from nlp_ssl.tasks.base import Task
@@ -152,8 +152,10 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     """The run's Accelerator; create it first so data preparation can use ``main_process_first``.
 
     It also locks ``output_dir`` for this run and checks ``resume`` (a finished run, a damaged
-    checkpoint), so that those fail before any data is prepared.
+    checkpoint), so that those fail before any data is prepared, and gives every Hub request of the
+    run (models, datasets, pushes) the ``hub_timeout``.
     """
+    apply_timeout(config.hub_timeout)
     trackers = [t for t in config.report_to if t and t != "none"]
     accelerator = Accelerator(
         # `accelerate launch --multi_gpu` on a machine without GPUs: run real DDP over gloo on CPU
