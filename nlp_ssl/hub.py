@@ -49,7 +49,8 @@ STATE_PATTERNS = (
 )
 #: What ``on_end`` leaves out of the final push: local checkpoints and our own staging copies.
 END_IGNORE_PATTERNS = (
-    f"{STAGING_DIR}/*", ".hub_resume/*", "best_model/*", ".tmp-*", "checkpoint-*", "checkpoints/*", "*.lock", "*.tmp"
+    f"{STAGING_DIR}/*", ".hub_resume/*", "best_model/*", ".tmp-*", "checkpoint-*", "checkpoints/*", "*.lock", "*.tmp",
+    "run_status.json",  # the local run's state for its launcher, written after the push
 )
 #: Text files scanned for the token before upload (binary weights are not scanned).
 _SCANNED_SUFFIXES = {".json", ".yaml", ".yml", ".txt", ".md", ".log", ".cfg", ".ini", ".toml", ".csv", ".py", ""}

@@ -16,13 +16,14 @@ import signal
 import subprocess
 import sys
 import time
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from nlp_ssl.hub import CHECKPOINT_PATH, STAGING_DIR
+from nlp_ssl.hub import CHECKPOINT_PATH, END_IGNORE_PATTERNS, STAGING_DIR
 from tests.helpers import ROOT, WORDS, run_recipe, write_jsonl
 from tests.hub_server import TOKEN, USER, hub  # noqa: F401 - `hub` is the fixture
 
@@ -56,6 +57,13 @@ def local_files(folder: Path, skip: tuple[str, ...] = ("checkpoints",)) -> dict[
             if p.is_file() and p.relative_to(folder).parts[0] not in skip}
 
 
+def top_level_outputs(folder: Path) -> dict[str, bytes]:
+    """The top-level files a push at the end uploads: all but the run lock and the launcher's run status."""
+    files = {name: content for name, content in local_files(folder).items() if "/" not in name}
+    assert {".lock", "run_status.json"} <= files.keys()
+    return {name: content for name, content in files.items() if not any(fnmatch(name, p) for p in END_IGNORE_PATTERNS)}
+
+
 def digests(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
     return {k: hashlib.sha256(v).hexdigest() for k, v in local_files(folder, skip).items()}
 
@@ -83,7 +91,7 @@ def test_pretrain_push_then_from_pretrained_gives_the_local_weights(hub, tmp_pat
     files = hub.files(f"{USER}/mlm-end")
     # Local checkpoints, staging copies and temporary folders stay local with the `end` strategy.
     assert not [f for f in files if f.startswith(("checkpoints/", "step_", STAGING_DIR, ".tmp-", ".hub_resume"))]
-    local = {name: content for name, content in local_files(out).items() if "/" not in name}
+    local = top_level_outputs(out)
     assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "all_results.json",
             "loss_curves.png"} <= set(local)
     for name, content in local.items():  # every top-level output, byte for byte
@@ -170,7 +178,7 @@ def test_two_server_errors_on_commit_still_end_in_a_complete_push(hub, tmp_path,
     ok(proc)
     assert [r.status for r in hub.requests_to(f"/api/models/{USER}/flaky/commit/")] == [500, 500, 200]
     files = hub.files(f"{USER}/flaky")
-    local = {name: content for name, content in local_files(out).items() if "/" not in name}
+    local = top_level_outputs(out)
     assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "all_results.json"} <= set(local)
     for name, content in local.items():
         assert files.get(name) == content, name
@@ -180,7 +188,8 @@ def test_two_server_errors_on_commit_still_end_in_a_complete_push(hub, tmp_path,
 def test_unauthorized_push_fails_before_training_with_one_line_and_leaves_outputs_intact(hub, tmp_path, wiki_jsonl):
     out = tmp_path / "run"
     ok(run_recipe("pretrain_mlm.py", *mlm_args(wiki_jsonl, out, "max_steps=2", "eval_every=2", "save_every=100")))
-    before = digests(out, skip=("logs",))
+    # Each attempt takes the lock and records its status; the outputs of the earlier run must stay.
+    before = {k: v for k, v in digests(out, skip=("logs",)).items() if k not in (".lock", "run_status.json")}
     assert {"model.safetensors", "config.json", "tokenizer.json", "all_results.json"} <= set(before)
 
     hub.require_token("hf_someoneelse")
@@ -193,7 +202,7 @@ def test_unauthorized_push_fails_before_training_with_one_line_and_leaves_output
     assert TOKEN not in proc.stdout + proc.stderr
     # The credentials are checked before the first step: nothing trained, nothing overwritten.
     assert "nlp_ssl.trainer: step" not in proc.stderr
-    assert digests(out, skip=("logs",)) == before
+    assert {k: v for k, v in digests(out, skip=("logs",)).items() if k not in (".lock", "run_status.json")} == before
     assert [r.status for r in hub.requests_to("/api/repos/create")] == [401]  # not retried
     assert not hub.requests_to("/commit/") and (("model", f"{USER}/denied") not in hub.repos)
 
