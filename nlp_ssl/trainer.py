@@ -34,7 +34,7 @@ from transformers import get_scheduler
 from nlp_ssl import atomic, run_lock
 from nlp_ssl import checkpointing as ckpt
 from nlp_ssl.config import check_ranges, to_dict
-from nlp_ssl.errors import EXIT_INTERRUPTED, CheckpointError, CheckpointWriteFailed, ConfigError, Diverged, Preempted, RunEnded
+from nlp_ssl.errors import EXIT_INTERRUPTED, CheckpointError, CheckpointWriteFailed, ConfigError, Diverged, NlpSslError, Preempted, RunEnded
 from nlp_ssl.hub import HF_MODEL_SUBDIR, HubConfig, HubError, HubPusher, apply_timeout, resolve_hub_resume
 from nlp_ssl.models.architectures import optimizer_groups
 from nlp_ssl.reporting import RunDescription, plot_loss_curves, write_model_card
@@ -42,7 +42,8 @@ from nlp_ssl.tasks.base import Task
 
 logger = logging.getLogger("nlp_ssl.trainer")
 
-#: How the run ended (``running``, ``finished``, ``preempted``, ``diverged``, ``write_failed``).
+#: How the run ended: ``running``, ``finished``, ``preempted``, ``diverged``, ``write_failed``,
+#: ``bad_input`` (exit 2) or ``crashed`` (exit 1, a bug).
 STATUS_FILE = "run_status.json"
 STATUS_NAMES = {Preempted: "preempted", Diverged: "diverged", CheckpointWriteFailed: "write_failed"}
 
@@ -451,6 +452,8 @@ class Trainer:
         self.extra_results = dict(extra_results or {})
         self.score_model = score_model
         acc = self.accelerator
+        if self.hub is not None and acc.is_main_process:
+            self.hub.start()  # a bad token or repo fails here, before anything in output_dir changes
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             # Written last by a finished run: a stale one would make this run look finished if it died.
@@ -462,6 +465,12 @@ class Trainer:
                 results = self._fit(signals)
         except RunEnded as e:
             self._write_status(STATUS_NAMES.get(type(e), "stopped"), e.exit_code, str(e))
+            raise
+        except NlpSslError as e:
+            self._write_status("bad_input", e.exit_code, str(e))
+            raise
+        except Exception as e:
+            self._write_status("crashed", 1, f"{type(e).__name__}: {e}")
             raise
         finally:
             if acc.is_main_process:
@@ -487,8 +496,6 @@ class Trainer:
         cfg = self.config
         if self.resume_from is not None:
             self._load_checkpoint(self.resume_from)
-        if self.hub is not None and acc.is_main_process:
-            self.hub.start()
         batches = self._micro_batches()
         weights = self.unwrapped_task.loss_weights
         bar = tqdm(total=cfg.max_steps, initial=self.state.step, disable=not (cfg.progress_bar and acc.is_local_main_process), desc="training", dynamic_ncols=True)
