@@ -66,6 +66,9 @@ TASKS: dict[str, GlueTask] = {t.name: t for t in (
     GlueTask("rte", "RTE", "sentence1", "sentence2", "label", "sentence1", "sentence2", NLI, ("accuracy",)),
     GlueTask("wnli", "WNLI", "sentence1", "sentence2", "label", "sentence1", "sentence2", ("not_entailment", "entailment"),
              ("accuracy",)),
+    # Not GLUE: the offline stand-in (data_scripts/prepare_wiki_pairs.py writes it in the classic layout).
+    GlueTask("wikipairs", "WikiPairs", "sentence1", "sentence2", "label", "sentence1", "sentence2",
+             ("different_topic", "same_topic"), ("f1", "accuracy")),
 )}
 
 
