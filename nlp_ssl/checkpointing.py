@@ -122,7 +122,10 @@ def newest_intact(root: Path) -> Path | None:
             continue
         return candidate
     if found:
-        raise CheckpointError(f"no intact checkpoint under {root}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        raise CheckpointError(
+            f"no intact checkpoint under {root}: {problems[0]}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+        )
     return None
 
 

@@ -206,7 +206,8 @@ def tokenize(ds, tokenizer, max_length: int, keep_token_types: bool = True):
     def encode(batch):
         return tokenize_texts(tokenizer, batch["text"], batch["text_pair"] if pairs else None, max_length)
 
-    out = ds.map(encode, batched=True, remove_columns=[c for c in ("text", "text_pair") if c in ds.column_names], desc="tokenizing")
+    out = ds.map(encode, batched=True, remove_columns=[c for c in ("text", "text_pair") if c in ds.column_names],
+                 desc="tokenizing")
     keep = [c for c in ("input_ids", "token_type_ids", "label") if c in out.column_names]
     if not keep_token_types and "token_type_ids" in keep:
         keep.remove("token_type_ids")
@@ -316,7 +317,8 @@ def finetune(cfg: FinetuneTextConfig, data: tuple[dict, list[str] | None, str] |
             tokenizer.model_input_names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
         train = tokenize(train_raw, tokenizer, max_length, types)
         validation = tokenize(val_raw, tokenizer, max_length, types) if val_raw is not None else None
-        tests = {k: tokenize(v, tokenizer, max_length, types) for k, v in splits.items() if k.startswith("test") and v is not None}
+        tests = {k: tokenize(v, tokenizer, max_length, types)
+                 for k, v in splits.items() if k.startswith("test") and v is not None}
     if len(train) < cfg.micro_batch_size:
         raise ConfigError(
             f"{len(train)} training examples are fewer than micro_batch_size {cfg.micro_batch_size}; lower it"
@@ -332,7 +334,9 @@ def finetune(cfg: FinetuneTextConfig, data: tuple[dict, list[str] | None, str] |
     per_class = f"{cfg.data.k_per_class or 'all'} labelled examples per class, " if not regression else ""
     description.data = description.data or f"{where}, {per_class}{len(train)} training examples"
     path = cfg.model.name_or_path
-    description.base_model = path if (path and cfg.model.load_weights) else f"{path or cfg.model.arch} architecture, fresh weights"
+    description.base_model = (
+        path if (path and cfg.model.load_weights) else f"{path or cfg.model.arch} architecture, fresh weights"
+    )
     if path and cfg.model.load_weights and not Path(path).exists():
         description.base_model_id = description.base_model_id or path  # a Hub id: the card links it
     description.pipeline_tag = "text-classification"

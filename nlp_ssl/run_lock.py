@@ -41,7 +41,8 @@ def acquire(output_dir: str | os.PathLike) -> None:
             f"output_dir {output_dir} is in use by another run ({holder}); wait for it to end or choose another output_dir"
         ) from None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+    os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                              "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
     _HELD[str(folder)] = (fd, created)
 
 

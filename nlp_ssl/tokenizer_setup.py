@@ -40,7 +40,8 @@ def load_or_train_tokenizer(cfg: TokenizerConfig, texts_dataset, text_column: st
         texts_dataset = texts_dataset.select(range(min(cfg.max_training_documents, len(texts_dataset))))
         fingerprint = texts_dataset._fingerprint
     settings = f"{cfg.kind}|{cfg.vocab_size}|{cfg.lowercase}|{fingerprint}|{text_column}"
-    folder = cache_root(cache_dir) / "tokenizers" / f"{cfg.kind}-{cfg.vocab_size}-{hashlib.sha256(settings.encode()).hexdigest()[:16]}"
+    folder = (cache_root(cache_dir) / "tokenizers"
+              / f"{cfg.kind}-{cfg.vocab_size}-{hashlib.sha256(settings.encode()).hexdigest()[:16]}")
     if (folder / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(folder)
     texts = (row[text_column] for row in texts_dataset)

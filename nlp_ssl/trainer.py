@@ -170,7 +170,8 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     )
     lock_output_dir(accelerator, config.output_dir)
     if not is_hub_resume(config.resume):
-        _RESOLVED[_resume_key(config)] = ckpt.resolve_resume(config.resume, Path(config.output_dir) / "checkpoints", config.max_steps)
+        _RESOLVED[_resume_key(config)] = ckpt.resolve_resume(config.resume, Path(config.output_dir) / "checkpoints",
+                                                             config.max_steps)
     set_seed(config.seed)
     return accelerator
 
@@ -332,21 +333,25 @@ class Trainer:
         self.hub = HubPusher(config, self.output_dir) if config.push_to_hub and self.accelerator.is_main_process else None
         self.state = TrainerState()
         self._greater_is_better = (
-            config.greater_is_better if config.greater_is_better is not None else config.metric_for_best not in ("loss", "perplexity")
+            config.greater_is_better if config.greater_is_better is not None
+            else config.metric_for_best not in ("loss", "perplexity")
         )
         self.train_collator = collator
         self.batch_sampler = batch_sampler
         if batch_sampler is not None and getattr(batch_sampler, "batch_size", None) != config.micro_batch_size:
             raise ConfigError(
-                f"batch_sampler gives batches of {getattr(batch_sampler, 'batch_size', None)}, not micro_batch_size {config.micro_batch_size}"
+                f"batch_sampler gives batches of {getattr(batch_sampler, 'batch_size', None)}, "
+                f"not micro_batch_size {config.micro_batch_size}"
             )
         self.train_loader = self._loader(train_dataset, collator, config.micro_batch_size, train=True)
         self.eval_loader = None
         if eval_dataset is not None:
-            self.eval_loader = self._loader(eval_dataset, eval_collator or collator, config.eval_batch_size or config.micro_batch_size, train=False)
+            self.eval_loader = self._loader(eval_dataset, eval_collator or collator,
+                                            config.eval_batch_size or config.micro_batch_size, train=False)
         self.optimizer = self._optimizer()
         self.scheduler = get_scheduler(
-            "cosine" if config.lr_schedule == "cosine" else "linear" if config.lr_schedule == "linear" else "constant_with_warmup",
+            "cosine" if config.lr_schedule == "cosine"
+            else "linear" if config.lr_schedule == "linear" else "constant_with_warmup",
             self.optimizer,
             num_warmup_steps=config.warmup_steps or int(config.warmup_ratio * config.max_steps),
             num_training_steps=config.max_steps,
@@ -498,7 +503,8 @@ class Trainer:
             self._load_checkpoint(self.resume_from)
         batches = self._micro_batches()
         weights = self.unwrapped_task.loss_weights
-        bar = tqdm(total=cfg.max_steps, initial=self.state.step, disable=not (cfg.progress_bar and acc.is_local_main_process), desc="training", dynamic_ncols=True)
+        bar = tqdm(total=cfg.max_steps, initial=self.state.step, disable=not (cfg.progress_bar and acc.is_local_main_process),
+                   desc="training", dynamic_ncols=True)
         window_losses: list[torch.Tensor] = []
         window_tokens = 0
         window_start = time.perf_counter()
@@ -604,7 +610,8 @@ class Trainer:
             except HubError as e:
                 logger.warning("%s (the checkpoint is saved locally)", e)
         self.accelerator.end_training()
-        raise Preempted(f"{received or 'stop signal'} at step {self.state.step}: checkpoint {path} saved; continue with resume=auto")
+        raise Preempted(f"{received or 'stop signal'} at step {self.state.step}: "
+                        f"checkpoint {path} saved; continue with resume=auto")
 
     def _count(self, micro: list[dict]) -> dict[str, torch.Tensor]:
         task = self.unwrapped_task
@@ -679,7 +686,8 @@ class Trainer:
         key = self.config.metric_for_best
         key = key if key.startswith("eval_") else f"eval_{key}"
         if key not in result:
-            raise ConfigError(f"metric_for_best {self.config.metric_for_best!r} is not reported; choose one of {sorted(k[5:] for k in result)}")
+            raise ConfigError(f"metric_for_best {self.config.metric_for_best!r} is not reported; "
+                              f"choose one of {sorted(k[5:] for k in result)}")
         value = result[key]
         best = self.state.best_metric
         self._warn_if_exploding(result)
@@ -710,7 +718,8 @@ class Trainer:
         """Never publish non-finite weights: refuse (and stop) instead."""
         acc = self.accelerator
         params = [p.detach() for p in self.model.parameters()]
-        finite = torch.stack([torch.isfinite(p).all() for p in params]).all().float() if params else torch.ones((), device=acc.device)
+        finite = (torch.stack([torch.isfinite(p).all() for p in params]).all().float() if params
+                  else torch.ones((), device=acc.device))
         if acc.num_processes > 1:
             finite = acc.reduce(finite.to(acc.device), "min")
         if finite.item() < 1:
@@ -768,7 +777,8 @@ class Trainer:
         saved.pop("run_config", None)
         self.state = TrainerState(**saved)
         if self.accelerator.is_local_main_process:
-            logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step, self.state.epoch, self.state.batches_in_epoch)
+            logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step, self.state.epoch,
+                        self.state.batches_in_epoch)
 
     def _save_model(self, folder: Path, what: str | None = None, check: bool = True) -> None:
         """The HF model (and processor) as a plain folder, written next door and swapped in."""
@@ -782,7 +792,8 @@ class Trainer:
             prefix = "model."
             inner = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
             tmp = folder.parent / f".tmp-{folder.name}"
-            with self._writing(what or str(folder), tmp, f"the previous {folder.name} is intact" if folder.exists() else "nothing was replaced"):
+            with self._writing(what or str(folder), tmp,
+                               f"the previous {folder.name} is intact" if folder.exists() else "nothing was replaced"):
                 shutil.rmtree(tmp, ignore_errors=True)
                 model.save_pretrained(tmp, state_dict=inner, safe_serialization=True)
                 if self.processor is not None:

@@ -130,13 +130,15 @@ def test_regression_loss_is_the_summed_squared_error(wordpiece):
                         pad_token_id=tok.pad_token_id).eval()
     task = SequenceClassificationTask(model, regression=True)
     enc = tokenize_texts(tok, [A, B, A], [B, A, A], 32)
-    examples = [{"input_ids": i, "token_type_ids": t, "label": y} for i, t, y in zip(enc["input_ids"], enc["token_type_ids"], [0.5, 4.2, 5.0])]
+    examples = [{"input_ids": i, "token_type_ids": t, "label": y}
+                for i, t, y in zip(enc["input_ids"], enc["token_type_ids"], [0.5, 4.2, 5.0])]
     batch = ClassificationCollator(tok, regression=True)(examples)
     assert batch["labels"].dtype == torch.float32 and batch["labels"].tolist() == pytest.approx([0.5, 4.2, 5.0])
     assert (batch["token_type_ids"][0] == 1).any()
     with torch.no_grad():
         out = task(**batch)
-        preds = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]).logits[:, 0]
+        preds = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      token_type_ids=batch["token_type_ids"]).logits[:, 0]
     loss, count = out["losses"]["cls"]
     assert count == 3 == task.count_items(batch)["cls"]
     torch.testing.assert_close(loss, ((preds - batch["labels"]) ** 2).sum())

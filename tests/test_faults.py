@@ -205,7 +205,8 @@ def test_second_run_on_the_same_output_dir_is_refused_and_a_dead_runs_lock_is_ta
     try:
         wait_for_line(first, r"step 2: eval_loss", seen)
         second = run_recipe("pretrain_mlm.py", *args(corpus, out, *run), timeout=120)
-        assert_one_line_exit(second, 2, rf"^error: output_dir {re.escape(str(out))} is in use by another run \(pid {first.pid} on ")
+        assert_one_line_exit(second, 2,
+                             rf"^error: output_dir {re.escape(str(out))} is in use by another run \(pid {first.pid} on ")
         again = run_recipe("pretrain_mlm.py", *args(corpus, out, *run, "resume=auto"), timeout=120)
         assert_one_line_exit(again, 2, r"is in use by another run")
         wait_for_line(first, r"step 60: eval_loss", seen)  # the first run trains on, and saved step 50
@@ -402,8 +403,10 @@ def _bad_files(tmp: Path) -> dict[str, tuple[list[str], str]]:
     one.write_text("a single line of text\n", encoding="utf-8")
     short = write_jsonl(tmp / "short.jsonl", [{"text": t} for t in toy_texts(30)])
     return {
-        "integer text column": ([f"data.train_file={ints}"], rf"data.train_file {ints}: field 'text' holds int64 values, not text"),
-        "integer text column, streamed": ([f"data.train_file={ints}", "data.streaming=true"], r"field 'text' holds int64 values, not text"),
+        "integer text column": ([f"data.train_file={ints}"],
+                                rf"data.train_file {ints}: field 'text' holds int64 values, not text"),
+        "integer text column, streamed": ([f"data.train_file={ints}", "data.streaming=true"],
+                                          r"field 'text' holds int64 values, not text"),
         "one-line txt file": ([f"data.train_file={one}"], rf"data.train_file {one}: 1 document\(s\) are too few to hold out"),
         "stream shorter than the hold-out": (
             [f"data.train_file={short}", "data.streaming=true", "data.streaming_validation_documents=50"],

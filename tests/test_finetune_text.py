@@ -40,7 +40,8 @@ def tiny_bert_folder(tmp_path, tokenizer):
 
 
 def encode(tokenizer, texts, labels):
-    return [{"input_ids": ids, "label": y} for ids, y in zip(tokenizer(texts, truncation=True, max_length=48)["input_ids"], labels)]
+    return [{"input_ids": ids, "label": y}
+            for ids, y in zip(tokenizer(texts, truncation=True, max_length=48)["input_ids"], labels)]
 
 
 def test_mlm_aux_loss_matches_the_pretrained_mlm_model(tmp_path, wordpiece_tokenizer):
@@ -78,7 +79,8 @@ def test_clm_aux_loss_matches_hand_computation(wordpiece_tokenizer):
     task = SequenceClassificationTask(classifier, aux_lm="clm")  # GPT-1's default λ = 0.5
     assert task.loss_weights == {"cls": 1.0, "lm": 0.5}
     assert sum(p.numel() for p in task.parameters()) == sum(p.numel() for p in classifier.parameters())  # no new weights
-    examples = [{"input_ids": ids[1:-1], "label": y} for ids, y in zip(tok(toy_texts(3, seed=1), truncation=True, max_length=48)["input_ids"], [1, 0, 2])]
+    examples = [{"input_ids": ids[1:-1], "label": y}
+                for ids, y in zip(tok(toy_texts(3, seed=1), truncation=True, max_length=48)["input_ids"], [1, 0, 2])]
     batch = ClassificationCollator(tok, "clm")(examples)
     assert (batch["attention_mask"] == 0).any(), "the test needs padding"
     with torch.no_grad():
@@ -99,7 +101,8 @@ def test_clm_aux_loss_matches_hand_computation(wordpiece_tokenizer):
     torch.testing.assert_close(lm_sum, total, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(lm_sum / lm_count, hf, rtol=1e-5, atol=1e-5)
     cls_logits = classifier(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    torch.testing.assert_close(out["losses"]["cls"][0], torch.nn.functional.cross_entropy(cls_logits, batch["labels"], reduction="sum"))
+    torch.testing.assert_close(out["losses"]["cls"][0],
+                               torch.nn.functional.cross_entropy(cls_logits, batch["labels"], reduction="sum"))
 
 
 def _train(task, batches, steps=3):
@@ -146,7 +149,8 @@ def test_lambda_zero_is_plain_finetuning(tmp_path, wordpiece_tokenizer, aux):
     optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-2)
     for step in range(3):
         batch = batches[step % 2]
-        loss = torch.nn.functional.cross_entropy(plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+        logits = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -218,7 +222,8 @@ def topic_files(tmp_path_factory):
 
 
 def data_args(files):
-    return [f"data.train_file={files['en_train']}", f"data.test_file={files['en_test']}", "data.text_column=body", "data.label_column=topic"]
+    return [f"data.train_file={files['en_train']}", f"data.test_file={files['en_test']}", "data.text_column=body",
+            "data.label_column=topic"]
 
 
 @pytest.mark.slow
@@ -365,7 +370,8 @@ def test_xlm_mlm_aux_uses_the_tied_pretrained_projection(tmp_path, wordpiece_tok
     batch = ClassificationCollator(tok, "mlm", mlm_probability=0.4)(encode(tok, toy_texts(3), [0, 1, 2]))
     with torch.no_grad():
         lm_sum, lm_count = task(**batch)["losses"]["lm"]
-        reference = pretrained(input_ids=batch["lm_input_ids"], attention_mask=batch["attention_mask"], labels=batch["lm_labels"]).loss
+        reference = pretrained(input_ids=batch["lm_input_ids"], attention_mask=batch["attention_mask"],
+                               labels=batch["lm_labels"]).loss
     torch.testing.assert_close(lm_sum / lm_count, reference, rtol=1e-5, atol=1e-5)
 
 
@@ -376,7 +382,8 @@ def test_modernbert_mlm_aux_uses_its_pretrained_head_and_mean_pooling(tmp_path, 
 
     tok = wordpiece_tokenizer
     torch.manual_seed(0)
-    pretrained = build_model(ModelConfig(arch="modernbert", size="tiny"), "masked_lm", vocab_size=len(tok), **special_token_fields(tok))
+    pretrained = build_model(ModelConfig(arch="modernbert", size="tiny"), "masked_lm", vocab_size=len(tok),
+                             **special_token_fields(tok))
     assert isinstance(pretrained, ModernBertForMaskedLM) and pretrained.config.classifier_pooling == "mean"
     assert pretrained.config.pad_token_id == tok.pad_token_id and pretrained.config.cls_token_id == tok.cls_token_id
     with torch.no_grad():  # a non-trivial head, so a re-initialised one would be noticed
@@ -390,7 +397,8 @@ def test_modernbert_mlm_aux_uses_its_pretrained_head_and_mean_pooling(tmp_path, 
     pretrained.eval()
     with torch.no_grad():
         lm_sum, lm_count = task(**batch)["losses"]["lm"]
-        reference = pretrained(input_ids=batch["lm_input_ids"], attention_mask=batch["attention_mask"], labels=batch["lm_labels"]).loss
+        reference = pretrained(input_ids=batch["lm_input_ids"], attention_mask=batch["attention_mask"],
+                               labels=batch["lm_labels"]).loss
         # Mean pooling: padding the batch further does not change the logits.
         logits = classifier(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         pad = torch.full((3, 5), tok.pad_token_id)
@@ -410,8 +418,9 @@ def tiny_bert_checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pairckpt") / "bert"
     tok = train_tokenizer("wordpiece", toy_texts(300), 400, folder)
     torch.manual_seed(0)
-    BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                               max_position_embeddings=64, pad_token_id=tok.pad_token_id, **NO_DROPOUT)).save_pretrained(folder)
+    BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                               **NO_DROPOUT)).save_pretrained(folder)
     return folder
 
 
@@ -442,8 +451,8 @@ def test_pair_classifier_loads_in_a_pipeline_that_takes_text_and_text_pair(tmp_p
     pd.DataFrame(pair_rows(10, 1)).to_csv(tmp_path / "test.csv", index=False)
     out = tmp_path / "cls"
     proc = run_recipe("finetune_text.py", f"model.name_or_path={tiny_bert_checkpoint}", f"output_dir={out}", *TINY, *PAIR,
-                      f"data.train_file={tmp_path / 'train.csv'}", f"data.test_file={tmp_path / 'test.csv'}", "finetune.aux_lm=mlm",
-                      "data.k_per_class=null", env=ENV)
+                      f"data.train_file={tmp_path / 'train.csv'}", f"data.test_file={tmp_path / 'test.csv'}",
+                      "finetune.aux_lm=mlm", "data.k_per_class=null", env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     assert results["train_examples"] == 36 and results["test_examples"] == 10 and "eval_lm_loss" in results
@@ -470,10 +479,12 @@ def test_regression_end_to_end_scores_pearson_and_spearman_of_the_saved_model(tm
     from scipy.stats import pearsonr, spearmanr
     from transformers import AutoTokenizer
 
-    train, test = write_jsonl(tmp_path / "train.jsonl", pair_rows(40, 0, True)), write_jsonl(tmp_path / "test.jsonl", pair_rows(12, 1, True))
+    train, test = (write_jsonl(tmp_path / "train.jsonl", pair_rows(40, 0, True)),
+                   write_jsonl(tmp_path / "test.jsonl", pair_rows(12, 1, True)))
     out = tmp_path / "reg"
     proc = run_recipe("finetune_text.py", f"model.name_or_path={tiny_bert_checkpoint}", f"output_dir={out}", *TINY, *PAIR,
-                      f"data.train_file={train}", f"data.test_file={test}", "data.label_column=score", "finetune.problem_type=regression",
+                      f"data.train_file={train}", f"data.test_file={test}", "data.label_column=score",
+                      "finetune.problem_type=regression",
                       "data.k_per_class=null", "data.validation_per_class=8", "finetune.aux_lm=mlm", env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())

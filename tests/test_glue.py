@@ -59,8 +59,10 @@ HEADERS = {
     "mrpc": "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String",
     "stsb": "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
     "qqp": "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate",
-    "mnli": "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label",
-    "mnli_dev": "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label",
+    "mnli": ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse"
+             "\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label"),
+    "mnli_dev": ("index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse"
+                 "\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label"),
     "qnli": "index\tquestion\tsentence\tlabel",
     "rte": "index\tsentence1\tsentence2\tlabel",
     "wnli": "index\tsentence1\tsentence2\tlabel",
@@ -71,7 +73,8 @@ TRAIN, DEV = 30, 12
 def split_files(name):
     """(classic stem, Hub split, rows) of each split of a task."""
     if name == "mnli":
-        return [("train", "train", TRAIN), ("dev_matched", "validation_matched", DEV), ("dev_mismatched", "validation_mismatched", DEV)]
+        return [("train", "train", TRAIN), ("dev_matched", "validation_matched", DEV),
+                ("dev_mismatched", "validation_mismatched", DEV)]
     return [("train", "train", TRAIN), ("dev", "validation", DEV)]
 
 
@@ -116,7 +119,9 @@ def test_both_layouts_read_the_same_rows(tmp_path, name):
     assert set(classic) == set(hub) == ({"pool", "test", "test_mismatched"} if name == "mnli" else {"pool", "test"})
     for split in classic:
         a, b = classic[split], hub[split]
-        assert a.column_names == b.column_names == (["text", "label"] if name in ("cola", "sst2") else ["text", "text_pair", "label"])
+        assert a.column_names == b.column_names == (
+            ["text", "label"] if name in ("cola", "sst2") else ["text", "text_pair", "label"]
+        )
         assert a["text"][:] == b["text"][:] and (name in ("cola", "sst2") or a["text_pair"][:] == b["text_pair"][:])
         np.testing.assert_allclose(np.asarray(a["label"][:]), np.asarray(b["label"][:]), atol=1e-6)
     expected = [r[2] for r in task_rows(name, TRAIN, "train")]
@@ -170,7 +175,8 @@ def tiny_checkpoint(tmp_path_factory):
     tok = train_tokenizer("wordpiece", toy_texts(300), 400, folder)
     torch.manual_seed(0)
     BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id)).save_pretrained(folder)
+                               intermediate_size=64, max_position_embeddings=64,
+                               pad_token_id=tok.pad_token_id)).save_pretrained(folder)
     return folder
 
 
@@ -238,7 +244,8 @@ def test_glue_end_to_end_on_the_hub_parquet_layout_skips_missing_tasks(tmp_path,
 @pytest.mark.parametrize("args, expected", [
     (["glue.tasks=[cola,squad]"], "glue task 'squad' is unknown"),
     (["glue.tasks=[qqp]"], "none of the tasks ['qqp'] is there"),
-    (["glue.task_overrides={cola: [learning_rat=1]}"], "glue.task_overrides.cola: command line: unknown config key 'learning_rat'"),
+    (["glue.task_overrides={cola: [learning_rat=1]}"],
+     "glue.task_overrides.cola: command line: unknown config key 'learning_rat'"),
 ])
 def test_glue_bad_settings_fail_with_one_line(tmp_path, tiny_checkpoint, args, expected):
     data = write_classic(tmp_path / "glue_data", ["cola"])

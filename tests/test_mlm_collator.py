@@ -39,7 +39,8 @@ def test_mask_rate_and_80_10_10_split(wordpiece_tokenizer, blocks):
     assert abs(as_mask - 0.8) < 0.03
     # a random replacement can hit the original token; the vocabulary here is ~120 tokens
     assert abs(kept - 0.1) < 0.03 and abs(random - 0.1) < 0.03
-    assert not torch.isin(batch["input_ids"][masked & (batch["input_ids"] != tok.mask_token_id)], torch.tensor(tok.all_special_ids)).any()
+    assert not torch.isin(batch["input_ids"][masked & (batch["input_ids"] != tok.mask_token_id)],
+                          torch.tensor(tok.all_special_ids)).any()
 
 
 def test_specials_and_pads_are_never_masked(wordpiece_tokenizer):
@@ -166,7 +167,10 @@ def test_tlm_masks_depend_on_the_example_not_its_batch(tmp_path):
     parts = [collator(examples[:5]), collator(examples[5:])]
     for key in ("input_ids", "labels"):
         width = whole[key].shape[1]
-        stitched = torch.cat([torch.nn.functional.pad(p[key], (0, width - p[key].shape[1]), value=-100 if key == "labels" else tok.pad_token_id) for p in parts])
+        stitched = torch.cat([
+            torch.nn.functional.pad(p[key], (0, width - p[key].shape[1]), value=-100 if key == "labels" else tok.pad_token_id)
+            for p in parts
+        ])
         assert torch.equal(whole[key], stitched), key
     collator.set_epoch(1)
     assert not torch.equal(collator(examples)["labels"], whole["labels"])

@@ -169,7 +169,9 @@ def test_nsp_pairs_are_framed_fit_and_take_random_b_from_another_document():
         docs, 32, cls_token_id=1, sep_token_id=2, short_seq_prob=0.3, dupe_factor=3, seed=1, track_documents=True
     )
     assert set(out["next_sentence_label"]) == {0, 1}
-    for ids, types, label, a_doc, b_doc in zip(*(out[k] for k in ("input_ids", "token_type_ids", "next_sentence_label", "a_document", "b_document"))):
+    for ids, types, label, a_doc, b_doc in zip(
+        *(out[k] for k in ("input_ids", "token_type_ids", "next_sentence_label", "a_document", "b_document"))
+    ):
         assert len(ids) <= 32
         a, b = split_pair(ids, types)
         assert a and b
@@ -213,7 +215,10 @@ def test_nsp_is_seeded_and_dupe_factor_adds_passes():
 
 def test_nsp_short_seq_prob_makes_short_examples():
     docs, _ = numbered_documents(min_sentences=20, max_sentences=30)
-    lengths = lambda p: [len(x) for x in create_nsp_examples(docs, 128, cls_token_id=1, sep_token_id=2, short_seq_prob=p)["input_ids"]]
+
+    def lengths(p):
+        return [len(x) for x in create_nsp_examples(docs, 128, cls_token_id=1, sep_token_id=2, short_seq_prob=p)["input_ids"]]
+
     assert np.median(lengths(0.0)) == 128  # the target is max_seq_length - 3; only document ends are shorter
     assert np.median(lengths(1.0)) < 90  # targets uniform in [2, 125]
 
@@ -271,7 +276,9 @@ def test_build_nsp_dataset_from_texts_and_collate_with_masking(wordpiece_tokeniz
         batch = collator(examples)
         assert batch["next_sentence_label"].tolist() == [e["next_sentence_label"] for e in examples]
         width = batch["input_ids"].shape[1]
-        assert batch["token_type_ids"].tolist() == [e["token_type_ids"] + [0] * (width - len(e["token_type_ids"])) for e in examples]
+        assert batch["token_type_ids"].tolist() == [
+            e["token_type_ids"] + [0] * (width - len(e["token_type_ids"])) for e in examples
+        ]
         predicted = batch["labels"] != -100
         original = torch.where(predicted, batch["labels"], batch["input_ids"])
         assert not torch.isin(original[predicted], specials).any()
@@ -291,7 +298,8 @@ def test_bert_pretraining_task_matches_hf_loss(wordpiece_tokenizer):
     batch = NSPCollator(tok, mlm_probability=0.3)(examples)
     torch.manual_seed(0)
     model = BertForPreTraining(
-        BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+        BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                   max_position_embeddings=64)
     ).eval()
     task = BertPretrainingTask(model)
     with torch.no_grad():

@@ -84,7 +84,8 @@ def test_eval_loss_is_the_token_mean_over_the_whole_set(tmp_path, wordpiece_toke
         batch = collator([data[1][i] for i in range(start, min(start + 5, len(data[1])))])
         with torch.no_grad():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        total += torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), batch["labels"].view(-1), reduction="sum").item()
+        total += torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), batch["labels"].view(-1),
+                                                   reduction="sum").item()
         count += (batch["labels"] != -100).sum().item()
     assert results["eval_loss"] == pytest.approx(total / count, rel=1e-4)
     assert results["eval_perplexity"] == pytest.approx(torch.tensor(total / count).exp().item(), rel=1e-4)
@@ -122,7 +123,8 @@ def test_fresh_start_over_an_earlier_runs_checkpoints_is_refused(tmp_path, wordp
 
 def test_early_stopping(tmp_path, wordpiece_tokenizer, data):
     # A learning rate of zero never improves the validation loss after the first evaluation.
-    trainer, results = train(tmp_path, wordpiece_tokenizer, data, learning_rate=0.0, max_steps=50, eval_every=1, early_stopping_patience=2)
+    trainer, results = train(tmp_path, wordpiece_tokenizer, data, learning_rate=0.0, max_steps=50, eval_every=1,
+                             early_stopping_patience=2)
     assert results["steps"] == 3 and results["best_step"] == 1
 
 

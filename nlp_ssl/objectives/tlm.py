@@ -236,7 +236,8 @@ class TLMCollator:
         attention_mask = attention_mask_from_lengths(lengths, input_ids.shape[1])
         if self.causal:
             labels = input_ids.masked_fill(attention_mask == 0, -100)
-            return {"input_ids": input_ids, "attention_mask": attention_mask, "langs": langs, "position_ids": position_ids, "labels": labels}
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "langs": langs, "position_ids": position_ids,
+                    "labels": labels}
         # Rows are seeded by their tokens and languages: the same masks whatever the batching.
         input_ids, labels = self.masker(ids_np, lengths, attention_mask, identity=ids_np * 1024 + langs.numpy())
         return {
