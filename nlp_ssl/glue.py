@@ -23,7 +23,6 @@ from nlp_ssl import atomic
 from nlp_ssl.config import load_config, save_config
 from nlp_ssl.data.glue import (
     HUB_NAME,
-    TASKS,
     find_layout,
     get_task,
     glue_average,
@@ -189,8 +188,8 @@ def results_table(summary: dict) -> str:
     for name, task in summary["tasks"].items():
         shown = ", ".join(f"{k} {100 * v:.1f}" + (f" ± {100 * task['std'][k]:.1f}" if len(summary["seeds"]) > 1 else "")
                           for k, v in task["metrics"].items())
-        lines.append(f"| {TASKS[name].folder} | {shown} | {100 * task['score']:.1f} | {task['train_examples']} |")
+        lines.append(f"| {get_task(name).folder} | {shown} | {100 * task['score']:.1f} | {task['train_examples']} |")
     for name, why in summary["skipped"].items():
-        lines.append(f"| {TASKS[name].folder} | skipped: {why} | | |")
+        lines.append(f"| {get_task(name).folder} | skipped: {why} | | |")
     lines.append(f"| **average** ({len(summary['average_over'])} tasks) | | **{100 * summary['average']:.1f}** | |")
     return "\n".join(lines) + "\n"

@@ -9,8 +9,8 @@ from pathlib import Path
 from datasets import IterableDataset
 from transformers import AutoTokenizer
 
-from nlp_ssl.data.cache import cache_root
 from nlp_ssl.config import check_ranges
+from nlp_ssl.data.cache import cache_root
 from nlp_ssl.tokenization import train_tokenizer
 
 

@@ -34,7 +34,16 @@ from transformers import get_scheduler
 from nlp_ssl import atomic, run_lock
 from nlp_ssl import checkpointing as ckpt
 from nlp_ssl.config import check_ranges, to_dict
-from nlp_ssl.errors import EXIT_INTERRUPTED, CheckpointError, CheckpointWriteFailed, ConfigError, Diverged, NlpSslError, Preempted, RunEnded
+from nlp_ssl.errors import (
+    EXIT_INTERRUPTED,
+    CheckpointError,
+    CheckpointWriteFailed,
+    ConfigError,
+    Diverged,
+    NlpSslError,
+    Preempted,
+    RunEnded,
+)
 from nlp_ssl.hub import HF_MODEL_SUBDIR, HubConfig, HubError, HubPusher, apply_timeout, resolve_hub_resume
 from nlp_ssl.models.architectures import optimizer_groups
 from nlp_ssl.reporting import RunDescription, plot_loss_curves, write_model_card

@@ -59,9 +59,9 @@ def test_truncation_cuts_the_longer_side_first(wordpiece):
 
 
 def test_modernbert_pair_uses_separators_and_no_segment_ids(wordpiece):
-    from nlp_ssl.finetune_text import tokenize
-
     import datasets
+
+    from nlp_ssl.finetune_text import tokenize
 
     tok = wordpiece
     model = build_model(ModelConfig(arch="modernbert", size="tiny"), "sequence_classification", vocab_size=len(tok),
