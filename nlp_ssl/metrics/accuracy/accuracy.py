@@ -8,6 +8,8 @@ import datasets
 import evaluate
 import numpy as np
 
+from nlp_ssl.errors import DataError
+
 _DESCRIPTION = "Fraction of predictions equal to their reference label (optionally sample-weighted)."
 
 _KWARGS_DESCRIPTION = """
@@ -35,11 +37,11 @@ class Accuracy(evaluate.Metric):
         predictions = np.asarray(predictions, dtype=np.int64)
         references = np.asarray(references, dtype=np.int64)
         if predictions.size == 0:
-            raise ValueError("accuracy: no predictions to score")
+            raise DataError("accuracy: no predictions to score")
         hits = (predictions == references).astype(np.float64)
         if sample_weight is None:
             return {"accuracy": float(hits.mean())}
         weights = np.asarray(sample_weight, dtype=np.float64)
         if weights.shape != hits.shape:
-            raise ValueError(f"accuracy: {weights.size} sample weights for {hits.size} predictions")
+            raise DataError(f"accuracy: {weights.size} sample weights for {hits.size} predictions")
         return {"accuracy": float((hits * weights).sum() / weights.sum())}

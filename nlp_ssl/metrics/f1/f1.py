@@ -10,6 +10,8 @@ import datasets
 import evaluate
 import numpy as np
 
+from nlp_ssl.errors import DataError
+
 _DESCRIPTION = "F1 score per class, averaged over classes (macro, weighted), over decisions (micro), or of one class (binary)."
 
 _KWARGS_DESCRIPTION = """
@@ -43,11 +45,11 @@ class F1(evaluate.Metric):
 
     def _compute(self, predictions, references, average="macro", labels=None, pos_label=1):
         if average not in AVERAGES:
-            raise ValueError(f"f1: average={average!r} is not one of {', '.join(AVERAGES)}")
+            raise DataError(f"f1: average={average!r} is not one of {', '.join(AVERAGES)}")
         predictions = np.asarray(predictions, dtype=np.int64)
         references = np.asarray(references, dtype=np.int64)
         if predictions.size == 0:
-            raise ValueError("f1: no predictions to score")
+            raise DataError("f1: no predictions to score")
         if average == "binary":
             labels = [pos_label]
         if labels is None:
@@ -55,7 +57,7 @@ class F1(evaluate.Metric):
         else:
             classes = np.unique(np.asarray(labels, dtype=np.int64))
             if classes.size == 0:
-                raise ValueError("f1: labels=[] leaves no class to average over")
+                raise DataError("f1: labels=[] leaves no class to average over")
         tp, predicted, true = _counts(predictions, references, classes)
         fp, fn = predicted - tp, true - tp
         if average == "micro":

@@ -10,6 +10,8 @@ import datasets
 import evaluate
 import numpy as np
 
+from nlp_ssl.errors import DataError
+
 _DESCRIPTION = "Matthews correlation coefficient between predicted and true class ids, in [-1, 1]."
 
 _KWARGS_DESCRIPTION = """
@@ -36,7 +38,7 @@ class MatthewsCorrelation(evaluate.Metric):
         predictions = np.asarray(predictions, dtype=np.int64)
         references = np.asarray(references, dtype=np.int64)
         if predictions.size == 0:
-            raise ValueError("matthews_correlation: no predictions to score")
+            raise DataError("matthews_correlation: no predictions to score")
         classes, codes = np.unique(np.concatenate([predictions, references]), return_inverse=True)
         predicted = np.bincount(codes[: predictions.size], minlength=classes.size).astype(np.float64)
         true = np.bincount(codes[predictions.size :], minlength=classes.size).astype(np.float64)

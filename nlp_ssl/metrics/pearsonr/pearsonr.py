@@ -8,6 +8,8 @@ import datasets
 import evaluate
 import numpy as np
 
+from nlp_ssl.errors import DataError
+
 _DESCRIPTION = "Pearson's linear correlation between predicted and true scores, in [-1, 1]."
 
 _KWARGS_DESCRIPTION = """
@@ -42,5 +44,5 @@ class Pearsonr(evaluate.Metric):
 
     def _compute(self, predictions, references):
         if len(predictions) < 2:
-            raise ValueError("pearsonr: needs at least 2 predictions")
+            raise DataError("pearsonr: needs at least 2 predictions")
         return {"pearsonr": pearson(predictions, references)}

@@ -9,6 +9,8 @@ import datasets
 import evaluate
 import numpy as np
 
+from nlp_ssl.errors import DataError
+
 _DESCRIPTION = "Spearman's rank correlation between predicted and true scores, in [-1, 1]."
 
 _KWARGS_DESCRIPTION = """
@@ -47,7 +49,7 @@ class Spearmanr(evaluate.Metric):
 
     def _compute(self, predictions, references):
         if len(predictions) < 2:
-            raise ValueError("spearmanr: needs at least 2 predictions")
+            raise DataError("spearmanr: needs at least 2 predictions")
         x, y = average_ranks(predictions), average_ranks(references)
         x, y = x - x.mean(), y - y.mean()
         norm = np.sqrt((x * x).sum() * (y * y).sum())
