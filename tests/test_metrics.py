@@ -1,4 +1,9 @@
-"""The GLUE metrics (nlp_ssl/metrics): each local evaluate module equals scipy / scikit-learn."""
+"""The metrics (nlp_ssl/metrics): each local evaluate module equals scipy / scikit-learn, and loads offline."""
+
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -6,7 +11,7 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from nlp_ssl.errors import DataError
-from nlp_ssl.metrics import available_metrics, compute_scores, load_metric
+from nlp_ssl.metrics import METRICS_DIR, available_metrics, compute_classification_metrics, compute_scores, load_metric
 
 
 def _classes(seed, n=300, classes=3):
@@ -86,3 +91,72 @@ def test_compute_scores_rejects_unknown_names_and_mismatched_lengths():
         compute_scores(["bleu"], [1], [1])
     with pytest.raises(DataError, match="3 predictions but 2 references"):
         compute_scores(["accuracy"], [0, 1, 1], [0, 1])
+
+
+# ----------------------------------------------------------------------------------------- metrics
+
+
+def _random_predictions(seed, n=200, classes=7):
+    rng = np.random.default_rng(seed)
+    references = rng.integers(0, classes, n)
+    # Mostly right, sometimes a class that never occurs in the references.
+    predictions = np.where(rng.random(n) < 0.6, references, rng.integers(0, classes + 2, n))
+    return predictions, references
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_packaged_metrics_equal_scikit_learn(seed):
+    predictions, references = _random_predictions(seed)
+    accuracy = load_metric("accuracy").compute(predictions=predictions, references=references)
+    assert accuracy["accuracy"] == pytest.approx(accuracy_score(references, predictions))
+    f1 = load_metric("f1")
+    for average in ("macro", "micro", "weighted"):
+        ours = f1.compute(predictions=predictions, references=references, average=average)["f1"]
+        assert ours == pytest.approx(f1_score(references, predictions, average=average, zero_division=0)), average
+    subset = [0, 2, 5]
+    ours = f1.compute(predictions=predictions, references=references, average="macro", labels=subset)["f1"]
+    assert ours == pytest.approx(f1_score(references, predictions, average="macro", labels=subset, zero_division=0))
+
+
+def test_metrics_accumulate_batches_and_reject_unknown_average():
+    predictions, references = _random_predictions(3)
+    f1 = load_metric("f1")
+    f1.add_batch(predictions=predictions[:50], references=references[:50])
+    f1.add_batch(predictions=predictions[50:], references=references[50:])
+    assert f1.compute(average="weighted")["f1"] == pytest.approx(f1_score(references, predictions, average="weighted"))
+    with pytest.raises(ValueError, match="average='samples'"):
+        load_metric("f1").compute(predictions=[0, 1], references=[0, 1], average="samples")
+
+
+def test_compute_classification_metrics_and_its_errors():
+    predictions, references = _random_predictions(4)
+    scores = compute_classification_metrics(predictions.tolist(), references.tolist())
+    assert scores == pytest.approx(
+        {
+            "accuracy": accuracy_score(references, predictions),
+            "macro_f1": f1_score(references, predictions, average="macro"),
+        }
+    )
+    with pytest.raises(DataError, match="3 predictions but 2 references"):
+        compute_classification_metrics([0, 1, 1], [0, 1])
+    with pytest.raises(DataError, match="integer class ids"):
+        compute_classification_metrics([0.5, 1.0], [0, 1])
+    with pytest.raises(DataError, match="available: accuracy, f1"):
+        load_metric("bleu")
+
+
+def test_metrics_load_offline_in_a_fresh_process(tmp_path):
+    """``evaluate.load(<folder>)`` must not touch the network: point the Hub at a dead port."""
+    script = textwrap.dedent(
+        f"""
+        import evaluate
+        from nlp_ssl.metrics import compute_classification_metrics
+        direct = evaluate.load({str(METRICS_DIR / "accuracy")!r}).compute(predictions=[1, 0, 1], references=[1, 1, 1])
+        print(direct["accuracy"], compute_classification_metrics([0, 1, 2, 2], [0, 1, 1, 2]))
+        """
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == str(2 / 3)
+    assert "'macro_f1': 0.777" in result.stdout

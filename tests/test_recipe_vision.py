@@ -1,7 +1,7 @@
 """The vision recipes as users run them: RotNet/SimMIM pretraining, few-label fine-tuning, the study.
 
 Pretraining runs once per module (tiny ViT, 512 images, a few steps); the other tests reuse its
-checkpoints. Every run is a subprocess of the recipe, like ``tests/test_recipe_mlm.py``.
+checkpoints. Every run is a subprocess of the recipe, like ``tests/test_recipe_pretrain_mlm.py``.
 """
 
 import json

@@ -1,4 +1,4 @@
-"""CLM, NSP/SOP and TLM collators, their losses against the HF models' own, and the text corpora."""
+"""NSP/SOP collator and dataset, truncate_seq_pair, the BERT pretraining task, and the document sources they use."""
 
 import random
 import shutil
@@ -7,135 +7,13 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from transformers import (
-    BertConfig,
-    BertForPreTraining,
-    GPT2Config,
-    GPT2LMHeadModel,
-    XLMConfig,
-    XLMWithLMHeadModel,
-)
+from transformers import BertConfig, BertForPreTraining
 
 from nlp_ssl.data.documents import rst_to_paragraphs, split_sentences
-from nlp_ssl.data.text import tokenize_and_pack
 from nlp_ssl.errors import DataError
-from nlp_ssl.objectives.clm import CLMCollator, document_position_ids
 from nlp_ssl.objectives.nsp import NSPCollator, build_nsp_dataset, create_nsp_examples, truncate_seq_pair
-from nlp_ssl.objectives.tlm import TLMCollator, prepare_monolingual_dataset, prepare_tlm_dataset
 from nlp_ssl.tasks.bert_pretraining import BertPretrainingTask
-from nlp_ssl.tasks.causal_lm import CausalLMTask
-from nlp_ssl.tasks.xlm import XLMMaskedLMTask
-from nlp_ssl.tokenization import train_tokenizer
 from tests.helpers import toy_texts
-
-EN = "the cat sat on a mat while two dogs ran across green fields under the bright morning sun".split()
-ES = "el gato se sentó en una alfombra mientras dos perros corrían por campos verdes bajo el sol".split()
-
-
-def toy_sentences(words, n, seed):
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) for _ in range(n)]
-
-
-@pytest.fixture(scope="module")
-def gpt2_tokenizer(tmp_path_factory):
-    return train_tokenizer("bytelevel_bpe", toy_texts(300), 300, tmp_path_factory.mktemp("tok") / "bytelevel")
-
-
-@pytest.fixture(scope="module")
-def xlm_tokenizer(tmp_path_factory):
-    texts = toy_sentences(EN, 300, 0) + toy_sentences(ES, 300, 1)
-    return train_tokenizer("bpe", texts, 200, tmp_path_factory.mktemp("tok") / "bpe")
-
-
-# --- CLM ----------------------------------------------------------------------------------------
-
-
-def tiny_gpt2(tokenizer, attn="sdpa"):
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    model = GPT2LMHeadModel(config).eval()
-    model.set_attn_implementation(attn)
-    return model
-
-
-def test_clm_plain_labels_are_inputs_with_pads_ignored(gpt2_tokenizer):
-    tok = gpt2_tokenizer
-    eos = tok.eos_token_id
-    batch = CLMCollator(tok)([{"input_ids": [5, 6, eos, 7]}, {"input_ids": [8, 9]}])
-    assert batch["input_ids"].tolist() == [[5, 6, eos, 7], [8, 9, tok.pad_token_id, tok.pad_token_id]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
-    assert batch["labels"].tolist() == [[5, 6, eos, 7], [8, 9, -100, -100]]
-    assert "position_ids" not in batch
-
-
-def test_clm_document_aware_positions_restart_after_each_eos(gpt2_tokenizer):
-    tok = gpt2_tokenizer
-    eos = tok.eos_token_id
-    batch = CLMCollator(tok, document_aware=True, pad_to_multiple_of=4)(
-        [{"input_ids": [5, 6, eos, 7, 8, eos, eos, 9]}, {"input_ids": [eos, 5, 6]}]
-    )
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 0, 0], [0, 0, 1, 0, 0, 0, 0, 0]]
-    # EOS is predicted within its document; each later document's first token is not predicted.
-    assert batch["labels"].tolist() == [[-100, 6, eos, -100, 8, eos, -100, -100], [-100, -100, 6] + [-100] * 5]
-    assert "attention_mask" not in batch
-
-
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_clm_document_aware_logits_equal_each_document_run_alone(gpt2_tokenizer, attn):
-    tok = gpt2_tokenizer
-    docs = Dataset.from_dict({"text": toy_texts(12, seed=3)})
-    blocks = tokenize_and_pack(docs, tok, "text", 48)
-    examples = [blocks[i] for i in range(3)]
-    model = tiny_gpt2(tok, attn)
-    aware = CLMCollator(tok, document_aware=True)(examples)
-    plain = CLMCollator(tok)(examples)
-    task = CausalLMTask(model)
-    with torch.no_grad():
-        logits = model(input_ids=aware["input_ids"], position_ids=aware["position_ids"], use_cache=False).logits
-        plain_logits = model(**{k: v for k, v in plain.items() if k != "labels"}).logits
-        out = task(**aware)
-    expected_sum, expected_count, n_docs = 0.0, 0, 0
-    for row in range(len(examples)):
-        starts = (aware["position_ids"][row] == 0).nonzero().squeeze(1).tolist() + [aware["input_ids"].shape[1]]
-        n_docs += len(starts) - 1
-        for start, end in zip(starts[:-1], starts[1:]):
-            ids = aware["input_ids"][row : row + 1, start:end]
-            with torch.no_grad():
-                alone = model(input_ids=ids)
-            torch.testing.assert_close(logits[row, start:end], alone.logits[0], atol=1e-5, rtol=1e-4)
-            if end - start > 1:
-                expected_sum += model(input_ids=ids, labels=ids).loss.item() * (end - start - 1)
-                expected_count += end - start - 1
-    assert n_docs > len(examples)  # the blocks really hold several documents
-    # Without document awareness, a later document sees the earlier one, and its logits change.
-    assert not torch.allclose(plain_logits, logits, atol=1e-3)
-    loss, count = out["losses"]["loss"]
-    assert int(count) == expected_count == int(task.count_items(aware)["loss"])
-    assert loss.item() == pytest.approx(expected_sum, rel=1e-4)
-
-
-def test_document_position_ids_ignore_separators_in_padding():
-    ids = torch.tensor([[4, 1, 4, 1, 1, 1]])
-    assert document_position_ids(ids, torch.tensor([3]), separator_id=1).tolist() == [[0, 1, 0, 0, 0, 0]]
-
-
-def test_causal_lm_task_matches_gpt2_loss_with_padding(gpt2_tokenizer):
-    model = tiny_gpt2(gpt2_tokenizer)
-    batch = CLMCollator(gpt2_tokenizer)([{"input_ids": list(range(5, 25))}, {"input_ids": list(range(30, 41))}])
-    task = CausalLMTask(model)
-    with torch.no_grad():
-        out = task(**batch)
-        hf = model(**batch).loss
-    loss, count = out["losses"]["loss"]
-    assert int(count) == 19 + 10 == int(task.count_items(batch)["loss"])
-    assert (loss / count).item() == pytest.approx(hf.item(), rel=1e-5)
-    correct, total = out["metrics"]["accuracy"]
-    assert 0 <= int(correct) <= int(total) == int(count)
-
 
 # --- NSP / SOP ----------------------------------------------------------------------------------
 
@@ -356,117 +234,7 @@ The :keyword:`for` statement uses ``iter()`` and :func:`~os.path.join`.  See
     ]
 
 
-# --- TLM ----------------------------------------------------------------------------------------
-
-
-def test_tlm_layout_positions_and_langs(xlm_tokenizer):
-    tok = xlm_tokenizer
-    eos = tok.sep_token_id
-    collator = TLMCollator(tok, {"en": 0, "es": 1}, mlm_probability=0.15)
-    pair = {"src_ids": [10, 11, 12], "tgt_ids": [20, 21], "src_lang": "en", "tgt_lang": "es"}
-    mono = {"src_ids": [30, 31], "tgt_ids": [], "src_lang": "es", "tgt_lang": ""}
-    assert collator.layout(pair) == {
-        "input_ids": [eos, 10, 11, 12, eos, eos, 20, 21, eos],
-        "langs": [0, 0, 0, 0, 0, 1, 1, 1, 1],
-        "position_ids": [0, 1, 2, 3, 4, 0, 1, 2, 3],
-    }
-    assert collator.layout(mono) == {"input_ids": [eos, 30, 31, eos], "langs": [1] * 4, "position_ids": [0, 1, 2, 3]}
-    batch = collator([pair, mono])
-    assert batch["langs"].tolist() == [[0, 0, 0, 0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0, 0, 0]]
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3], [0, 1, 2, 3, 0, 0, 0, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1] * 9, [1] * 4 + [0] * 5]
-    # Cut to max_length, the longer sentence first, keeping the four </s>.
-    short = TLMCollator(tok, {"en": 0, "es": 1}, max_length=8).layout({**pair, "src_ids": list(range(40, 50))})
-    assert short["input_ids"] == [eos, 40, 41, eos, eos, 20, 21, eos]
-    assert short["position_ids"] == [0, 1, 2, 3, 0, 1, 2, 3]
-
-
-def test_tlm_masks_both_sentences_and_never_specials(xlm_tokenizer):
-    tok = xlm_tokenizer
-    rows = [{"translation": {"en": e, "es": s}} for e, s in zip(toy_sentences(EN, 64, 2), toy_sentences(ES, 64, 3))]
-    ds = prepare_tlm_dataset(Dataset.from_list(rows), tok, "en", "es", max_length=40)
-    assert set(ds.column_names) == {"src_ids", "tgt_ids", "src_lang", "tgt_lang"}
-    collator = TLMCollator(tok, {"en": 0, "es": 1}, max_length=40, seed=7)
-    specials = torch.tensor(tok.all_special_ids)
-    per_lang = {0: 0, 1: 0}
-    masked = maskable = 0
-    for start in range(0, len(ds), 8):
-        batch = collator([ds[i] for i in range(start, start + 8)])
-        assert batch["input_ids"].shape[1] <= 40
-        predicted = batch["labels"] != -100
-        original = torch.where(predicted, batch["labels"], batch["input_ids"])
-        assert not torch.isin(original[predicted], specials).any()
-        assert not (predicted & (batch["attention_mask"] == 0)).any()
-        for lang in per_lang:
-            per_lang[lang] += int((predicted & (batch["langs"] == lang)).sum())
-        masked += int(predicted.sum())
-        maskable += int((batch["attention_mask"].bool() & ~torch.isin(original, specials)).sum())
-        replaced = predicted & (batch["input_ids"] == tok.mask_token_id)
-        assert int(replaced.sum()) <= int(predicted.sum())
-    assert per_lang[0] > 20 and per_lang[1] > 20
-    assert 0.1 < masked / maskable < 0.2
-    again = collator([ds[i] for i in range(8)])
-    assert torch.equal(again["labels"], collator([ds[i] for i in range(8)])["labels"])
-
-
-def test_tlm_errors_name_the_language_and_row(xlm_tokenizer):
-    rows = [{"translation": {"en": "the cat", "es": "el gato"}}, {"translation": {"en": "the dog", "es": None}}]
-    with pytest.raises(DataError, match=r"translation row 1: language 'es' missing"):
-        prepare_tlm_dataset(Dataset.from_list(rows), xlm_tokenizer, "en", "es")
-    collator = TLMCollator(xlm_tokenizer, {"en": 0, "es": 1})
-    with pytest.raises(DataError, match=r"unknown language code 'fr'.*\['en', 'es'\]"):
-        collator([{"src_ids": [10, 11], "tgt_ids": [12], "src_lang": "en", "tgt_lang": "fr"}])
-    with pytest.raises(DataError, match="prepare_tlm_dataset"):
-        collator([{"translation": {"en": "the cat", "es": "el gato"}}])
-
-
-def test_monolingual_chunks_long_texts(xlm_tokenizer):
-    ds = prepare_monolingual_dataset(Dataset.from_dict({"text": [" ".join(EN * 4)]}), xlm_tokenizer, "fr", max_length=16)
-    assert len(ds) > 1 and all(len(x) <= 14 for x in ds["src_ids"])
-    assert set(ds["src_lang"]) == {"fr"} and ds["tgt_ids"][0] == []
-    assert sum(len(x) for x in ds["src_ids"]) == len(xlm_tokenizer(" ".join(EN * 4), add_special_tokens=False)["input_ids"])
-
-
-def test_xlm_task_matches_hf_loss_with_langs_and_positions(xlm_tokenizer):
-    tok = xlm_tokenizer
-    rows = [{"translation": {"en": e, "es": s}} for e, s in zip(toy_sentences(EN, 6, 4), toy_sentences(ES, 6, 5))]
-    pairs = prepare_tlm_dataset(Dataset.from_list(rows), tok, "en", "es")
-    batch = TLMCollator(tok, {"en": 0, "es": 1}, mlm_probability=0.3)([pairs[i] for i in range(6)])
-    torch.manual_seed(0)
-    config = XLMConfig(
-        vocab_size=len(tok), emb_dim=32, n_layers=2, n_heads=2, n_langs=2, use_lang_emb=True,
-        lang2id={"en": 0, "es": 1}, id2lang={0: "en", 1: "es"},
-        pad_index=tok.pad_token_id, eos_index=tok.eos_token_id, bos_index=tok.bos_token_id,
-        unk_index=tok.unk_token_id, mask_index=tok.mask_token_id, mask_token_id=tok.mask_token_id,
-    )
-    model = XLMWithLMHeadModel(config).eval()
-    task = XLMMaskedLMTask(model)
-    with torch.no_grad():
-        result = task(**batch)
-        hf = model(**batch).loss
-        other_langs = task(**{**batch, "langs": 1 - batch["langs"]})
-    loss, count = result["losses"]["loss"]
-    assert int(count) == int((batch["labels"] != -100).sum()) == int(task.count_items(batch)["loss"]) > 0
-    assert (loss / count).item() == pytest.approx(hf.item(), rel=1e-5)
-    assert other_langs["losses"]["loss"][0].item() != pytest.approx(loss.item(), rel=1e-6)  # langs reach the model
-
-
 # --- Built-in corpora (Debian packages) ---------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_sword_pairs_align_kjv_with_reina_valera(tmp_path):
-    from nlp_ssl.data.parallel import load_sword_pairs
-
-    pairs = load_sword_pairs(tmp_path)
-    assert 31_000 <= len(pairs) <= 31_102
-    assert pairs[0]["ref"] == "Genesis 1:1"
-    assert pairs[0]["translation"] == {
-        "en": "In the beginning God created the heaven and the earth.",
-        "es": "En el principio crió Dios los cielos y la tierra.",
-    }
-    sample = " ".join(t["en"] + t["es"] for t in pairs.select(range(0, len(pairs), 50))["translation"])
-    assert not any(mark in sample for mark in ("<", "\\", "¶", "$$$"))
 
 
 @pytest.mark.slow
