@@ -158,7 +158,8 @@ def run_glue(cfg: GlueConfig) -> dict:
         "skipped": skipped,
         "seeds": list(settings.seeds),
         "runs": {t: {str(s): v for s, v in r.items()} for t, r in runs.items()},
-        "model": cfg.model.name_or_path or f"{cfg.model.arch} {cfg.model.size} from scratch",
+        "model": (cfg.model.name_or_path if cfg.model.load_weights else f"{cfg.model.name_or_path}'s architecture, fresh weights")
+        if cfg.model.name_or_path else f"{cfg.model.arch} {cfg.model.size} from scratch",
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_json(out / "glue_results.json", summary)
