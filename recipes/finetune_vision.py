@@ -18,6 +18,7 @@ import numpy as np
 
 from nlp_ssl.cli import run
 from nlp_ssl.config import parse_config
+from nlp_ssl.data.card import data_card
 from nlp_ssl.data.image_splits import labelled_splits, validation_per_class
 from nlp_ssl.metrics import compute_classification_metrics
 from nlp_ssl.objectives import ImageClassificationCollator
@@ -49,6 +50,7 @@ def main(argv=None):
         f"{len(splits['validation'])} validation images; test: {len(splits['test'])} images",
         base_model=start,
         pipeline_tag="image-classification",
+        **data_card(cfg.data.source),
     )
     trainer = Trainer(
         cfg, ImageClassificationTask(model), splits["train"], collator, eval_dataset=splits["validation"],

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nlp_ssl.cli import run
 from nlp_ssl.config import check_ranges, parse_config
+from nlp_ssl.data.card import data_card
 from nlp_ssl.data.documents import DocumentDataConfig, document_texts, load_document_splits
 from nlp_ssl.models import ModelConfig, build_model, check_block_size
 from nlp_ssl.objectives import NSPCollator, build_nsp_dataset
@@ -67,6 +68,7 @@ def main(argv=None):
         + ("sentence order prediction" if cfg.bert.sop else "next sentence prediction"),
         data=cfg.data.train_file or cfg.data.documents,
         pipeline_tag="fill-mask",
+        **data_card(cfg.data.documents, cfg.data.train_file),
     )
     trainer = Trainer(
         cfg, BertPretrainingTask(model), pairs["train"], collator,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nlp_ssl.cli import run
 from nlp_ssl.config import check_ranges, parse_config
+from nlp_ssl.data.card import data_card
 from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
 from nlp_ssl.models import ModelConfig, build_model, check_block_size
 from nlp_ssl.objectives import CLMCollator
@@ -57,6 +58,7 @@ def main(argv=None):
         objective="causal language modelling" + (" (documents kept apart in packed blocks)" if cfg.clm.document_aware else ""),
         data=cfg.data.train_file or cfg.data.source,
         pipeline_tag="text-generation",
+        **data_card(cfg.data.source, cfg.data.train_file),
     )
     trainer = Trainer(
         cfg, CausalLMTask(model), blocks["train"], collator,

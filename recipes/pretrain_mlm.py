@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nlp_ssl.cli import run
 from nlp_ssl.config import check_ranges, parse_config
+from nlp_ssl.data.card import data_card
 from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
 from nlp_ssl.models import ModelConfig, build_model, check_block_size, special_token_fields
 from nlp_ssl.objectives import MLMCollator
@@ -70,6 +71,7 @@ def main(argv=None):
         f"{'whole-word' if cfg.mlm.whole_word_mask else 'token-level'})",
         data=cfg.data.train_file or cfg.data.source,
         pipeline_tag="fill-mask",
+        **data_card(cfg.data.source, cfg.data.train_file),
     )
     trainer = Trainer(
         cfg, MaskedLMTask(model, sparse=cfg.mlm.sparse_head), blocks["train"], collator,

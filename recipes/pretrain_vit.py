@@ -16,6 +16,7 @@ from typing import Literal
 
 from nlp_ssl.cli import run
 from nlp_ssl.config import parse_config
+from nlp_ssl.data.card import data_card
 from nlp_ssl.data.image_splits import ImagePoolConfig, load_image_pool
 from nlp_ssl.models import ModelConfig
 from nlp_ssl.reporting import RunDescription
@@ -53,6 +54,7 @@ def main(argv=None):
         objective=objective.summary,
         data=f"{cfg.data.source} [{cfg.data.split}], {len(splits['train'])} unlabeled training images",
         pipeline_tag="image-classification" if cfg.task == "rotation" else None,
+        **data_card(cfg.data.source),
         notes=[f"ViT {image.image_size}x{image.image_size}, {image.num_channels} channel(s), patch {image.patch_size}"],
     )
     trainer = Trainer(

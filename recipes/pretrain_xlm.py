@@ -19,6 +19,7 @@ from torch.utils.data import ConcatDataset, Subset
 
 from nlp_ssl.cli import run
 from nlp_ssl.config import check_ranges, parse_config
+from nlp_ssl.data.card import data_card
 from nlp_ssl.data.mixing import AlternatingBatchSampler, interleaved_indices, parse_ratio, round_robin_schedule
 from nlp_ssl.data.parallel import XLMDataConfig, load_monolingual_splits, load_pair_splits, pair_texts, parse_direction
 from nlp_ssl.errors import ConfigError
@@ -104,6 +105,7 @@ def main(argv=None):
         + f" (XLM), steps alternating {schedule_text} over {', '.join(names)}",
         data=f"Wikipedia leads ({', '.join(data.languages)}){pair_data}",
         pipeline_tag="fill-mask" if not clm else "text-generation",
+        **data_card("builtin:wiki"),
     )
     # Validation takes the streams in turn, so that an evaluation capped by eval_batches sees them all.
     validation = [streams["validation"][n] for n in names]
