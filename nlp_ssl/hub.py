@@ -84,9 +84,12 @@ class HubConfig:
     hub_strategy: Strategy = "end"
     #: Seconds a Hub request may wait for a connection or for the next bytes of an answer.
     hub_timeout: float = 60.0
+    #: Retries of a failed push (network errors, 5xx), 2 s apart and doubling: 5 ride out about a
+    #: minute of Hub trouble.
+    hub_retries: int = 5
 
     def __post_init__(self):
-        check_ranges(self, hub_timeout="(0, inf)")
+        check_ranges(self, hub_timeout="(0, inf)", hub_retries="[0, inf)")
 
 
 def apply_timeout(seconds: float) -> None:
@@ -147,9 +150,10 @@ def _first_line(text: str, limit: int = 200) -> str:
 class HubPusher:
     """Pushes a run's outputs to ``config.hub_model_id`` on a background thread, in order, with retries.
 
-    ``retries``/``backoff``/``max_backoff`` control the retries around each whole upload (``backoff``
-    doubles each time). ``endpoint`` defaults to ``HF_ENDPOINT``. With ``config.push_to_hub`` false every
-    method is a no-op, so the trainer can call them unconditionally.
+    ``retries`` (default ``config.hub_retries``), ``backoff`` and ``max_backoff`` control the retries
+    around each whole upload (``backoff`` doubles each time). ``endpoint`` defaults to ``HF_ENDPOINT``.
+    With ``config.push_to_hub`` false every method is a no-op, so the trainer can call them
+    unconditionally.
     """
 
     def __init__(
@@ -157,7 +161,7 @@ class HubPusher:
         config: HubConfig,
         output_dir: str | os.PathLike,
         *,
-        retries: int = 5,
+        retries: int | None = None,
         backoff: float = 2.0,
         max_backoff: float = 60.0,
         endpoint: str | None = None,
@@ -165,7 +169,8 @@ class HubPusher:
         self.config = config
         self.output_dir = Path(output_dir)
         self.enabled = bool(config.push_to_hub)
-        self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
+        self.retries = config.hub_retries if retries is None else retries
+        self.backoff, self.max_backoff = backoff, max_backoff
         self.repo_id: str | None = None
         self._endpoint = endpoint
         self._api = None
