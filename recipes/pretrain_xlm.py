@@ -24,8 +24,8 @@ from nlp_ssl.data.mixing import AlternatingBatchSampler, interleaved_indices, pa
 from nlp_ssl.data.parallel import XLMDataConfig, load_monolingual_splits, load_pair_splits, pair_texts, parse_direction
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.models import ModelConfig, build_model, check_block_size
-from nlp_ssl.models.builders import SIZE_PRESETS
-from nlp_ssl.objectives import TLMCollator, prepare_monolingual_dataset, prepare_tlm_dataset
+from nlp_ssl.models.builders import xlm_fields
+from nlp_ssl.objectives import TLMCollator, xlm_streams
 from nlp_ssl.reporting import RunDescription
 from nlp_ssl.tasks.causal_lm import CausalLMTask
 from nlp_ssl.tasks.xlm import XLMMaskedLMTask
@@ -71,25 +71,9 @@ def main(argv=None):
         pairs = load_pair_splits(data, cfg.seed) if directions else None
         texts = [mono[lang]["train"].select_columns(["text"]) for lang in mono] + ([pair_texts(pairs["train"])] if pairs else [])
         tokenizer = load_or_train_tokenizer(cfg.tokenizer, concatenate_datasets(texts), "text", data.cache_dir)
-        ids = {name: getattr(tokenizer, f"{name}_token_id") for name in ("pad", "eos", "bos", "unk", "mask")}
-        fields = dict(
-            vocab_size=len(tokenizer), n_langs=len(lang2id), use_lang_emb=True, lang2id=lang2id,
-            id2lang={i: lang for lang, i in lang2id.items()}, mask_token_id=ids["mask"], causal=clm, asm=False,
-            **{f"{name}_index": value for name, value in ids.items()},
-        )
-        if not cfg.model.name_or_path and cfg.model.size in SIZE_PRESETS:
-            fields["embed_init_std"] = SIZE_PRESETS[cfg.model.size][1] ** -0.5
-        model = build_model(cfg.model, "causal_lm" if clm else "masked_lm", **fields)
+        model = build_model(cfg.model, "causal_lm" if clm else "masked_lm", **xlm_fields(cfg.model, tokenizer, lang2id, clm))
         check_block_size(data.max_length, model.config)
-        # One stream per language and per translation direction, in the order the schedule names them.
-        streams = {split: {} for split in ("train", "validation")}
-        for split in streams:
-            for lang in mono:
-                streams[split][lang] = prepare_monolingual_dataset(
-                    mono[lang][split], tokenizer, lang, max_length=data.max_length, num_proc=data.num_proc)
-            for src, tgt in directions:
-                streams[split][f"{src}-{tgt}"] = prepare_tlm_dataset(
-                    pairs[split], tokenizer, src, tgt, max_length=data.max_length, num_proc=data.num_proc)
+        streams = xlm_streams(mono, pairs, directions, tokenizer, data.max_length, data.num_proc)
         collator = TLMCollator(tokenizer, lang2id, mlm_probability=cfg.xlm.mlm_probability, max_length=data.max_length,
                                seed=cfg.seed, causal=clm)
 

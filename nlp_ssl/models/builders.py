@@ -130,3 +130,17 @@ def check_block_size(block_size: int, config: PretrainedConfig) -> None:
             f"data.block_size {block_size} is larger than the model's {limit} positions; "
             f"lower data.block_size or set model.config_overrides.max_position_embeddings"
         )
+
+
+def xlm_fields(cfg: ModelConfig, tokenizer, lang2id: dict[str, int], causal: bool) -> dict[str, Any]:
+    """The config fields an XLM needs from its tokenizer and languages (ids of its specials, language
+    embeddings; a preset's embeddings initialised at XLM's 1/sqrt(d))."""
+    ids = {name: getattr(tokenizer, f"{name}_token_id") for name in ("pad", "eos", "bos", "unk", "mask")}
+    fields = dict(
+        vocab_size=len(tokenizer), n_langs=len(lang2id), use_lang_emb=True, lang2id=lang2id,
+        id2lang={i: lang for lang, i in lang2id.items()}, mask_token_id=ids["mask"], causal=causal, asm=False,
+        **{f"{name}_index": value for name, value in ids.items()},
+    )
+    if not cfg.name_or_path and cfg.size in SIZE_PRESETS:
+        fields["embed_init_std"] = SIZE_PRESETS[cfg.size][1] ** -0.5
+    return fields

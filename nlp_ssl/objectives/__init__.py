@@ -6,7 +6,7 @@ from nlp_ssl.objectives.mim import MaskedImageCollator
 from nlp_ssl.objectives.mlm import MLMCollator
 from nlp_ssl.objectives.nsp import NSPCollator, build_nsp_dataset, create_nsp_examples
 from nlp_ssl.objectives.rotation import RotationCollator
-from nlp_ssl.objectives.tlm import TLMCollator, prepare_monolingual_dataset, prepare_tlm_dataset
+from nlp_ssl.objectives.tlm import TLMCollator, prepare_monolingual_dataset, prepare_tlm_dataset, xlm_streams
 
 __all__ = [
     "CLMCollator",
@@ -20,4 +20,5 @@ __all__ = [
     "create_nsp_examples",
     "prepare_monolingual_dataset",
     "prepare_tlm_dataset",
+    "xlm_streams",
 ]

@@ -246,3 +246,17 @@ class TLMCollator:
             "position_ids": position_ids,
             "labels": labels,
         }
+
+
+def xlm_streams(mono: Mapping, pairs, directions: Sequence[tuple[str, str]], tokenizer, max_length: int,
+                num_proc: int | None = None) -> dict[str, dict[str, Dataset]]:
+    """{split: {stream: dataset}}: one stream per language (``mono[lang][split]``) and one per translation
+    direction (``"en-es"``, from ``pairs[split]``), in that order."""
+    streams: dict[str, dict[str, Dataset]] = {split: {} for split in ("train", "validation")}
+    for split, out in streams.items():
+        for lang in mono:
+            out[lang] = prepare_monolingual_dataset(mono[lang][split], tokenizer, lang, max_length=max_length, num_proc=num_proc)
+        for src, tgt in directions:
+            out[f"{src}-{tgt}"] = prepare_tlm_dataset(pairs[split], tokenizer, src, tgt, max_length=max_length,
+                                                      num_proc=num_proc)
+    return streams
