@@ -50,10 +50,6 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    atomic.write_json(path, data)
-
-
 def _sha256(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()

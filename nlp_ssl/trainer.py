@@ -766,7 +766,7 @@ class Trainer:
             acc.save_state(str(tmp))
             self._save_model(tmp / HF_MODEL_SUBDIR, check=False)  # a plain HF folder inside each checkpoint
             if acc.is_main_process:
-                ckpt.write_json_atomic(tmp / ckpt.STATE_FILE, {**self.state.__dict__, "run_config": self.run_config})
+                atomic.write_json(tmp / ckpt.STATE_FILE, {**self.state.__dict__, "run_config": self.run_config})
                 ckpt.write_manifest(tmp)
                 ckpt.publish_checkpoint(tmp, final)
         if acc.is_main_process:
