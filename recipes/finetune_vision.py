@@ -7,7 +7,9 @@
 weights are loaded and the classification head is new; every encoder tensor is checked to really
 come from the checkpoint (:func:`nlp_ssl.vision.finetuning.encoder_transfer`). A validation set
 disjoint from the k training images picks the best checkpoint by accuracy; that model is then
-scored on the test split, and ``test_accuracy`` lands in ``all_results.json``.
+scored on the test split (``test_accuracy``), and so is the last one (``last_test_accuracy``).
+``finetune.aux_task=rotation|mim|auto finetune.aux_weight=0.5`` adds an auxiliary pretext loss,
+``L = L_cls + λ·L_aux`` (``finetune.aux_unlabelled=1``: one unlabelled image per labelled one too).
 """
 
 from __future__ import annotations
@@ -21,31 +23,30 @@ from nlp_ssl.config import parse_config
 from nlp_ssl.data.card import data_card
 from nlp_ssl.data.image_splits import labelled_splits, validation_per_class
 from nlp_ssl.metrics import compute_classification_metrics
-from nlp_ssl.objectives import ImageClassificationCollator
 from nlp_ssl.prediction import predict
 from nlp_ssl.reporting import RunDescription
-from nlp_ssl.tasks.vision import ImageClassificationTask
 from nlp_ssl.trainer import Trainer, make_accelerator
-from nlp_ssl.vision.finetuning import FinetuneVisionConfig, build_classifier
-from nlp_ssl.vision.image import check_image_config, make_processor, normalisation
+from nlp_ssl.vision.finetuning import FinetuneVisionConfig, build_classifier, check_aux, finetuning_parts
+from nlp_ssl.vision.image import check_image_config, make_processor
 
 
 def main(argv=None):
     cfg = parse_config(FinetuneVisionConfig, argv, default_yaml=Path(__file__).parent / "configs" / "finetune_vision.yaml")
     check_image_config(cfg.image)
+    check_aux(cfg)
     accelerator = make_accelerator(cfg)
 
     with accelerator.main_process_first():
-        splits = labelled_splits(cfg.data, cfg.seed)
+        splits = labelled_splits(cfg.data, cfg.seed, unlabelled=cfg.finetune.aux_unlabelled > 0)
         names = splits["train"].features["label"].names
         model, transfer = build_classifier(cfg.model, cfg.image, names)
+        parts = finetuning_parts(cfg, model, splits.get("unlabelled"))
 
-    stats = normalisation(cfg.image)
-    collator = ImageClassificationCollator(cfg.image.image_size, seed=cfg.seed, augment=cfg.data.augment, **stats)
-    eval_collator = ImageClassificationCollator(cfg.image.image_size, seed=cfg.seed, **stats)
     start = cfg.model.name_or_path or "trained from scratch"
+    aux = parts.record["aux_task"]
+    with_aux = f" + auxiliary {aux} loss (λ={cfg.finetune.aux_weight})" if aux != "none" else ""
     description = RunDescription(
-        objective=f"image classification, {cfg.data.k_per_class} labelled images per class",
+        objective=f"image classification, {cfg.data.k_per_class} labelled images per class{with_aux}",
         data=f"{cfg.data.source} [{cfg.data.train_split}]: {len(splits['train'])} training, "
         f"{len(splits['validation'])} validation images; test: {len(splits['test'])} images",
         base_model=start,
@@ -53,15 +54,15 @@ def main(argv=None):
         **data_card(cfg.data.source),
     )
     trainer = Trainer(
-        cfg, ImageClassificationTask(model), splits["train"], collator, eval_dataset=splits["validation"],
-        eval_collator=eval_collator, processor=make_processor(cfg.image), accelerator=accelerator,
+        cfg, parts.task, splits["train"], parts.collator, eval_dataset=splits["validation"],
+        eval_collator=parts.eval_collator, processor=make_processor(cfg.image), accelerator=accelerator,
         description=description, run_config=cfg,
     )
 
     def score_test(model) -> dict:
         """Accuracy and macro-F1 on the test images (of the last and the best model)."""
         batch = cfg.eval_batch_size or max(cfg.micro_batch_size, 256)
-        preds = predict(model, splits["test"], eval_collator, batch, accelerator.device)
+        preds = predict(model, splits["test"], parts.test_collator, batch, accelerator.device)
         scores = compute_classification_metrics(preds, np.asarray(splits["test"]["label"]))
         return {"test_accuracy": scores["accuracy"], "test_macro_f1": scores["macro_f1"]}
 
@@ -70,6 +71,7 @@ def main(argv=None):
         "k_per_class": cfg.data.k_per_class,
         "validation_per_class": validation_per_class(cfg.data),
         "init": start,
+        **parts.record,
         **(transfer or {}),
     }
     results = trainer.fit(extra_results=extra, score_model=score_test)

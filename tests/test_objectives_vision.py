@@ -144,6 +144,65 @@ def test_collators_are_deterministic_given_seed_and_batch():
     assert torch.equal(collator(examples)["bool_masked_pos"], a)
 
 
+def per_example(batch, n, key_rows):
+    """Split each output tensor into the rows of each of the n examples (rows per example from key_rows)."""
+    return [{k: v[i * key_rows[k]:(i + 1) * key_rows[k]] for k, v in batch.items()} for i in range(n)]
+
+
+def aux_collator(aux):
+    import datasets
+
+    from nlp_ssl.objectives.image_classification import PretextAuxCollator
+
+    pool = datasets.Dataset.from_dict({"image": [e["image"] for e in random_images(5, seed=4)]},
+                                      features=datasets.Features({"image": datasets.Image()}))
+    masker = MaskedImageCollator(28, 4, 4, 0.5, num_channels=1) if aux == "mim" else None
+    cls = ImageClassificationCollator(28, num_channels=1, seed=2, augment=True)
+    return PretextAuxCollator(cls, aux, masker, pool=pool, pool_per_image=2)
+
+
+COLLATORS = {  # name: (make collator, output rows per example of each key)
+    "classification": (lambda: ImageClassificationCollator(28, num_channels=1, seed=2, augment=True),
+                       {"pixel_values": 1, "labels": 1}),
+    "rotation_one": (lambda: RotationCollator(28, num_channels=1, mode="one", seed=2, augment=True),
+                     {"pixel_values": 1, "labels": 1}),
+    "rotation_all": (lambda: RotationCollator(28, num_channels=1, mode="all", seed=2, augment=True),
+                     {"pixel_values": 4, "labels": 4}),
+    "mim": (lambda: MaskedImageCollator(28, 4, 4, 0.5, num_channels=1, seed=2, augment=True),
+            {"pixel_values": 1, "bool_masked_pos": 1}),
+    "aux_rotation": (lambda: aux_collator("rotation"),
+                     {"pixel_values": 1, "labels": 1, "aux_pixel_values": 3, "aux_labels": 3}),
+    "aux_mim": (lambda: aux_collator("mim"),
+                {"pixel_values": 1, "labels": 1, "aux_pixel_values": 3, "aux_bool_masked_pos": 3}),
+}
+
+
+@pytest.mark.parametrize("name", list(COLLATORS))
+def test_collators_draw_per_example_under_any_batching_and_anew_each_epoch(name):
+    make, rows = COLLATORS[name]
+    examples = [{**e, "label": i % 10} for i, e in enumerate(random_images(8))]
+    collator = make()
+    whole = per_example(collator(examples), 8, rows)
+    singles = [per_example(collator([e]), 1, rows)[0] for e in examples]
+    order = np.random.default_rng(0).permutation(8)
+    shuffled = [examples[i] for i in order]
+    fours = [*per_example(collator(shuffled[:4]), 4, rows), *per_example(collator(shuffled[4:]), 4, rows)]
+    for i in range(8):
+        for key in rows:
+            assert torch.equal(whole[i][key], singles[i][key]), (key, i)
+            assert torch.equal(whole[i][key], fours[list(order).index(i)][key]), (key, i)
+    # A fresh collator (another worker, a resumed run) draws the same; another epoch draws anew.
+    again = per_example(make()(examples), 8, rows)
+    assert all(torch.equal(whole[i][k], again[i][k]) for i in range(8) for k in rows)
+    collator.set_epoch(1)
+    next_epoch = per_example(collator(examples), 8, rows)
+    random_keys = [k for k in rows if k not in ("labels",) or name == "rotation_one"]
+    changed = [k for k in random_keys if any(not torch.equal(whole[i][k], next_epoch[i][k]) for i in range(8))]
+    assert changed == random_keys, f"unchanged in epoch 1: {set(random_keys) - set(changed)}"
+    collator.set_epoch(0)
+    assert all(torch.equal(whole[i][k], per_example(collator(examples), 8, rows)[i][k]) for i in range(8) for k in rows)
+
+
 # --- transforms and loaders ------------------------------------------------------------------------
 
 

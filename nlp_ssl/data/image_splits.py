@@ -86,8 +86,14 @@ def validation_per_class(data: LabeledImagesConfig) -> int:
     return data.validation_per_class if data.validation_per_class is not None else max(2, data.k_per_class // 5)
 
 
-def labelled_splits(data: LabeledImagesConfig, seed: int):
-    """``{"train", "validation", "test"}``: k and v images per class from the pool, and the test split."""
+def labelled_splits(data: LabeledImagesConfig, seed: int, unlabelled: bool = False):
+    """``{"train", "validation", "test"}``: k and v images per class from the pool, and the test split.
+
+    ``unlabelled``: also ``"unlabelled"``, the pool's images without their labels and without the
+    validation images (the k training images stay in it, as in any semi-supervised setting), for an
+    auxiliary pretext loss on unlabelled images.
+    """
+    import numpy as np
     from datasets import ClassLabel, DatasetDict
 
     if data.k_per_class <= 0:
@@ -102,9 +108,16 @@ def labelled_splits(data: LabeledImagesConfig, seed: int):
             "set data.label_column, or use an image folder with one sub-folder per class"
         )
     pool = pool.select_columns(["image", "label"])
+    if unlabelled:  # the row of every image, to take the validation images out of the unlabelled pool
+        pool = pool.add_column("row", np.arange(len(pool)))
     train, validation = few_label_split(
         pool, data.k_per_class, n_val, seed, seed + VALIDATION_SEED_OFFSET, where=f"data.source {data.source}"
     )
+    extra = {}
+    if unlabelled:
+        keep = np.setdiff1d(np.arange(len(pool)), np.asarray(validation["row"]))
+        extra["unlabelled"] = pool.select(keep).select_columns(["image"])
+        train, validation = train.remove_columns("row"), validation.remove_columns("row")
     test = load_images(data.test_source or data.source, data.test_split, data.cache_dir, data.image_column, data.label_column)
     if "label" not in test.column_names:
         raise DataError(f"data.test_source {data.test_source or data.source}: the test split has no labels")
@@ -116,4 +129,4 @@ def labelled_splits(data: LabeledImagesConfig, seed: int):
     test = test.select_columns(["image", "label"])
     if data.max_test_images and data.max_test_images < len(test):
         test = test.shuffle(seed=seed).select(range(data.max_test_images))
-    return DatasetDict(train=train, validation=validation, test=test)
+    return DatasetDict(train=train, validation=validation, test=test, **extra)

@@ -5,12 +5,15 @@ feature, decoded to PIL) and, when the source has labels, a ``label`` ClassLabel
 collators in ``nlp_ssl.objectives`` see one schema whatever the source.
 
 torchvision is not required: resizing, cropping and flipping are done on tensors, and randomness
-comes from a ``torch.Generator`` that the caller passes in (the collators seed it per batch).
+comes from a ``torch.Generator`` that the caller passes in. The collators seed one per example
+(:func:`example_generator`, from the seed, the epoch and the image's own bytes), so an image gets the
+same crop, rotation or mask whatever batch it lands in, and new ones every epoch.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import shutil
@@ -496,6 +499,23 @@ def image_fingerprint(image) -> np.ndarray:
     else:
         raise DataError(f"image: expected a PIL image, numpy array or tensor, got {type(image).__name__}")
     return np.frombuffer(header + body, dtype=np.uint8)
+
+
+def example_generator(seed: int, epoch: int, image, stream: int = 0) -> torch.Generator:
+    """A torch.Generator for one example: seeded from ``(seed, epoch, stream)`` and the image's bytes.
+
+    The image's content is its identity, as the token collators use the tokens: no index column is
+    needed, the draw does not depend on which batch, worker or resume position the image comes in,
+    and a new epoch gives new draws (dynamic augmentation and masking). ``stream`` separates
+    independent draws for the same image (its augmentation vs an auxiliary task's rotation).
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    for number in (seed, epoch, stream):
+        digest.update(int(number).to_bytes(8, "little", signed=True))
+    digest.update(image_fingerprint(image).tobytes())
+    generator = torch.Generator()
+    generator.manual_seed(int.from_bytes(digest.digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF)
+    return generator
 
 
 def images_of(examples: Sequence[dict], key: str = "image") -> list:

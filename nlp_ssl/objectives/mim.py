@@ -11,9 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-from nlp_ssl.data.images import ImageTransform, image_fingerprint, images_of
+from nlp_ssl.data.images import ImageTransform, example_generator, images_of
 from nlp_ssl.errors import ConfigError
-from nlp_ssl.objectives.masking import batch_generator
 
 
 def check_mask_sizes(image_size: int, model_patch_size: int, mask_patch_size: int) -> None:
@@ -38,8 +37,10 @@ class MaskedImageCollator:
     """Turn ``[{"image": ...}]`` into ``pixel_values`` (B×C×H×W) and ``bool_masked_pos`` (B×patches, bool).
 
     Every image gets exactly ``round(mask_ratio * (image_size / mask_patch_size) ** 2)`` masked
-    blocks (Python's ``round``), chosen uniformly without replacement from the batch's seeded
-    generator. ``bool_masked_pos`` is in the row-major order of the ViT's patch sequence.
+    blocks (Python's ``round``), chosen uniformly without replacement. Augmentation and mask are drawn
+    per example from ``(seed, epoch, image)`` (:func:`~nlp_ssl.data.images.example_generator`), so
+    they do not depend on the batch, and change every epoch (:meth:`set_epoch`, which the trainer
+    calls). ``bool_masked_pos`` is in the row-major order of the ViT's patch sequence.
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class MaskedImageCollator:
         self.mask_patch_size = int(mask_patch_size)
         self.mask_ratio = mask_ratio
         self.seed = seed
+        self.epoch = 0
         self.mask_grid = self.image_size // self.mask_patch_size
         self.scale = self.mask_patch_size // self.model_patch_size
         self.num_masked = int(round(mask_ratio * self.mask_grid**2))
@@ -77,23 +79,29 @@ class MaskedImageCollator:
     def num_model_patches(self) -> int:
         return (self.image_size // self.model_patch_size) ** 2
 
-    def sample_masks(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """``batch_size`` block masks upsampled to the model's patch grid, flattened (B × num_model_patches)."""
-        blocks = self.mask_grid**2
-        order = torch.rand(batch_size, blocks, generator=generator).argsort(dim=1)
-        coarse = torch.zeros(batch_size, blocks, dtype=torch.bool)
-        coarse.scatter_(1, order[:, : self.num_masked], True)
-        grid = coarse.view(batch_size, self.mask_grid, self.mask_grid)
-        fine = grid.repeat_interleave(self.scale, dim=1).repeat_interleave(self.scale, dim=2)
-        return fine.reshape(batch_size, -1)
+    def set_epoch(self, epoch: int) -> None:
+        """New masks (and crops) every epoch; the trainer calls this."""
+        self.epoch = int(epoch)
 
-    def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
-        images = images_of(examples)
-        generator = batch_generator(self.seed, *(image_fingerprint(image) for image in images))
-        pixel_values = torch.stack([self.transform(image, generator) for image in images])
-        if pixel_values.shape[-2:] != (self.image_size, self.image_size):
+    def sample_mask(self, generator: torch.Generator) -> torch.Tensor:
+        """One block mask upsampled to the model's patch grid, flattened (num_model_patches, bool)."""
+        blocks = self.mask_grid**2
+        order = torch.rand(blocks, generator=generator).argsort()
+        coarse = torch.zeros(blocks, dtype=torch.bool)
+        coarse[order[: self.num_masked]] = True
+        grid = coarse.view(self.mask_grid, self.mask_grid)
+        return grid.repeat_interleave(self.scale, dim=0).repeat_interleave(self.scale, dim=1).reshape(-1)
+
+    def view_and_mask(self, image, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the transformed image C×S×S, its mask), both drawn from ``generator``."""
+        x = self.transform(image, generator)
+        if x.shape[-2:] != (self.image_size, self.image_size):
             raise ConfigError(
-                f"MaskedImageCollator: the transform gave images of shape {tuple(pixel_values.shape[1:])}, "
+                f"MaskedImageCollator: the transform gave images of shape {tuple(x.shape)}, "
                 f"expected {self.image_size}×{self.image_size}"
             )
-        return {"pixel_values": pixel_values, "bool_masked_pos": self.sample_masks(len(images), generator)}
+        return x, self.sample_mask(generator)
+
+    def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        pairs = [self.view_and_mask(image, example_generator(self.seed, self.epoch, image)) for image in images_of(examples)]
+        return {"pixel_values": torch.stack([x for x, _ in pairs]), "bool_masked_pos": torch.stack([m for _, m in pairs])}

@@ -1,15 +1,21 @@
 """Losses for the vision objectives, as sums with counts (see :mod:`nlp_ssl.tasks.base`).
 
-Both tasks compute the loss themselves from the model's outputs instead of reading ``output.loss``:
+The tasks compute the loss themselves from the model's outputs instead of reading ``output.loss``:
 transformers returns a per-batch mean, which the trainer could not re-weight exactly across
-micro-batches of different sizes or different numbers of masked pixels.
+micro-batches of different sizes or different numbers of masked pixels. :class:`PretextAuxTask` is
+few-label fine-tuning with an auxiliary pretext loss, the vision counterpart of GPT-1's auxiliary LM
+loss (:class:`~nlp_ssl.tasks.classification.SequenceClassificationTask`).
 """
 
 from __future__ import annotations
 
-import torch
+import math
 
-from nlp_ssl.errors import DataError
+import torch
+from torch import nn
+
+from nlp_ssl.errors import ConfigError, DataError
+from nlp_ssl.models.architectures import training_flops
 from nlp_ssl.tasks.base import Sums, Task, cross_entropy_sum
 
 
@@ -50,34 +56,176 @@ class MaskedImageModelingTask(Task):
     ``(mask.sum() + 1e-5) / num_channels``, less that epsilon.
     """
 
-    def _pixel_mask(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
-        """The patch mask upsampled to pixels: B × 1 × H × W."""
-        patch = self.model.config.patch_size
-        batch, _, height, width = pixel_values.shape
-        grid_h, grid_w = height // patch, width // patch
-        if bool_masked_pos.shape != (batch, grid_h * grid_w):
-            raise DataError(
-                f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)}, but {height}×{width} images with "
-                f"patch_size {patch} need ({batch}, {grid_h * grid_w})"
-            )
-        grid = bool_masked_pos.reshape(batch, grid_h, grid_w)
-        return grid.repeat_interleave(patch, 1).repeat_interleave(patch, 2).unsqueeze(1)
-
     def count_items(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        patch = self.model.config.patch_size
-        channels = batch["pixel_values"].shape[1]
-        return {"loss": batch["bool_masked_pos"].sum() * (patch * patch * channels)}
+        return {"loss": masked_pixel_count(batch["pixel_values"], batch["bool_masked_pos"], self.model.config.patch_size)}
 
     def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor, **_) -> dict[str, Sums]:
         bool_masked_pos = bool_masked_pos.bool()
-        mask = self._pixel_mask(pixel_values, bool_masked_pos)
+        mask = pixel_mask(pixel_values, bool_masked_pos, self.model.config.patch_size)
         reconstruction = self.model(pixel_values=pixel_values, bool_masked_pos=bool_masked_pos).reconstruction
-        error = (reconstruction.float() - pixel_values.float()).abs() * mask
-        count = mask.sum() * pixel_values.shape[1]
-        return {"losses": {"loss": (error.sum(), count)}, "metrics": {}}
+        return {"losses": {"loss": masked_l1_sum(reconstruction, pixel_values, mask)}, "metrics": {}}
 
     def flop_heads(self, batch):
         return [(self.model.decoder, _patches_in(batch["pixel_values"], self.model.config.patch_size))]  # not on [CLS]
 
     def tokens_in(self, batch: dict[str, torch.Tensor]) -> int:
         return _patches_in(batch["pixel_values"], self.model.config.patch_size)
+
+
+def pixel_mask(pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor, patch: int) -> torch.Tensor:
+    """The patch mask upsampled to pixels: B × 1 × H × W."""
+    batch, _, height, width = pixel_values.shape
+    grid_h, grid_w = height // patch, width // patch
+    if bool_masked_pos.shape != (batch, grid_h * grid_w):
+        raise DataError(
+            f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)}, but {height}×{width} images with "
+            f"patch_size {patch} need ({batch}, {grid_h * grid_w})"
+        )
+    grid = bool_masked_pos.reshape(batch, grid_h, grid_w)
+    return grid.repeat_interleave(patch, 1).repeat_interleave(patch, 2).unsqueeze(1)
+
+
+def masked_pixel_count(pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor, patch: int) -> torch.Tensor:
+    """Pixel values under the mask (masked patches × patch² × channels): the SimMIM loss's count."""
+    return bool_masked_pos.sum() * (patch * patch * pixel_values.shape[1])
+
+
+def masked_l1_sum(reconstruction: torch.Tensor, pixel_values: torch.Tensor, mask: torch.Tensor) -> tuple:
+    """(sum of |reconstruction - pixels| over every channel of the masked pixels, their count)."""
+    error = (reconstruction.float() - pixel_values.float()).abs() * mask
+    return error.sum(), mask.sum() * pixel_values.shape[1]
+
+
+class RotationHead(nn.Module):
+    """RotNet's 4-way classifier on the encoder's final [CLS] state, as ``ViTForImageClassification`` reads it."""
+
+    def __init__(self, classifier: nn.Linear):
+        super().__init__()
+        if classifier.out_features != 4:
+            raise ConfigError(f"a rotation head has 4 outputs, got {classifier.out_features}")
+        self.classifier = classifier
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classifier(hidden[:, 0])
+
+
+class MaskedImageHead(nn.Module):
+    """SimMIM's parts beside the encoder: the mask token that replaces hidden patches, and the one-layer
+    decoder (1×1 conv to patch² × channels, then pixel shuffle) of ``ViTForMaskedImageModeling``."""
+
+    def __init__(self, mask_token: nn.Parameter, decoder: nn.Module):
+        super().__init__()
+        self.mask_token = mask_token
+        self.decoder = decoder
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        patches = hidden[:, 1:]
+        batch, length, width = patches.shape
+        side = math.isqrt(length)
+        return self.decoder(patches.permute(0, 2, 1).reshape(batch, width, side, side))
+
+
+class PretextAuxTask(Task):
+    """Image classification + ``aux_weight`` × an auxiliary pretext loss: ``L = L_cls + λ·L_aux``.
+
+    ``cls``: cross-entropy of the plain ``ViTForImageClassification`` on ``pixel_values`` (count:
+    labelled images). The auxiliary pass runs the same encoder a second time on ``aux_pixel_values``
+    (:class:`~nlp_ssl.objectives.image_classification.PretextAuxCollator`: rotated or masked copies
+    of the labelled views, and optionally unlabelled pool images):
+
+    * ``aux="rotation"``: loss ``rot``, cross-entropy of :class:`RotationHead` against ``aux_labels``
+      (count: aux images); metric ``rot_accuracy``.
+    * ``aux="mim"``: loss ``mim``, SimMIM's L1 on the masked pixels (count: masked pixel values),
+      from :class:`MaskedImageHead` with its mask token put in place of the masked patch embeddings.
+
+    ``aux_weight = 0`` (or ``aux="none"``) is plain fine-tuning: no head, one loss ``cls``, the
+    classification pass unchanged. The head is not part of ``self.model``, so the saved classifier
+    is a plain ``ViTForImageClassification``.
+    """
+
+    def __init__(self, model: nn.Module, aux: str = "rotation", aux_weight: float = 0.5, head: nn.Module | None = None):
+        super().__init__(model)
+        if aux not in ("none", "rotation", "mim"):
+            raise ConfigError(f"aux {aux!r} is not one of ['none', 'rotation', 'mim']")
+        if aux_weight < 0:
+            raise ConfigError(f"aux_weight must be >= 0, got {aux_weight}")
+        self.aux = aux if aux_weight > 0 else "none"
+        self.aux_weight = float(aux_weight) if self.aux != "none" else 0.0
+        self.head = None
+        self.loss_weights = {"cls": 1.0}
+        if self.aux == "none":
+            return
+        wanted = RotationHead if self.aux == "rotation" else MaskedImageHead
+        if not isinstance(head, wanted):
+            raise ConfigError(f"aux {self.aux!r} needs a {wanted.__name__}, got {type(head).__name__}")
+        self.head = head
+        self.loss_weights = {"cls": 1.0, self.loss_name: self.aux_weight}
+
+    @property
+    def loss_name(self) -> str:
+        return {"rotation": "rot", "mim": "mim"}.get(self.aux, "")
+
+    @property
+    def patch_size(self) -> int:
+        return self.model.config.patch_size
+
+    def count_items(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        counts = {"cls": (batch["labels"] != -100).sum()}
+        if self.aux == "rotation":
+            counts["rot"] = (batch["aux_labels"] != -100).sum()
+        elif self.aux == "mim":
+            counts["mim"] = masked_pixel_count(batch["aux_pixel_values"], batch["aux_bool_masked_pos"], self.patch_size)
+        return counts
+
+    def _masked_hidden(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
+        """The encoder's last hidden states with masked patch embeddings replaced by the mask token,
+        exactly as ``ViTEmbeddings`` does it for ``ViTForMaskedImageModeling``."""
+        mask = bool_masked_pos.unsqueeze(-1)
+
+        def replace(_module, _inputs, patches):
+            token = self.head.mask_token.to(patches.dtype)
+            weight = mask.to(patches.dtype)
+            return patches * (1.0 - weight) + token * weight
+
+        hook = self.model.vit.embeddings.patch_embeddings.register_forward_hook(replace)
+        try:
+            return self.model.vit(pixel_values=pixel_values).last_hidden_state
+        finally:
+            hook.remove()
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor, aux_pixel_values=None, aux_labels=None,
+                aux_bool_masked_pos=None, **_) -> dict[str, Sums]:
+        logits = self.model(pixel_values=pixel_values).logits
+        loss, count, correct = cross_entropy_sum(logits, labels)
+        out = {"losses": {"cls": (loss, count)}, "metrics": {"accuracy": (correct, count)}}
+        if self.aux == "rotation":
+            hidden = self.model.vit(pixel_values=aux_pixel_values).last_hidden_state
+            rot_loss, rot_count, rot_correct = cross_entropy_sum(self.head(hidden), aux_labels)
+            out["losses"]["rot"] = (rot_loss, rot_count)
+            out["metrics"]["rot_accuracy"] = (rot_correct, rot_count)
+        elif self.aux == "mim":
+            masked = aux_bool_masked_pos.bool()
+            reconstruction = self.head(self._masked_hidden(aux_pixel_values, masked))
+            mask = pixel_mask(aux_pixel_values, masked, self.patch_size)
+            out["losses"]["mim"] = masked_l1_sum(reconstruction, aux_pixel_values, mask)
+        return out
+
+    def tokens_in(self, batch: dict[str, torch.Tensor]) -> int:
+        """Patches through the encoder: the classification pass and the auxiliary one."""
+        aux = _patches_in(batch["aux_pixel_values"], self.patch_size) if self.aux != "none" else 0
+        return _patches_in(batch["pixel_values"], self.patch_size) + aux
+
+    def flops(self, batch: dict[str, torch.Tensor]) -> float:
+        """Both passes: the classifier at [CLS] of each labelled image; the rotation head at [CLS] of each
+        aux image, or the SimMIM decoder at every patch of them."""
+        model = self.model
+        main = training_flops(model, model.parameters(), batch, [(model.classifier, batch["pixel_values"].shape[0])])
+        if self.aux == "none":
+            return main
+        aux_images = batch["aux_pixel_values"]
+        if self.aux == "rotation":  # the mask token is looked up, not multiplied: only the decoder counts
+            head, positions = self.head, aux_images.shape[0]
+        else:
+            head, positions = self.head.decoder, _patches_in(aux_images, self.patch_size)
+        encoder = [p for name, p in model.named_parameters() if not name.startswith("classifier.")]
+        return main + training_flops(model, [*encoder, *head.parameters()], {"pixel_values": aux_images}, [(head, positions)])
