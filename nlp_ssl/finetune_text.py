@@ -21,7 +21,7 @@ from nlp_ssl.data.labels import drop_classes, few_label_split, load_labeled_data
 from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.metrics import SCORES, compute_scores
 from nlp_ssl.models import ModelConfig, build_model, special_token_fields
-from nlp_ssl.models.builders import max_positions
+from nlp_ssl.models.builders import max_positions, resolve_model_path
 from nlp_ssl.prediction import predict
 from nlp_ssl.reporting import RunDescription
 from nlp_ssl.tasks.classification import (
@@ -220,7 +220,7 @@ def tokenize(ds, tokenizer, max_length: int, keep_token_types: bool = True):
 def load_tokenizer(cfg: FinetuneTextConfig):
     from transformers import AutoTokenizer
 
-    source = cfg.tokenizer_name_or_path or cfg.model.name_or_path
+    source = cfg.tokenizer_name_or_path or (cfg.model.name_or_path and resolve_model_path(cfg.model.name_or_path))
     if not source:
         raise ConfigError("set model.name_or_path (a checkpoint folder) or tokenizer_name_or_path")
     try:
@@ -247,7 +247,7 @@ def build_task(cfg: FinetuneTextConfig, tokenizer, names: list[str] | None):
     fields["pad_token_id"] = tokenizer.pad_token_id
     if not cfg.model.name_or_path:
         fields.update(vocab_size=len(tokenizer), **special_token_fields(tokenizer))
-    path = cfg.model.name_or_path
+    path = cfg.model.name_or_path and resolve_model_path(cfg.model.name_or_path)
     if path and Path(path).exists() and not Path(path).joinpath("config.json").is_file():
         raise ConfigError(f"model.name_or_path {path}: not a model folder (no config.json)")
     try:
@@ -333,7 +333,7 @@ def finetune(cfg: FinetuneTextConfig, data: tuple[dict, list[str] | None, str] |
     )
     per_class = f"{cfg.data.k_per_class or 'all'} labelled examples per class, " if not regression else ""
     description.data = description.data or f"{where}, {per_class}{len(train)} training examples"
-    path = cfg.model.name_or_path
+    path = cfg.model.name_or_path and resolve_model_path(cfg.model.name_or_path)
     description.base_model = (
         path if (path and cfg.model.load_weights) else f"{path or cfg.model.arch} architecture, fresh weights"
     )

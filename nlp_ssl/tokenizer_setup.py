@@ -1,4 +1,4 @@
-"""Get the run's tokenizer: a given one, or one trained on the training texts and cached."""
+"""Get the run's tokenizer: a given one, the checkpoint's own, or one trained on the training texts and cached."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ from transformers import AutoTokenizer
 
 from nlp_ssl.config import check_ranges
 from nlp_ssl.data.cache import cache_root
+from nlp_ssl.errors import ConfigError
+from nlp_ssl.models.builders import ModelConfig, loads_checkpoint, resolve_model_path
 from nlp_ssl.tokenization import train_tokenizer
 
 
 @dataclass
 class TokenizerConfig:
-    #: A tokenizer folder or Hub name; empty: train one on the training texts (cached).
+    #: A tokenizer folder or Hub name; empty: the one of ``model.name_or_path`` when it has one,
+    #: else one trained on the training texts (cached).
     name_or_path: str | None = None
     kind: str = "wordpiece"
     vocab_size: int = 8192
@@ -28,10 +31,40 @@ class TokenizerConfig:
         check_ranges(self, vocab_size="(0, inf)", max_training_documents="(0, inf)")
 
 
-def load_or_train_tokenizer(cfg: TokenizerConfig, texts_dataset, text_column: str, cache_dir: str | None = None):
-    """``cfg.name_or_path`` if set; else a ``cfg.kind`` tokenizer trained once per corpus and settings."""
+#: Files that make a folder a tokenizer folder (fast, WordPiece, BPE, SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+
+
+def _load(source: str, key: str):
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{key} {source}: no tokenizer could be loaded ({str(error).splitlines()[0][:200]})") from None
+
+
+def has_tokenizer(path: str) -> bool:
+    """A local folder holding tokenizer files, or a Hub name (whose files are checked when loaded)."""
+    folder = Path(path)
+    return not folder.exists() or any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def load_or_train_tokenizer(cfg: TokenizerConfig, texts_dataset, text_column: str, cache_dir: str | None = None,
+                            model: ModelConfig | None = None):
+    """``cfg.name_or_path`` if set; else the tokenizer saved with ``model.name_or_path`` (a checkpoint's
+    embeddings only make sense with its own ids); else a ``cfg.kind`` tokenizer trained once per corpus
+    and settings. A checkpoint whose weights are loaded but that has no tokenizer is an error."""
     if cfg.name_or_path:
-        return AutoTokenizer.from_pretrained(cfg.name_or_path)
+        return _load(cfg.name_or_path, "tokenizer.name_or_path")
+    if model is not None and model.name_or_path:
+        path = resolve_model_path(model.name_or_path)
+        if has_tokenizer(path):
+            return _load(path, "model.name_or_path")
+        if loads_checkpoint(model):
+            raise ConfigError(
+                f"model.name_or_path {model.name_or_path}: the checkpoint has no tokenizer; "
+                "set tokenizer.name_or_path to the one it was trained with"
+            )
     if isinstance(texts_dataset, IterableDataset):
         texts_dataset = texts_dataset.take(cfg.max_training_documents)
         # A stream has no fingerprint: identify it by the text of its first documents.

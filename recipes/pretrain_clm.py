@@ -1,6 +1,7 @@
-"""Pretrain a GPT-2-style model with causal language modelling.
+"""Pretrain a GPT-2-style model with causal language modelling, from scratch or from a checkpoint.
 
     accelerate launch recipes/pretrain_clm.py [--config recipes/configs/pretrain_clm.yaml] [key=value ...]
+    python recipes/pretrain_clm.py --config recipes/configs/pretrain_clm_continue.yaml model.name_or_path=<checkpoint>
 """
 
 from dataclasses import dataclass, field
@@ -9,8 +10,9 @@ from pathlib import Path
 from nlp_ssl.cli import run
 from nlp_ssl.config import check_ranges, parse_config
 from nlp_ssl.data.card import data_card
-from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
-from nlp_ssl.models import ModelConfig, build_model, check_block_size
+from nlp_ssl.data.text import TextDataConfig, corpus_name, load_text_splits, tokenize_and_pack
+from nlp_ssl.models import ModelConfig, check_block_size
+from nlp_ssl.models.continued import build_pretraining_model
 from nlp_ssl.objectives import CLMCollator
 from nlp_ssl.reporting import RunDescription
 from nlp_ssl.tasks.causal_lm import CausalLMTask
@@ -42,10 +44,10 @@ def main(argv=None):
 
     with accelerator.main_process_first():
         raw = load_text_splits(cfg.data, seed=cfg.seed)
-        tokenizer = load_or_train_tokenizer(cfg.tokenizer, raw["train"], cfg.data.text_column, cfg.data.cache_dir)
+        tokenizer = load_or_train_tokenizer(cfg.tokenizer, raw["train"], cfg.data.text_column, cfg.data.cache_dir, cfg.model)
         collator = CLMCollator(tokenizer, document_aware=cfg.clm.document_aware, pad_to_multiple_of=cfg.clm.pad_to_multiple_of)
-        model = build_model(
-            cfg.model, "causal_lm", vocab_size=len(tokenizer),
+        model = build_pretraining_model(
+            cfg.model, "causal_lm", tokenizer, learning_rate=cfg.learning_rate,
             bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         )
         check_block_size(cfg.data.block_size, model.config)
@@ -56,7 +58,7 @@ def main(argv=None):
 
     description = RunDescription(
         objective="causal language modelling" + (" (documents kept apart in packed blocks)" if cfg.clm.document_aware else ""),
-        data=cfg.data.train_file or cfg.data.source,
+        data=corpus_name(cfg.data),
         pipeline_tag="text-generation",
         **data_card(cfg.data.source, cfg.data.train_file),
     )

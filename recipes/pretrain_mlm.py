@@ -1,6 +1,7 @@
-"""Pretrain a BERT-style model with masked language modelling.
+"""Pretrain a BERT-style model with masked language modelling, from scratch or from a checkpoint.
 
     accelerate launch recipes/pretrain_mlm.py [--config recipes/configs/pretrain_mlm.yaml] [key=value ...]
+    python recipes/pretrain_mlm.py --config recipes/configs/pretrain_mlm_continue.yaml model.name_or_path=<checkpoint>
 """
 
 from dataclasses import dataclass, field
@@ -9,8 +10,9 @@ from pathlib import Path
 from nlp_ssl.cli import run
 from nlp_ssl.config import check_ranges, parse_config
 from nlp_ssl.data.card import data_card
-from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
-from nlp_ssl.models import ModelConfig, build_model, check_block_size, special_token_fields
+from nlp_ssl.data.text import TextDataConfig, corpus_name, load_text_splits, tokenize_and_pack
+from nlp_ssl.models import ModelConfig, check_block_size, special_token_fields
+from nlp_ssl.models.continued import build_pretraining_model
 from nlp_ssl.objectives import MLMCollator
 from nlp_ssl.objectives.mlm import unigram_baseline_accuracy
 from nlp_ssl.reporting import RunDescription
@@ -48,7 +50,7 @@ def main(argv=None):
 
     with accelerator.main_process_first():
         raw = load_text_splits(cfg.data, seed=cfg.seed)
-        tokenizer = load_or_train_tokenizer(cfg.tokenizer, raw["train"], cfg.data.text_column, cfg.data.cache_dir)
+        tokenizer = load_or_train_tokenizer(cfg.tokenizer, raw["train"], cfg.data.text_column, cfg.data.cache_dir, cfg.model)
         collator = MLMCollator(
             tokenizer,
             mlm_probability=cfg.mlm.mlm_probability,
@@ -58,7 +60,8 @@ def main(argv=None):
             pad_to_multiple_of=cfg.mlm.pad_to_multiple_of,
             seed=cfg.seed,
         )
-        model = build_model(cfg.model, "masked_lm", vocab_size=len(tokenizer), **special_token_fields(tokenizer))
+        model = build_pretraining_model(cfg.model, "masked_lm", tokenizer, learning_rate=cfg.learning_rate,
+                                        **special_token_fields(tokenizer))
         check_block_size(cfg.data.block_size, model.config)
         data = cfg.data
         blocks = {
@@ -69,7 +72,7 @@ def main(argv=None):
     description = RunDescription(
         objective=f"masked language modelling ({cfg.mlm.mlm_probability:.0%} masked, "
         f"{'whole-word' if cfg.mlm.whole_word_mask else 'token-level'})",
-        data=cfg.data.train_file or cfg.data.source,
+        data=corpus_name(cfg.data),
         pipeline_tag="fill-mask",
         **data_card(cfg.data.source, cfg.data.train_file),
     )

@@ -8,17 +8,19 @@ file, bytes that are not UTF-8 or a missing column fail with the file, line and 
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, IterableDataset, Value, concatenate_datasets, load_dataset, load_from_disk
 
 from nlp_ssl.config import check_ranges
 from nlp_ssl.data.holdout import first_rows, hold_out
-from nlp_ssl.errors import DataError
+from nlp_ssl.errors import ConfigError, DataError
 
 BUILTIN_PREFIX = "builtin:"
 FILE_BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -31,6 +33,10 @@ class TextDataConfig:
     source: str = "builtin:wiki"
     dataset_config: str | None = None
     train_file: str | None = None
+    #: More unlabelled files whose texts join the training corpus (same ``text_column``; a .txt file's
+    #: lines). Task-adaptive pretraining: ``train_file`` = the task's labelled pool (labels unread),
+    #: plus other in-domain text here. Validation is held out of the whole.
+    extra_train_files: list[str] = field(default_factory=list)
     validation_file: str | None = None
     text_column: str = "text"
     #: Fraction held out for validation when the source has no validation split.
@@ -38,7 +44,8 @@ class TextDataConfig:
     block_size: int = 128
     #: Stream the corpus (an IterableDataset) instead of loading it: for corpora larger than memory.
     streaming: bool = False
-    #: In streaming mode: documents held out for validation, and the shuffle buffer.
+    #: In streaming mode: documents held out for validation, and the window of documents shuffled
+    #: together (each window is permuted from the seed and its position, so a resume is exact).
     streaming_validation_documents: int = 1000
     shuffle_buffer: int = 10_000
     num_proc: int | None = None
@@ -48,6 +55,9 @@ class TextDataConfig:
     def __post_init__(self):
         check_ranges(self, validation_split="(0, 1)", block_size="(0, inf)", streaming_validation_documents="(0, inf)",
                      shuffle_buffer="(0, inf)", num_proc="(0, inf)", max_train_documents="(0, inf)")
+        if self.extra_train_files and self.streaming:
+            raise ConfigError("data.extra_train_files: not supported with data.streaming=true; stream one file or a "
+                              "save_to_disk folder that holds them all")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +142,30 @@ def _load_file(path: Path, role: str, cfg: TextDataConfig, streaming: bool):
     return ds
 
 
+def with_extra_files(train: Dataset, cfg: TextDataConfig) -> Dataset:
+    """``train``'s texts followed by those of ``cfg.extra_train_files`` (one column, ``cfg.text_column``)."""
+    if not cfg.extra_train_files:
+        return train
+    column = cfg.text_column
+    parts = [train.select_columns([column])]
+    for i, path in enumerate(cfg.extra_train_files):
+        role = f"data.extra_train_files[{i}]"
+        path = check_text_file(path, role)
+        if FILE_BUILDERS[path.suffix.lower()] == "text":  # a .txt file's one column is 'text'
+            extra = _load_file(path, role, dataclasses.replace(cfg, text_column="text", extra_train_files=[]), False)
+            extra = extra.rename_column("text", column) if column != "text" else extra
+        else:
+            extra = _load_file(path, role, cfg, False)
+        parts.append(extra.select_columns([column]))
+    parts = [part if part.features[column] == Value("string") else part.cast_column(column, Value("string")) for part in parts]
+    return concatenate_datasets(parts)
+
+
+def corpus_name(cfg: TextDataConfig) -> str:
+    """The training corpus as the model card names it: the file or source, and any extra files."""
+    return " + ".join([cfg.train_file or cfg.source, *cfg.extra_train_files])
+
+
 def _builtin(cfg: TextDataConfig) -> Dataset:
     from nlp_ssl.data.wiki import load_wiki_corpus
 
@@ -149,25 +183,26 @@ def load_text_splits(cfg: TextDataConfig, seed: int = 0) -> DatasetDict | dict[s
         return _load_streaming(cfg, seed)
     if cfg.train_file:
         train = _load_file(check_text_file(cfg.train_file, "data.train_file"), "data.train_file", cfg, False)
+        train = with_extra_files(train, cfg)
         if cfg.validation_file:
             splits = DatasetDict(train=train, validation=_validation_file(cfg))
         else:
             splits = hold_out(train, cfg.validation_split, seed, f"data.train_file {cfg.train_file}")
     elif cfg.source.startswith(BUILTIN_PREFIX):
-        splits = hold_out(_builtin(cfg), cfg.validation_split, seed, f"data.source {cfg.source}")
+        splits = hold_out(with_extra_files(_builtin(cfg), cfg), cfg.validation_split, seed, f"data.source {cfg.source}")
     else:
         if os.path.isdir(cfg.source):
             loaded = load_from_disk(cfg.source)
         else:
             loaded = load_dataset(cfg.source, cfg.dataset_config, cache_dir=cfg.cache_dir)
         if isinstance(loaded, Dataset):
-            splits = hold_out(loaded, cfg.validation_split, seed, f"data.source {cfg.source}")
+            splits = hold_out(with_extra_files(loaded, cfg), cfg.validation_split, seed, f"data.source {cfg.source}")
         elif "train" not in loaded:
             raise DataError(f"data.source {cfg.source}: no 'train' split (splits: {', '.join(loaded)})")
         elif "validation" in loaded:
-            splits = DatasetDict(train=loaded["train"], validation=loaded["validation"])
+            splits = DatasetDict(train=with_extra_files(loaded["train"], cfg), validation=loaded["validation"])
         else:
-            splits = hold_out(loaded["train"], cfg.validation_split, seed, f"data.source {cfg.source}")
+            splits = hold_out(with_extra_files(loaded["train"], cfg), cfg.validation_split, seed, f"data.source {cfg.source}")
         for name, ds in splits.items():
             check_text_column(ds, cfg.text_column, f"data.source {cfg.source} [{name}]")
     if cfg.validation_file and not cfg.train_file:
@@ -202,8 +237,26 @@ def _load_streaming(cfg: TextDataConfig, seed: int) -> dict[str, IterableDataset
             )
         validation = stream.take(held_out)
         train = stream.skip(held_out)
-    train = train.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer)
+    train = train.map(WindowShuffle(seed), batched=True, batch_size=cfg.shuffle_buffer, with_indices=True,
+                      features=train.features)
     return {"train": train, "validation": validation}
+
+
+class WindowShuffle:
+    """Batched ``map`` function that permutes each window of ``shuffle_buffer`` streamed documents.
+
+    Unlike ``IterableDataset.shuffle``, whose buffer is lost on resume, a window's order follows from
+    the seed and the window's position alone: the stream's ``state_dict()`` (which ``datasets`` keeps
+    for batched maps as "start of the window + examples since") resumes it exactly, re-reading at most
+    one window whatever the step. The order is the same every epoch; masks still change per epoch.
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __call__(self, batch: dict, indices: list[int]) -> dict:
+        order = np.random.default_rng([self.seed, indices[0]]).permutation(len(indices))
+        return {name: [values[i] for i in order] for name, values in batch.items()}
 
 
 # ---------------------------------------------------------------------------------------------

