@@ -20,13 +20,20 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    ProjectConfiguration,
+    broadcast_object_list,
+    is_torchdata_stateful_dataloader_available,
+    set_seed,
+)
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -54,6 +61,9 @@ logger = logging.getLogger("nlp_ssl.trainer")
 #: How the run ended: ``running``, ``finished``, ``preempted``, ``diverged``, ``write_failed``,
 #: ``bad_input`` (exit 2) or ``crashed`` (exit 1, a bug).
 STATUS_FILE = "run_status.json"
+
+#: In a checkpoint: where a streamed training set stopped (the stateful loader's ``state_dict``).
+STREAM_STATE_FILE = "train_stream_state.pt"
 STATUS_NAMES = {Preempted: "preempted", Diverged: "diverged", CheckpointWriteFailed: "write_failed"}
 
 #: Seconds a stopping run waits for Hub uploads in flight: schedulers allow ~30 s after SIGTERM.
@@ -347,6 +357,8 @@ class Trainer:
         )
         self.train_collator = collator
         self.batch_sampler = batch_sampler
+        #: A streamed training set with a stateful loader; set by a resume that restored it.
+        self._stream_state, self._stream_resumed, self._stream_stale = False, None, False
         if batch_sampler is not None and getattr(batch_sampler, "batch_size", None) != config.micro_batch_size:
             raise ConfigError(
                 f"batch_sampler gives batches of {getattr(batch_sampler, 'batch_size', None)}, "
@@ -397,6 +409,9 @@ class Trainer:
                 dataset, batch_sampler=self.batch_sampler, collate_fn=collator, num_workers=self.config.num_workers,
                 generator=generator,
             )
+        if train and iterable and is_torchdata_stateful_dataloader_available():
+            options = dict(collate_fn=collator, num_workers=self.config.num_workers, generator=generator)
+            return self._stream_loader(dataset, batch_size, options)
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -407,6 +422,29 @@ class Trainer:
             persistent_workers=False,
             generator=generator,
         )
+
+    def _stream_loader(self, dataset, batch_size: int, options: dict) -> DataLoader:
+        """Streamed training data, prepared here: process 0 reads each global batch and hands every
+        process its slice (accelerate's dispatching, as for any stream), through torchdata's
+        StatefulDataLoader, whose ``state_dict`` holds the stream's own (``datasets``' position). One
+        read per global batch keeps that state exact at every step; checkpoints save it, so a resume
+        continues the stream instead of re-reading it (O(1) in the step, see ``_micro_batches``)."""
+        acc = self.accelerator
+        loader = DataLoader(dataset, batch_size=batch_size * acc.num_processes, drop_last=True, **options)
+        settings = acc.dataloader_config
+        kept = settings.dispatch_batches, settings.split_batches, settings.use_stateful_dataloader
+        settings.dispatch_batches = settings.split_batches = settings.use_stateful_dataloader = True
+        warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)  # torchdata 0.11
+        try:
+            loader = acc.prepare(loader)  # marked prepared: the later prepare() returns it as it is
+        finally:
+            settings.dispatch_batches, settings.split_batches, settings.use_stateful_dataloader = kept
+        # Every process would write accelerate's dl_state_dict.bin to one path; process 0's is the state.
+        loader.use_stateful_dataloader = False
+        loader.base_dataloader.generator = options["generator"]  # dispatching drops it: iterators would seed
+        # from the global RNG that dropout uses
+        self._stream_state = True
+        return loader
 
     def _optimizer(self) -> torch.optim.Optimizer:
         if not 0 < self.config.layer_decay <= 1:
@@ -434,7 +472,16 @@ class Trainer:
             if hasattr(self.batch_sampler, "set_epoch"):  # accelerate's shard wrapper does not pass it on
                 self.batch_sampler.set_epoch(self.state.epoch)
             skip = self.state.batches_in_epoch
-            batches = self.accelerator.skip_first_batches(loader, skip) if skip else loader
+            # After a resume that restored the stream's state, the loader continues from there.
+            restored, self._stream_resumed = self._stream_resumed, None
+            if restored == "epoch_done":
+                self.state.epoch += 1
+                self.state.batches_in_epoch = 0
+                continue
+            skipping = bool(skip) and not restored
+            batches = self.accelerator.skip_first_batches(loader, skip) if skipping else loader
+            # Batches read through a skipping copy leave the loader's state behind: none is saved this epoch.
+            self._stream_stale = skipping
             produced = False
             for batch in batches:
                 produced = True
@@ -764,6 +811,9 @@ class Trainer:
                 tmp.mkdir(parents=True)
             acc.wait_for_everyone()
             acc.save_state(str(tmp))
+            if self._stream_state and not self._stream_stale and acc.is_main_process:
+                torch.save({"global_batch": self.train_loader.batch_size, "loader": self.train_loader.state_dict()},
+                           tmp / STREAM_STATE_FILE)
             self._save_model(tmp / HF_MODEL_SUBDIR, check=False)  # a plain HF folder inside each checkpoint
             if acc.is_main_process:
                 atomic.write_json(tmp / ckpt.STATE_FILE, {**self.state.__dict__, "run_config": self.run_config})
@@ -780,6 +830,7 @@ class Trainer:
         try:
             self.accelerator.load_state(str(path))
             saved = json.loads((path / ckpt.STATE_FILE).read_text(encoding="utf-8"))
+            self._load_stream_state(path)
         except (OSError, RuntimeError, ValueError, KeyError, EOFError) as e:  # verified, yet it does not fit
             raise CheckpointError(f"checkpoint {path} cannot be loaded into this run: {type(e).__name__}: "
                                   f"{str(e).splitlines()[0][:300] if str(e) else ''}") from None
@@ -788,6 +839,23 @@ class Trainer:
         if self.accelerator.is_local_main_process:
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.step, self.state.epoch,
                         self.state.batches_in_epoch)
+
+    def _load_stream_state(self, path: Path) -> None:
+        """Put a streamed loader back where the checkpoint's stream stopped; without that state (an
+        older checkpoint, another global batch) ``_micro_batches`` re-reads up to the step instead."""
+        if not self._stream_state:
+            return
+        file = path / STREAM_STATE_FILE
+        saved = torch.load(file, weights_only=False) if file.is_file() else None
+        if saved is None or saved["global_batch"] != self.train_loader.batch_size:
+            why = "has no stream state" if saved is None else f"was saved with global batches of {saved['global_batch']}"
+            logger.warning("checkpoint %s %s: re-reading the stream up to the resume point", path, why)
+            return
+        if saved["loader"].get("_iterator_finished"):  # saved right after the last batch of an epoch
+            self._stream_resumed = "epoch_done"
+        else:
+            self.train_loader.load_state_dict(saved["loader"])
+            self._stream_resumed = "continue"
 
     def _save_model(self, folder: Path, what: str | None = None, check: bool = True) -> None:
         """The HF model (and processor) as a plain folder, written next door and swapped in."""
