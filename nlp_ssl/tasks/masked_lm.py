@@ -4,23 +4,41 @@ BERT's ``gather_indexes`` (and cramming) project to the vocabulary only at maske
 masking that skips 85% of the largest matrix multiply in a small model. The model stays a plain HF
 masked LM (``BertForMaskedLM``, ``ModernBertForMaskedLM``...), so the checkpoint and its ``fill-mask``
 logits are unchanged. Where each masked LM keeps its encoder and head is its entry in
-:mod:`nlp_ssl.models.architectures`.
+:mod:`nlp_ssl.models.architectures`. On CPU, a head that ends in a plain ``nn.Linear`` projects
+and takes the loss chunk by chunk (:mod:`nlp_ssl.tasks.linear_cross_entropy`).
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from nlp_ssl.models.architectures import mlm_parts
 from nlp_ssl.tasks.base import Task, cross_entropy_sum
+from nlp_ssl.tasks.linear_cross_entropy import linear_cross_entropy_sum, use_fused
 
 __all__ = ["MaskedLMTask", "masked_positions_loss", "mlm_parts"]
+
 
 def masked_positions_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module):
     """Apply ``head`` to the hidden states of predicted tokens only; (loss sum, count, correct)."""
     keep = labels != -100
-    logits = head(hidden[keep])
-    return cross_entropy_sum(logits, labels[keep])
+    selected, targets = hidden[keep], labels[keep]
+    split = _split_projection(head)
+    if split is not None and use_fused(selected):
+        transform, projection = split
+        return linear_cross_entropy_sum(transform(selected), projection, targets)
+    return cross_entropy_sum(head(selected), targets)
+
+
+def _split_projection(head: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+    """(what comes before the vocabulary projection, the projection) of a head that is a plain
+    ``nn.Linear`` or an ``nn.Sequential`` ending in one; None for any other head."""
+    if type(head) is nn.Linear:
+        return nn.Identity(), head
+    if type(head) is nn.Sequential and len(head) and type(head[-1]) is nn.Linear:
+        return head[:-1], head[-1]
+    return None
 
 
 class MaskedLMTask(Task):
