@@ -231,3 +231,111 @@ def test_recipes_dir_is_the_installed_recipes_package():
     assert folder.resolve() == Path(nlp_ssl.recipes.__file__).resolve().parent
     for recipe in ("finetune_text", "finetune_vision", "pretrain_vit", "study_text", "study_vision"):
         assert (folder / f"{recipe}.py").is_file() and (folder / "configs" / f"{recipe}.yaml").is_file()
+
+
+# ------------------------------------------------ study_text's checkpoint rows, end to end (real recipes)
+
+TOPICS = ("People", "Geography", "Mathematics")
+
+
+@pytest.fixture(scope="module")
+def task_files(tmp_path_factory):
+    """3 classes of real wiki articles (12 per class to train from, 5 to test on), and an unlabelled file."""
+    from nlp_ssl.data.wiki import load_wiki_corpus
+    from tests.helpers import write_jsonl
+
+    corpus = load_wiki_corpus()
+    folder = tmp_path_factory.mktemp("task")
+    files = {}
+    for split, n in (("en_train", 12), ("en_test", 5)):
+        topics = corpus[split]["topic"][:]
+        rows = corpus[split].select([i for c in TOPICS for i in [j for j, t in enumerate(topics) if t == c][:n]])
+        files[split] = write_jsonl(folder / f"{split}.jsonl", [{"body": r["text"], "topic": r["topic"]} for r in rows])
+    unlabeled = corpus["en_train"].select(range(2000, 2040))["text"][:]
+    files["unlabeled"] = write_jsonl(folder / "unlabeled.jsonl", [{"body": t} for t in unlabeled])
+    a_test_text = json.loads(files["en_test"].read_text().splitlines()[7])["body"]
+    files["leaky"] = write_jsonl(folder / "leaky.jsonl", [{"body": t} for t in [*unlabeled[:5], a_test_text]])
+    return files
+
+
+@pytest.fixture(scope="module")
+def encoder_checkpoint(tmp_path_factory):
+    """A tiny BERT encoder saved without an MLM head (as all-MiniLM-L6-v2 is), with its WordPiece tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from tests.helpers import ROOT
+
+    tok = AutoTokenizer.from_pretrained(ROOT / "tests" / "data" / "tokenizers" / "wordpiece")
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("checkpoint") / "encoder"
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def study_text_args(files, checkpoint, out, unlabeled):
+    finetune = [f"data.train_file={files['en_train']}", f"data.test_file={files['en_test']}", "data.text_column=body",
+                "data.label_column=topic", "max_steps=4", "eval_every=2", "micro_batch_size=8", "global_batch_size=8",
+                "data.validation_per_class=2", "data.max_length=48"]
+    cont = ["max_steps=2", "eval_every=2", "save_every=2", "data.block_size=32", "micro_batch_size=8", "global_batch_size=8",
+            "data.validation_split=0.2"]
+    return [f"checkpoint={checkpoint}", f"output_dir={out}", "k_per_class=[4]", "seeds=[0]",
+            "methods=[checkpoint,checkpoint_continued,tfidf]", f"unlabeled_files=[{unlabeled}]",
+            "finetune_args=[" + ",".join(finetune) + "]", "continue_args=[" + ",".join(cont) + "]"]
+
+
+@pytest.mark.slow
+def test_study_text_checkpoint_rows_continue_pretraining_on_the_task_texts_then_fine_tune(tmp_path, task_files,
+                                                                                            encoder_checkpoint):
+    from safetensors.torch import load_file
+
+    from tests.helpers import run_recipe
+
+    out = tmp_path / "study"
+    proc = run_recipe("study_text.py", *study_text_args(task_files, encoder_checkpoint, out, task_files["unlabeled"]),
+                      env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert {r["run"] for r in results["runs"]} == {"checkpoint_k4_s0", "checkpoint_continued_k4_s0", "tfidf_k4_s0"}
+    # The continued checkpoint: 2 MLM steps on the pool's texts + the unlabelled file, never the test file.
+    continued = out / "pretrain" / "continued"
+    (record,) = results["pretraining"]
+    assert record["steps"] == 2 and record["folder"] == str(continued)
+    assert f"data.train_file={task_files['en_train']}" in record["command"]
+    assert f"data.extra_train_files=[{task_files['unlabeled']}]" in record["command"]
+    assert str(task_files["en_test"]) not in record["command"]
+    log = (out / "pretrain" / "continued.log").read_text()
+    assert "no complete masked_lm head in the checkpoint" in log
+    before, after = load_file(str(encoder_checkpoint / "model.safetensors")), load_file(str(continued / "model.safetensors"))
+    layer = "encoder.layer.0.attention.self.query.weight"
+    assert before[layer].shape == after[f"bert.{layer}"].shape and not torch_equal(before[layer], after[f"bert.{layer}"])
+    # Each checkpoint row fine-tuned its own starting point.
+    for run, start in (("checkpoint_k4_s0", encoder_checkpoint), ("checkpoint_continued_k4_s0", continued)):
+        command = (out / "runs" / f"{run}.log").read_text().splitlines()[0]
+        assert f"model.name_or_path={start} " in command and "learning_rate=1.0e-4" in command
+        assert json.loads((out / "runs" / run / "all_results.json").read_text())["steps"] == 4
+    table = (out / "results.md").read_text()
+    assert f"| checkpoint ({encoder_checkpoint}) + continued pretraining, fine-tuned |" in table
+    assert "continued pretraining of the checkpoint: `recipes/pretrain_mlm.py --config pretrain_mlm_continue" in table
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_study_text_refuses_unlabelled_text_that_holds_a_test_text(tmp_path, task_files, encoder_checkpoint):
+    from tests.helpers import run_recipe
+
+    out = tmp_path / "study"
+    proc = run_recipe("study_text.py", *study_text_args(task_files, encoder_checkpoint, out, task_files["leaky"]),
+                      env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (f"error: unlabeled_files {task_files['leaky']}: 1 of its 6 texts are test texts of the task (the first "
+                    "is text 6); remove them so that pretraining never sees the test set")
+    assert not (out / "pretrain").exists() and not (out / "runs").exists()
