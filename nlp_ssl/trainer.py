@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from nlp_ssl import atomic, run_lock
+from nlp_ssl import atomic, backends, run_lock
 from nlp_ssl import checkpointing as ckpt
 from nlp_ssl.config import check_ranges, to_dict
 from nlp_ssl.errors import (
@@ -187,6 +187,8 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed, even_batches=False),
         step_scheduler_with_optimizer=False,
     )
+    backends.configure(accelerator, config.micro_batch_size, gradient_accumulation_steps(config, accelerator.num_processes),
+                       config.max_grad_norm)
     lock_output_dir(accelerator, config.output_dir)
     if not is_hub_resume(config.resume):
         _RESOLVED[_resume_key(config)] = ckpt.resolve_resume(config.resume, Path(config.output_dir) / "checkpoints",
@@ -573,17 +575,18 @@ class Trainer:
             counts = self._count(micro)
             self.model.train()
             step_loss = torch.zeros((), device=acc.device)
+            factor = backends.loss_factor(acc, self.accumulation)  # DeepSpeed divides by its accumulation
             for i, batch in enumerate(micro):
-                sync = i == len(micro) - 1
-                with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+                with backends.micro_step(acc, self.model, last=i == len(micro) - 1):
                     out = self.model(**batch)
                     loss = sum(weights[n] * out["losses"][n][0] / counts[n] for n in weights) * acc.num_processes
-                    acc.backward(loss)
+                    acc.backward(loss * factor if factor != 1 else loss)
                 step_loss += loss.detach() / acc.num_processes
                 window_tokens += self.unwrapped_task.tokens_in(batch)
                 window_flops += self.unwrapped_task.flops(batch)
             # The norm is needed anyway for clipping; with clipping off, max_norm=inf only measures it.
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+            grad_norm = backends.full(grad_norm)  # FSDP2 gives a DTensor
             bad, stop_requested = self._step_health(step_loss, grad_norm, signals)
             if bad:
                 self._skip_update()
@@ -773,7 +776,7 @@ class Trainer:
     def _check_finite(self, what: str) -> None:
         """Never publish non-finite weights: refuse (and stop) instead."""
         acc = self.accelerator
-        params = [p.detach() for p in self.model.parameters()]
+        params = [backends.local(p).detach() for p in self.model.parameters()]  # FSDP2: this process's shards
         finite = (torch.stack([torch.isfinite(p).all() for p in params]).all().float() if params
                   else torch.ones((), device=acc.device))
         if acc.num_processes > 1:
