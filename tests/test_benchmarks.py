@@ -1,0 +1,49 @@
+"""The pieces the benchmarks measure with (benchmarks/ is scripts, not a package: put it on the path)."""
+
+import sys
+
+import pytest
+import torch
+
+from tests.helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_trainer  # noqa: E402
+import gpu_check  # noqa: E402
+
+
+def test_step_clock_stamps_every_optimizer_step_and_measures_after_the_warmup():
+    param = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.AdamW([param], lr=0.1, betas=(0.9, 0.98))
+    with bench_trainer.StepClock() as clock:
+        for _ in range(6):
+            param.grad = torch.ones(3)
+            optimizer.step()
+    param.grad = torch.ones(3)
+    optimizer.step()  # after the clock: not seen
+    summary = clock.summary(warmup=2, tokens_per_step=100)
+    assert summary["steps_seen"] == 6 and summary["steps_measured"] == 3
+    assert summary["tokens_per_s"] == pytest.approx(300 / (clock.wall[5] - clock.wall[2]))
+    assert summary["threads"] == torch.get_num_threads()
+    assert summary["optimizer"]["class"] == "AdamW" and summary["optimizer"]["settings"]["betas"] == [0.9, 0.98]
+    rebuilt = getattr(torch.optim, summary["optimizer"]["class"])([param], **{
+        k: tuple(v) if isinstance(v, list) else v for k, v in summary["optimizer"]["settings"].items()})
+    assert rebuilt.defaults == optimizer.defaults
+
+
+def test_gpu_check_tokenizer_feeds_both_trainers_collators():
+    from transformers import DataCollatorForLanguageModeling
+
+    from nlp_ssl.objectives import CLMCollator, MLMCollator
+
+    tokenizer = gpu_check.numbered_tokenizer(60)
+    assert len(tokenizer) == 60 and tokenizer.mask_token_id == 4 and tokenizer.pad_token_id == 0
+    rows = [{"input_ids": list(range(5, 60))}, {"input_ids": list(range(59, 4, -1))}]
+    ours = MLMCollator(tokenizer, mlm_probability=0.5, seed=0)(rows)
+    hf = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.5, seed=0)(rows)
+    for batch in (ours, hf):
+        predicted = batch["labels"] != -100
+        assert predicted.any() and (batch["input_ids"][predicted] == 4).any()
+    clm = CLMCollator(tokenizer)(rows)
+    assert torch.equal(clm["labels"], clm["input_ids"])
