@@ -138,22 +138,27 @@ def test_the_window_shuffle_permutes_each_window_from_the_seed_and_its_position(
     assert text_data.WindowShuffle(seed=2)(docs, list(range(16, 24))) != first
 
 
-@pytest.mark.parametrize("where", ["mid_epoch", "end_of_epoch"])
-def test_streamed_resume_gives_identical_weights(tmp_path, wordpiece_tokenizer, short_corpus, monkeypatch, where):
+def test_streamed_resume_gives_identical_weights(tmp_path, wordpiece_tokenizer, short_corpus, monkeypatch):
     per_epoch = blocks_per_epoch(short_corpus, wordpiece_tokenizer) // MICRO  # micro-batches an epoch
-    # Mid-epoch: two micro-batches a step, and a checkpoint inside the second epoch. End of epoch: one
-    # micro-batch a step, and a checkpoint right after the last batch of the first epoch.
-    accumulation, crash_at = (2, per_epoch // 2 + 1) if where == "mid_epoch" else (1, per_epoch)
-    max_steps = crash_at + per_epoch + 1
-    kwargs = {"save_every": crash_at, "accumulation": accumulation}
-    straight = weights(run(tmp_path / "a", short_corpus, wordpiece_tokenizer, max_steps, **kwargs))
-    run(tmp_path / "b", short_corpus, wordpiece_tokenizer, max_steps, crash_at=crash_at, monkeypatch=monkeypatch, **kwargs)
-    saved = torch.load(ckpt.checkpoint_dir(tmp_path / "b" / "checkpoints", crash_at) / STREAM_STATE_FILE,
-                       weights_only=False)
-    assert saved["loader"]["_iterator_finished"] is (where == "end_of_epoch")
-    resumed = run(tmp_path / "b", short_corpus, wordpiece_tokenizer, max_steps, resume="auto", **kwargs)
-    assert resumed.state.epoch >= 2  # the resumed run crossed another epoch boundary
-    assert_same(straight, weights(resumed))
+    assert per_epoch % 2 == 0, "two micro-batches a step: an epoch must end on a step"
+    end_of_epoch, mid_epoch = per_epoch // 2, per_epoch // 2 + 1  # after the first epoch's last batch; inside the second
+    max_steps = mid_epoch + per_epoch // 2 + 1  # both resumes cross another epoch boundary
+    straight = weights(run(tmp_path / "a", short_corpus, wordpiece_tokenizer, max_steps, save_every=100))
+    run(tmp_path / "b", short_corpus, wordpiece_tokenizer, max_steps, crash_at=mid_epoch, monkeypatch=monkeypatch,
+        save_every=1)
+    checkpoints = tmp_path / "b" / "checkpoints"
+    for step in (end_of_epoch, mid_epoch):
+        saved = torch.load(ckpt.checkpoint_dir(checkpoints, step) / STREAM_STATE_FILE, weights_only=False)
+        assert saved["loader"]["_iterator_finished"] is (step == end_of_epoch)
+    # Resume from the end-of-epoch checkpoint alone (a copy), then from the mid-epoch one (the latest).
+    (tmp_path / "c" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(ckpt.checkpoint_dir(checkpoints, end_of_epoch), ckpt.checkpoint_dir(tmp_path / "c" / "checkpoints",
+                                                                                         end_of_epoch))
+    for out, step in ((tmp_path / "c", end_of_epoch), (tmp_path / "b", mid_epoch)):
+        resumed = run(out, short_corpus, wordpiece_tokenizer, max_steps, resume="auto", save_every=100)
+        assert resumed.resume_from == ckpt.checkpoint_dir(out / "checkpoints", step)
+        assert resumed.state.epoch >= 2
+        assert_same(straight, weights(resumed))
 
 
 def test_resume_reads_the_same_few_documents_at_a_late_step_as_at_an_early_one(
