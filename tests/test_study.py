@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nlp_ssl.errors import ConfigError, RunEnded
+from nlp_ssl.errors import ConfigError, DataError, RunEnded
 from nlp_ssl.study import Method, Study, StudyConfig, recipes_dir, run_study
 from nlp_ssl.study import runs as study_runs
 
@@ -339,3 +339,27 @@ def test_study_text_refuses_unlabelled_text_that_holds_a_test_text(tmp_path, tas
     assert last == (f"error: unlabeled_files {task_files['leaky']}: 1 of its 6 texts are test texts of the task (the first "
                     "is text 6); remove them so that pretraining never sees the test set")
     assert not (out / "pretrain").exists() and not (out / "runs").exists()
+
+
+# ------------------------------------------------------------------- the pretraining corpus of a study
+
+
+def test_the_pretraining_corpus_is_the_pool_plus_unlabelled_files_never_the_test_file(tmp_path):
+    from nlp_ssl.finetune_text import ClassificationDataConfig
+    from nlp_ssl.study.pretraining import check_test_unseen, corpus_args
+
+    pool, test = tmp_path / "pool.jsonl", tmp_path / "test.jsonl"
+    data = ClassificationDataConfig(train_file=str(pool), test_file=str(test), text_column="body")
+    assert corpus_args(data, []) == [f"data.train_file={pool}", "data.text_column=body"]
+    assert corpus_args(data, ["a.txt", "b.jsonl"])[-1] == "data.extra_train_files=[a.txt,b.jsonl]"
+    assert corpus_args(ClassificationDataConfig(), []) == ["data.source=builtin:wiki"]  # the built-in task's pool
+    with pytest.raises(ConfigError, match="unlabeled_files: 'x,y.txt': a path with ','"):
+        corpus_args(data, ["x,y.txt"])
+
+    lines = tmp_path / "more.txt"
+    lines.write_text("an unlabelled line\nthe second test text\n")
+    check_test_unseen(["the first test text"], [str(lines)], "body")
+    with pytest.raises(DataError, match=f"^unlabeled_files {lines}: 1 of its 2 texts are test texts of the task "
+                                         r"\(the first is text 2\)"):
+        check_test_unseen(["the first test text", "the second test text"], [str(lines)], "body")
+

@@ -142,6 +142,13 @@ def _load_file(path: Path, role: str, cfg: TextDataConfig, streaming: bool):
     return ds
 
 
+def read_text_file(path: str | Path, role: str, text_column: str = "text") -> Dataset:
+    """One local file's texts in file order, checked like a training file (a .txt file's column is 'text')."""
+    path = check_text_file(path, role)
+    column = "text" if FILE_BUILDERS[path.suffix.lower()] == "text" else text_column
+    return _load_file(path, role, TextDataConfig(text_column=column), False).select_columns([column])
+
+
 def with_extra_files(train: Dataset, cfg: TextDataConfig) -> Dataset:
     """``train``'s texts followed by those of ``cfg.extra_train_files`` (one column, ``cfg.text_column``)."""
     if not cfg.extra_train_files:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nlp_ssl.data.text import FILE_BUILDERS, TextDataConfig, load_text_splits
+from nlp_ssl.data.text import read_text_file
 from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.study.runs import recipe_yaml, recipes_dir, run_recipe
 
@@ -39,10 +39,9 @@ def corpus_args(data, unlabeled_files: list[str]) -> list[str]:
 
 
 def file_texts(path: str, text_column: str) -> list[str]:
-    """Every text of one unlabelled file (a .txt file's lines; else its ``text_column``)."""
-    column = "text" if FILE_BUILDERS.get(Path(path).suffix.lower()) == "text" else text_column
-    splits = load_text_splits(TextDataConfig(train_file=path, text_column=column, validation_split=0.5))
-    return [*splits["train"][column], *splits["validation"][column]]
+    """Every text of one unlabelled file, in file order (a .txt file's lines; else its ``text_column``)."""
+    ds = read_text_file(path, "unlabeled_files", text_column)
+    return ds[ds.column_names[0]][:]
 
 
 def check_test_unseen(test_texts: list[str] | None, unlabeled_files: list[str], text_column: str) -> None:

@@ -1,6 +1,6 @@
 """The study's one result format: every run, mean ± std over seeds, and per-seed gains over a reference.
 
-``results.json`` holds ``runs`` (one record per method, k and seed), ``summary``
+``results.json`` holds ``labels`` (each method's name in tables), ``runs`` (one record per method, k and seed), ``summary``
 (``{method: {k: {metric: {"mean", "std", "n"}}}}``, std with ddof=1, 0 for one seed) and ``gains``
 (``{method: {k: {"per_seed": {seed: points}, "mean", "std", "min", "n"}}}``: test accuracy minus the
 reference method's on the same seed, so the labels drawn are the same on both sides).
@@ -53,6 +53,7 @@ def build(cfg, study, records: list[dict]) -> dict:
         "title": study.title,
         "config": to_dict(cfg),
         "reference": study.reference,
+        "labels": {m: spec.label for m, spec in study.methods.items() if m in cfg.methods},
         "runs": records,
         "summary": summarise(records),
         "gains": gains(records, study.reference),
