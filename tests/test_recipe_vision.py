@@ -248,35 +248,61 @@ def test_bad_input_fails_with_one_clear_line(tmp_path, script, args, expected):
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
-def test_study_smoke_writes_table_plot_and_curves(tmp_path, rotation_run):
+def test_study_smoke_runs_the_protocol_and_report_only_rebuilds_it(tmp_path, rotation_run):
+    """The protocol end to end at toy size: scratch, the auxiliary-loss row, baselines, a frozen probe,
+    the learning-speed budget and the compute-matched run; then the report again from the runs alone."""
+    import shutil
+
+    import recipes.study_vision
+
     out = tmp_path / "study"
-    finetune = "[" + ", ".join([*FINETUNE, "report_to=none"]) + "]"
-    proc = run_recipe(
-        "study_vision.py", f"output_dir={out}", f"rotation_checkpoint={rotation_run}",
-        "methods=[rotation, pixels_logreg]", "k_per_class=[4]", "seeds=[0, 1]", f"finetune_args={finetune}",
-        "method_overrides={rotation: [learning_rate=3.5e-4]}",
-    )
+    checkpoint = tmp_path / "rotation"  # the fixture's, with a pretraining time that keeps the matched run short
+    shutil.copytree(rotation_run, checkpoint)
+    results_file = checkpoint / "all_results.json"
+    results_file.write_text(json.dumps({**json.loads(results_file.read_text()), "train_runtime_s": 2.0}))
+    finetune = "[" + ", ".join([*FINETUNE[1:], "report_to=none"]) + "]"  # k comes from the study
+    args = [
+        f"output_dir={out}", f"rotation_checkpoint={checkpoint}", "k_per_class=[2]", "seeds=[0]", "k_seeds={}",
+        "k_args={}", "methods=[scratch, scratch_aux, pixels_logreg, pixels_knn, probe_rotation_cls]",
+        "learning_rates=[1e-3]", "lr_from={}", f"finetune_args={finetune}", "aux_args=[finetune.aux_unlabelled=1]",
+        "speed_k=2", "speed_steps=[3]", "speed_methods=[scratch]", "compute_matched=rotation", "workers=2",
+    ]
+    proc = run_recipe("study_vision.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "learning_rate: 0.00035" in (out / "runs" / "rotation_k4_s1" / "README.md").read_text()
     report = json.loads((out / "results.json").read_text())
-    assert {(r["method"], r["seed"]) for r in report["runs"]} == {(m, s) for m in ("rotation", "pixels_logreg") for s in (0, 1)}
-    for method in ("rotation", "pixels_logreg"):
-        cell = report["summary"][method]["4"]["test_accuracy"]
-        accs = [r["test_accuracy"] for r in report["runs"] if r["method"] == method]
-        assert cell["n"] == 2 and cell["mean"] == pytest.approx(np.mean(accs))
-        assert cell["std"] == pytest.approx(np.std(accs, ddof=1))
-    # Each run's record is its own all_results.json, and the pixel baseline scored the same 200 test images.
-    for seed in (0, 1):
-        run = json.loads((out / "runs" / f"rotation_k4_s{seed}" / "all_results.json").read_text())
-        record = next(r for r in report["runs"] if r["run"] == f"rotation_k4_s{seed}")
-        assert record["test_accuracy"] == run["test_accuracy"] and record["best_step"] == run["best_step"]
-    assert {r["test_examples"] for r in report["runs"]} == {200}
-    assert report["pretraining"]["rotation"]["checkpoint"] == str(rotation_run)
+    matched = json.loads((out / "compute_matched.json").read_text())
+    assert matched["pretrain_seconds"] == 2.0 and matched["steps"] == 6 + matched["extra_steps"] > 6
+    assert matched["extra_steps"] == round(2.0 / matched["scratch_seconds_per_step"])
+    runs = {r["run"]: r for r in report["runs"]}
+    scratch = "scratch_k2_s0_lr0.001"
+    assert set(runs) == {scratch, "scratch_aux_k2_s0_lr0.001", "pixels_logreg_k2_s0", "pixels_knn_k2_s0",
+                         "probe_rotation_cls_k2_s0", f"{scratch}_steps3", f"{scratch}_steps{matched['steps']}"}
+    for name, record in runs.items():
+        if not record["baseline"]:  # the headline is each run's last model, its best beside it
+            results = json.loads((out / "runs" / name / "all_results.json").read_text())
+            assert record["test_accuracy_last"] == results["last_test_accuracy"]
+            assert record["test_accuracy_best"] == results["test_accuracy"]
+    aux = json.loads((out / "runs" / "scratch_aux_k2_s0_lr0.001" / "all_results.json").read_text())
+    assert (aux["aux_task"], aux["aux_head"], aux["aux_unlabelled"]) == ("rotation", "new", 1) and "eval_rot_loss" in aux
+    assert aux["train_tokens"] == 6 * (20 + 40) * 49  # both passes' patches count as throughput
+    assert report["summary"]["scratch"]["2"]["headline"]["mean"] == runs[scratch]["test_accuracy_last"]
+    gain = report["gains"]["scratch"]["pixels_knn"]["2"]["per_seed"]["0"]
+    assert gain == pytest.approx(runs["pixels_knn_k2_s0"]["test_accuracy_last"] - runs[scratch]["test_accuracy_last"])
+    assert set(report["speed"]["curves"]["scratch"]) == {"3", "6"} and "accuracy" in report["speed"]["compute_matched"]
+    assert {r["test_examples"] for r in runs.values()} == {200}
     table = (out / "results.md").read_text()
-    assert "| ViT pretrained: rotation (RotNet) |" in table and "| logistic regression on raw pixels |" in table
-    assert f"- rotation: `{rotation_run}` (given as input), 6 steps" in table
-    for png in ("accuracy_vs_labels.png", "curves/k4.png", "curves/rotation_k4_s0.png"):
+    for line in ("## Learning rates chosen on validation", "## Has the training loss flattened?", "## Learning speed at k=2",
+                 "| linear probe on frozen rotation features ([CLS]) |", f"- rotation: `{checkpoint}` (given as input)"):
+        assert line in table, line
+    for png in ("accuracy_vs_labels.png", "learning_speed.png", "curves/k2.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    # report_only: the same report from the run folders, nothing run again.
+    before = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("all_results.json")}
+    (out / "results.json").unlink()
+    recipes.study_vision.main([*args, "report_only=true"])
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("all_results.json")} == before
+    rebuilt = json.loads((out / "results.json").read_text())
+    assert rebuilt["runs"] == report["runs"] and rebuilt["summary"] == report["summary"]
 
 
 def test_load_best_restores_every_vit_tensor(tmp_path):

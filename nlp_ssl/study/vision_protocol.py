@@ -1,0 +1,389 @@
+"""The vision study's protocol: paired seeds, equal fixed budgets, a learning-rate grid per initialisation
+chosen on validation, a flattening check, baselines on the same split, and a learning-speed curve.
+
+What runs, in order (every fine-tuning run a subprocess of the recipe, reused when finished and
+continued when not, as in :mod:`nlp_ssl.study.runs`):
+
+1. for each k: every method on every seed (the same labelled draw for every method of a seed), each
+   fine-tuned method at every rate of ``learning_rates``; the rate with the best mean validation
+   accuracy over the seeds is that method's at that k. Methods in ``lr_from`` (the auxiliary-loss
+   rows) then run once per seed at the rate chosen for the method they name. Every method of one k
+   gets the same number of steps (``finetune_args`` and ``k_args``, fixed before anything runs).
+2. at ``speed_k``: ``speed_methods`` again at their chosen rate with the shorter budgets
+   ``speed_steps`` (test accuracy against fine-tuning steps), and scratch once more with the
+   ``compute_matched`` method's pretraining time added as extra fine-tuning steps.
+
+Baselines run once per k and seed; their scores are written beside the runs, so the report
+(:mod:`nlp_ssl.study.vision_report`) is a function of ``output_dir/runs`` alone and
+``report_only=true`` rebuilds it without running anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from nlp_ssl.atomic import write_json
+from nlp_ssl.config import check_ranges, parse_config, save_config
+from nlp_ssl.errors import ConfigError
+from nlp_ssl.machine import available_cores
+from nlp_ssl.study.grid import Study, StudyConfig, check_methods
+from nlp_ssl.study.runs import RESULTS_FILE, read_history, recipe_yaml, run_recipe, summarise_history
+
+COMPUTE_MATCHED_FILE = "compute_matched.json"
+
+
+@dataclass
+class VisionProtocolConfig(StudyConfig):
+    output_dir: str = "results/vision_study"
+    k_per_class: list[int] = field(default_factory=lambda: [1, 5, 10, 100])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    #: Seeds of one k instead of ``seeds``, e.g. ``{100: [0, 1, 2]}``.
+    k_seeds: dict[int, list[int]] = field(default_factory=dict)
+    #: Fine-tuning arguments of one k, after ``finetune_args``: its step budget and batch size.
+    k_args: dict[int, list[str]] = field(default_factory=dict)
+    #: The grid every fine-tuned method searches, per k, on validation.
+    learning_rates: list[float] = field(default_factory=lambda: [2e-4, 5e-4, 1e-3])
+    #: Methods that take the rate chosen for another method instead of searching, e.g. {scratch_aux: scratch}.
+    lr_from: dict[str, str] = field(default_factory=dict)
+    #: The validation accuracy that picks the rate (mean over seeds): the last checkpoint's or the best one's.
+    select_on: Literal["last", "best"] = "last"
+    #: The test accuracy of the headline tables: the last checkpoint's or the best-on-validation one's.
+    headline: Literal["last", "best"] = "last"
+    #: Flattening check: the mean training loss of the last ``flat_window`` of the steps may be below that
+    #: of the window before by at most ``flat_tolerance`` of it (or 0.01 absolute, for losses near 0).
+    flat_window: float = 0.1
+    flat_tolerance: float = 0.05
+    #: Learning speed: at this k, ``speed_methods`` are also fine-tuned for each of ``speed_steps``.
+    speed_k: int = 100
+    speed_steps: list[int] = field(default_factory=list)
+    speed_methods: list[str] = field(default_factory=lambda: ["scratch", "rotation", "mim"])
+    #: The method whose pretraining time scratch gets as extra fine-tuning steps at speed_k (null: none).
+    compute_matched: str | None = None
+    #: Fine-tuning runs at once (subprocesses, each with cores / workers threads unless OMP_NUM_THREADS is set).
+    workers: int = 1
+    #: Rebuild results.* and the plots from the runs in output_dir; run nothing.
+    report_only: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_ranges(self, flat_window="(0, 0.5]", flat_tolerance="[0, inf)", speed_k="(0, inf)", workers="(0, inf)")
+        self.k_seeds = {_k_key("k_seeds", k): list(v) for k, v in self.k_seeds.items()}
+        self.k_args = {_k_key("k_args", k): v for k, v in self.k_args.items()}
+        for k, args in self.k_args.items():
+            if not isinstance(args, list) or any(not isinstance(a, str) or "=" not in a for a in args):
+                raise ConfigError(f"k_args.{k}: {args!r} is not a list of key=value")
+        if not self.learning_rates or any(not isinstance(r, (int, float)) or r <= 0 for r in self.learning_rates):
+            raise ConfigError(f"learning_rates: {self.learning_rates!r} must list positive rates")
+        self.learning_rates = sorted(float(r) for r in self.learning_rates)
+        bad = [s for s in self.speed_steps if not isinstance(s, int) or s <= 0]
+        if bad:
+            raise ConfigError(f"speed_steps: {bad[0]!r} is not a positive number of steps")
+
+    def seeds_for(self, k: int) -> list[int]:
+        return self.k_seeds.get(k, self.seeds)
+
+
+def _k_key(name: str, key) -> int:
+    try:
+        return int(key)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: key {key!r} is not a number of labels per class") from None
+
+
+@dataclass
+class VisionStudy(Study):
+    #: Seconds each pretrained method's checkpoint took to pretrain (for the compute-matched point).
+    pretrain_seconds: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+@dataclass(frozen=True)
+class Job:
+    method: str
+    k: int
+    seed: int
+    learning_rate: float | None = None  # None for a baseline
+    steps: int | None = None  # None: the main budget of k
+
+    @property
+    def name(self) -> str:
+        name = f"{self.method}_k{self.k}_s{self.seed}"
+        if self.learning_rate is not None:
+            name += f"_lr{self.learning_rate:g}"
+        return name + (f"_steps{self.steps}" if self.steps is not None else "")
+
+
+def job_args(cfg: VisionProtocolConfig, study: VisionStudy, job: Job) -> list[str]:
+    args = [*cfg.finetune_args, *cfg.k_args.get(job.k, []), *study.methods[job.method].args,
+            *cfg.method_overrides.get(job.method, [])]
+    if job.learning_rate is not None:
+        args.append(f"learning_rate={job.learning_rate}")
+    if job.steps is not None:
+        args.append(f"max_steps={job.steps}")
+    return [*args, f"data.k_per_class={job.k}", f"seed={job.seed}"]
+
+
+def main_steps(cfg: VisionProtocolConfig, study: VisionStudy, k: int) -> int:
+    """The fine-tuning budget every method gets at k, read from the arguments as the recipe reads them."""
+    args = [*cfg.finetune_args, *cfg.k_args.get(k, [])]
+    return parse_config(study.config_class, args, default_yaml=recipe_yaml(study.recipe)).max_steps
+
+
+def runs_dir(cfg: VisionProtocolConfig) -> Path:
+    return Path(cfg.output_dir) / "runs"
+
+
+def run_job(cfg: VisionProtocolConfig, study: VisionStudy, job: Job) -> dict:
+    """One cell: a fine-tuning subprocess, or a baseline fitted here and saved like a run."""
+    out = runs_dir(cfg) / job.name
+    args = job_args(cfg, study, job)
+    spec = study.methods[job.method]
+    if spec.baseline is None:
+        return run_recipe(study.recipe, args, out, cfg.reuse)
+    results_file = out / RESULTS_FILE
+    if cfg.reuse and results_file.is_file():
+        return json.loads(results_file.read_text(encoding="utf-8"))
+    start = time.perf_counter()
+    scores = spec.baseline(parse_config(study.config_class, args, default_yaml=recipe_yaml(study.recipe)))
+    results = {**scores, "train_runtime_s": time.perf_counter() - start, "baseline": job.method}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(results_file, results)
+    return results
+
+
+def run_jobs(cfg: VisionProtocolConfig, study: VisionStudy, jobs: list[Job]) -> None:
+    """Baselines here, one after another; fine-tuning runs ``cfg.workers`` at a time. The first failure
+    stops the study (runs already started finish or stop with it) with that run's error."""
+    for job in jobs:
+        if study.methods[job.method].baseline is not None:
+            print(f"[study] {job.name}", flush=True)
+            run_job(cfg, study, job)
+    tuned = [job for job in jobs if study.methods[job.method].baseline is None]
+    # Several runs at once share the cores: each gets its part, unless the user chose a thread count.
+    share = cfg.workers > 1 and "OMP_NUM_THREADS" not in os.environ
+    if share:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, available_cores() // cfg.workers))
+    try:
+        with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
+            futures = {pool.submit(run_job, cfg, study, job): job for job in tuned}
+            try:
+                for future in as_completed(futures):
+                    result = future.result()
+                    print(f"[study] {futures[future].name}: test accuracy {100 * result['test_accuracy']:.2f}%", flush=True)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    finally:
+        if share:
+            os.environ.pop("OMP_NUM_THREADS", None)
+
+
+# ------------------------------------------------------------------------------------ records
+
+
+def flattening(history: list[dict], window: float, tolerance: float) -> dict:
+    """Has the training loss flattened? The mean of the logged training losses in the last ``window`` of
+    the steps against the window before; flattened when it fell by at most ``tolerance`` of the earlier
+    mean, or by at most 0.01 (a loss near 0 stays flat in absolute terms). A cosine schedule slows the
+    last steps whether or not the model has finished learning, so the mean over the window that ends at
+    half the steps (``loss_mid``) is kept too, for the report to show the whole second half."""
+    points = [(h["step"], h["train_loss"]) for h in history if "train_loss" in h]
+    if not points:
+        return {"flattened": None}
+    steps = max(s for s, _ in points)
+    width = max(1, round(window * steps))
+
+    def mean_over(end: float) -> float | None:
+        values = [v for s, v in points if end - width < s <= end]
+        return sum(values) / len(values) if values else None
+
+    last_mean, before_mean, mid = mean_over(steps), mean_over(steps - width), mean_over(steps / 2)
+    if last_mean is None or before_mean is None:
+        return {"flattened": None}
+    drop = before_mean - last_mean
+    return {"flattened": drop <= max(tolerance * before_mean, 0.01), "loss_mid": mid, "loss_before": before_mean,
+            "loss_last": last_mean, "relative_drop": drop / before_mean if before_mean else 0.0}
+
+
+def record(cfg: VisionProtocolConfig, study: VisionStudy, job: Job, main: int) -> dict | None:
+    """What the report needs of one cell, read from its folder; None when it has not finished."""
+    out = runs_dir(cfg) / job.name
+    path = out / RESULTS_FILE
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text(encoding="utf-8"))
+    rec = {"run": job.name, "method": job.method, "k_per_class": job.k, "seed": job.seed,
+           "learning_rate": job.learning_rate, "steps": job.steps or main, "budget": "speed" if job.steps else "main",
+           "test_examples": results.get("test_examples", results.get("test_images")),
+           "train_runtime_s": results.get("train_runtime_s")}
+    if study.methods[job.method].baseline is not None:
+        accuracy = results["test_accuracy"]
+        return {**rec, "baseline": True, "test_accuracy_last": accuracy, "test_accuracy_best": accuracy,
+                "test_macro_f1": results.get("test_macro_f1")}
+    best_and_last = "last_test_accuracy" in results  # load_best_at_end: both models were scored
+    history = read_history(out)
+    summary = summarise_history(history)
+    return {
+        **rec, "baseline": False,
+        "test_accuracy_last": results["last_test_accuracy"] if best_and_last else results["test_accuracy"],
+        "test_accuracy_best": results["test_accuracy"] if best_and_last else None,
+        "test_macro_f1": results.get("last_test_macro_f1" if best_and_last else "test_macro_f1"),
+        "val_accuracy_last": summary.get("last_val_accuracy"), "val_accuracy_best": summary.get("best_val_accuracy"),
+        "best_step": results.get("best_step"), "aux_task": results.get("aux_task"),
+        "train_tokens_per_s": results.get("train_tokens_per_s"), "train_mfu": results.get("train_mfu"),
+        "flattening": flattening(history, cfg.flat_window, cfg.flat_tolerance),
+    }
+
+
+def choose_rates(cfg: VisionProtocolConfig, study: VisionStudy, records: list[dict]) -> dict:
+    """``{method: {k: {"rate", "by_rate": {rate: mean validation accuracy}, "from"?}}}`` for the fine-tuned
+    methods: the grid's best by mean validation accuracy over seeds (ties: the lower rate)."""
+    key = f"val_accuracy_{cfg.select_on}"
+    chosen: dict = {}
+    for method in cfg.methods:
+        if study.methods[method].baseline is not None or method in cfg.lr_from:
+            continue
+        for k in cfg.k_per_class:
+            by_rate = {}
+            for rate in cfg.learning_rates:
+                values = [r[key] for r in records if r["method"] == method and r["k_per_class"] == k
+                          and r["budget"] == "main" and r["learning_rate"] == rate and r.get(key) is not None]
+                if values:
+                    by_rate[rate] = sum(values) / len(values)
+            if by_rate:
+                best = max(by_rate, key=lambda rate: (by_rate[rate], -rate))
+                chosen.setdefault(method, {})[k] = {"rate": best, "by_rate": by_rate}
+    for method, source in cfg.lr_from.items():
+        for k, cell in chosen.get(source, {}).items():
+            if method in cfg.methods:
+                chosen.setdefault(method, {})[k] = {"rate": cell["rate"], "from": source}
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------ grid
+
+
+def grid_jobs(cfg: VisionProtocolConfig, study: VisionStudy, k: int, chosen: dict | None) -> list[Job]:
+    """The main-budget cells of k: the grid (``chosen`` None), or the ``lr_from`` methods at their rate."""
+    jobs = []
+    for seed in cfg.seeds_for(k):
+        for method in cfg.methods:
+            if study.methods[method].baseline is not None:
+                if chosen is None:
+                    jobs.append(Job(method, k, seed))
+            elif chosen is None and method not in cfg.lr_from:
+                jobs += [Job(method, k, seed, rate) for rate in cfg.learning_rates]
+            elif chosen is not None and method in cfg.lr_from:
+                rate = chosen.get(method, {}).get(k, {}).get("rate")
+                if rate is not None:
+                    jobs.append(Job(method, k, seed, rate))
+    return jobs
+
+
+def speed_jobs(cfg: VisionProtocolConfig, chosen: dict, main: int, matched: dict | None) -> list[Job]:
+    k = cfg.speed_k
+    jobs = []
+    for method in cfg.speed_methods:
+        rate = chosen.get(method, {}).get(k, {}).get("rate")
+        if rate is None:
+            continue
+        jobs += [Job(method, k, seed, rate, steps) for seed in cfg.seeds_for(k) for steps in cfg.speed_steps
+                 if steps != main]
+    if matched and matched.get("extra_steps", 0) > 0:
+        rate = chosen.get("scratch", {}).get(k, {}).get("rate")
+        if rate is not None:
+            jobs += [Job("scratch", k, seed, rate, matched["steps"]) for seed in cfg.seeds_for(k)]
+    return list(dict.fromkeys(jobs))  # a compute-matched budget may also be one of speed_steps
+
+
+def all_jobs(cfg: VisionProtocolConfig, study: VisionStudy, chosen: dict, matched: dict | None) -> list[Job]:
+    jobs = [job for k in cfg.k_per_class for job in grid_jobs(cfg, study, k, None) + grid_jobs(cfg, study, k, chosen)]
+    if cfg.speed_k in cfg.k_per_class:
+        jobs += speed_jobs(cfg, chosen, main_steps(cfg, study, cfg.speed_k), matched)
+    return jobs
+
+
+def compute_matched_steps(cfg: VisionProtocolConfig, study: VisionStudy, chosen: dict, records: list[dict]) -> dict | None:
+    """Scratch's extra steps worth the ``compute_matched`` method's pretraining time, from scratch's own
+    seconds per step (wall clock, evaluation included, like the pretraining's) at speed_k."""
+    method, k = cfg.compute_matched, cfg.speed_k
+    if not method:
+        return None
+    seconds = study.pretrain_seconds.get(method)
+    rate = chosen.get("scratch", {}).get(k, {}).get("rate")
+    runs = [r for r in records if r["method"] == "scratch" and r["k_per_class"] == k and r["budget"] == "main"
+            and r["learning_rate"] == rate and r.get("train_runtime_s")]
+    if not seconds or not runs:
+        return {"method": method, "steps": None,
+                "why_not": "no pretraining time known" if not seconds else "no scratch run to time"}
+    per_step = sum(r["train_runtime_s"] / r["steps"] for r in runs) / len(runs)
+    extra = round(seconds / per_step)
+    return {"method": method, "pretrain_seconds": seconds, "scratch_seconds_per_step": per_step,
+            "main_steps": runs[0]["steps"], "extra_steps": extra, "steps": runs[0]["steps"] + extra}
+
+
+def collect(cfg: VisionProtocolConfig, study: VisionStudy) -> tuple[list[dict], dict, dict | None]:
+    """(every finished cell's record, the chosen rates, the compute-matched decision) from output_dir."""
+    mains = {k: main_steps(cfg, study, k) for k in cfg.k_per_class}
+    grid = [job for k in cfg.k_per_class for job in grid_jobs(cfg, study, k, None)]
+    records = [r for r in (record(cfg, study, job, mains[job.k]) for job in grid) if r]
+    chosen = choose_rates(cfg, study, records)
+    path = Path(cfg.output_dir) / COMPUTE_MATCHED_FILE
+    matched = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    seen = {r["run"] for r in records}
+    for job in all_jobs(cfg, study, chosen, matched):
+        if job.name not in seen:
+            rec = record(cfg, study, job, mains[job.k])
+            if rec:
+                records.append(rec)
+                seen.add(job.name)
+    return records, chosen, matched
+
+
+def check_protocol(cfg: VisionProtocolConfig, study: VisionStudy) -> None:
+    check_methods(cfg, study)
+    for method, source in cfg.lr_from.items():
+        for name in (method, source):
+            if name not in study.methods:
+                raise ConfigError(f"lr_from: {name!r} is not one of {list(study.methods)}")
+        if source in cfg.lr_from or study.methods[source].baseline is not None:
+            raise ConfigError(f"lr_from.{method}: {source!r} must be a fine-tuned method that searches the grid")
+        if method in cfg.methods and source not in cfg.methods:
+            raise ConfigError(f"lr_from.{method}: {source!r} must be in methods too (its rate is chosen there)")
+    for method in cfg.speed_methods:
+        if method not in study.methods or study.methods[method].baseline is not None:
+            raise ConfigError(f"speed_methods: {method!r} is not a fine-tuned method of {list(study.methods)}")
+    if cfg.compute_matched and cfg.compute_matched not in study.methods:
+        raise ConfigError(f"compute_matched: {cfg.compute_matched!r} is not one of {list(study.methods)}")
+    for k in cfg.k_per_class:  # every budget parses before anything runs
+        main_steps(cfg, study, k)
+
+
+def run_protocol(cfg: VisionProtocolConfig, study: VisionStudy, write_report) -> dict:
+    """Run (or reuse) every cell in protocol order, calling ``write_report(records, chosen, matched)``
+    after each k and at the end; ``report_only``: just the report, from what is on disk."""
+    check_protocol(cfg, study)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.report_only:
+        save_config(cfg, out / "study_config.yaml")
+        for k in cfg.k_per_class:
+            run_jobs(cfg, study, grid_jobs(cfg, study, k, None))
+            _, chosen, _ = collect(cfg, study)
+            run_jobs(cfg, study, grid_jobs(cfg, study, k, chosen))
+            write_report(*collect(cfg, study))
+        if cfg.speed_k in cfg.k_per_class and (cfg.speed_steps or cfg.compute_matched):
+            records, chosen, matched = collect(cfg, study)
+            if matched is None and cfg.compute_matched:
+                matched = compute_matched_steps(cfg, study, chosen, records)
+                write_json(out / COMPUTE_MATCHED_FILE, matched)
+            run_jobs(cfg, study, speed_jobs(cfg, chosen, main_steps(cfg, study, cfg.speed_k), matched))
+    return write_report(*collect(cfg, study))
