@@ -31,7 +31,6 @@ from typing import Literal
 from nlp_ssl.atomic import write_json
 from nlp_ssl.config import check_ranges, parse_config, save_config
 from nlp_ssl.errors import ConfigError
-from nlp_ssl.machine import available_cores
 from nlp_ssl.study.grid import Study, StudyConfig, check_methods
 from nlp_ssl.study.runs import RESULTS_FILE, read_history, recipe_yaml, run_recipe, summarise_history
 
@@ -170,7 +169,8 @@ def run_jobs(cfg: VisionProtocolConfig, study: VisionStudy, jobs: list[Job]) -> 
     # Several runs at once share the cores: each gets its part, unless the user chose a thread count.
     share = cfg.workers > 1 and "OMP_NUM_THREADS" not in os.environ
     if share:
-        os.environ["OMP_NUM_THREADS"] = str(max(1, available_cores() // cfg.workers))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // cfg.workers))
     try:
         with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
             futures = {pool.submit(run_job, cfg, study, job): job for job in tuned}
