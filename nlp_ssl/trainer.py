@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import math
@@ -38,7 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from nlp_ssl import atomic, backends, run_lock
+from nlp_ssl import atomic, backends, machine, run_lock
 from nlp_ssl import checkpointing as ckpt
 from nlp_ssl.config import check_ranges, to_dict
 from nlp_ssl.errors import (
@@ -80,8 +81,10 @@ class TrainConfig(HubConfig):
     max_steps: int = 1000
     #: Examples per optimizer step, over all processes and accumulation.
     global_batch_size: int = 32
-    #: Examples per forward pass on one process.
-    micro_batch_size: int = 32
+    #: Examples per forward pass on one process. ``auto``: global_batch_size / processes, one forward
+    #: pass per optimizer step; a number caps it and the rest is accumulated. ``make_accelerator``
+    #: replaces ``auto`` by the number it stands for, so code after it reads an int.
+    micro_batch_size: int | str = "auto"
     eval_batch_size: int | None = None
     learning_rate: float = 5e-4
     weight_decay: float = 0.01
@@ -116,6 +119,15 @@ class TrainConfig(HubConfig):
     load_best_at_end: bool = False
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     num_workers: int = 0
+    #: Batches each DataLoader worker prepares ahead (only with num_workers > 0; None: PyTorch's 2).
+    prefetch_factor: int | None = None
+    #: Stop after this much wall-clock training (seconds, or a number with s, m or h: ``30m``, ``2h``),
+    #: summed over resumes; the run then evaluates and saves as at max_steps. None: no budget.
+    time_budget: str | None = None
+    #: torch.compile the task (model and loss); saved folders and checkpoints are the same as without.
+    compile: bool = False
+    #: TF32 matmuls and convolutions on CUDA GPUs of compute capability 8.0 and later; ignored elsewhere.
+    allow_tf32: bool = True
     progress_bar: bool = True
     #: Hardware peak FLOP/s for MFU (None: looked up for known GPUs, else measured by a short matmul probe).
     peak_flops: float | None = None
@@ -126,15 +138,45 @@ class TrainConfig(HubConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if isinstance(self.micro_batch_size, float) and self.micro_batch_size.is_integer():
+            self.micro_batch_size = int(self.micro_batch_size)
+        if self.micro_batch_size != "auto":
+            if not isinstance(self.micro_batch_size, int) or isinstance(self.micro_batch_size, bool):
+                raise ConfigError(f"micro_batch_size must be an integer or auto, got {self.micro_batch_size!r}")
+            check_ranges(self, micro_batch_size="(0, inf)")
+        if self.time_budget is not None:
+            self.time_budget = str(self.time_budget)
+            parse_duration(self.time_budget)
         check_ranges(
-            self, max_steps="(0, inf)", global_batch_size="(0, inf)", micro_batch_size="(0, inf)",
+            self, max_steps="(0, inf)", global_batch_size="(0, inf)",
             eval_batch_size="(0, inf)", learning_rate="(0, inf)", weight_decay="[0, inf)", layer_decay="(0, 1]",
             adam_beta1="[0, 1)", adam_beta2="[0, 1)", adam_epsilon="(0, inf)", warmup_steps="[0, inf)",
             warmup_ratio="[0, 1)", max_grad_norm="[0, inf)", log_every="(0, inf)", eval_every="(0, inf)",
             eval_batches="(0, inf)", save_every="(0, inf)", save_total_limit="[0, inf)",
             early_stopping_patience="[0, inf)", num_workers="[0, inf)", peak_flops="(0, inf)",
-            max_bad_steps="(0, inf)",
+            max_bad_steps="(0, inf)", prefetch_factor="(0, inf)",
         )
+
+    @property
+    def time_budget_s(self) -> float | None:
+        return None if self.time_budget is None else parse_duration(self.time_budget)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(value) -> float:
+    """Seconds from ``1800``, ``90s``, ``30m``, ``1.5h``; anything else (or not > 0) is a ConfigError."""
+    text = str(value).strip().lower()
+    scale = _DURATION_UNITS.get(text[-1:]) if text else None
+    try:
+        seconds = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ConfigError(f"time_budget must be a positive number of seconds or a number with s, m or h "
+                          f"(e.g. 1800, 30m, 2h), got {value!r}")
+    return seconds
 
 
 @dataclass
@@ -149,15 +191,14 @@ class TrainerState:
     #: Optimizer steps skipped for a non-finite loss or gradient norm: in all, and the current streak.
     skipped_steps: int = 0
     bad_steps_in_row: int = 0
+    #: Wall-clock seconds in the training loop, summed over resumes (what ``time_budget`` counts).
+    train_time_s: float = 0.0
     history: list[dict] = field(default_factory=list)
 
 
 def resolve_mixed_precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
+    """``auto``: bf16 on CUDA with bf16 and on CPUs with native bf16 (:mod:`nlp_ssl.machine`), else ``no``."""
+    return machine.auto_mixed_precision() if choice == "auto" else choice
 
 
 def _launched_distributed() -> bool:
@@ -172,8 +213,10 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     """The run's Accelerator; create it first so data preparation can use ``main_process_first``.
 
     It also locks ``output_dir`` for this run and checks ``resume`` (a finished run, a damaged
-    checkpoint), so that those fail before any data is prepared, and gives every Hub request of the
-    run (models, datasets, pushes) the ``hub_timeout``.
+    checkpoint) and the batch sizes, so that those fail before any data is prepared, and gives every
+    Hub request of the run (models, datasets, pushes) the ``hub_timeout``. It settles
+    ``micro_batch_size: auto`` to a number, and sets up the machine: on CPU each process takes its
+    share of the cores (unless the user set OMP_NUM_THREADS), TF32 on Ampere and later GPUs.
     """
     apply_timeout(config.hub_timeout)
     trackers = [t for t in config.report_to if t and t != "none"]
@@ -187,14 +230,34 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed, even_batches=False),
         step_scheduler_with_optimizer=False,
     )
-    backends.configure(accelerator, config.micro_batch_size, gradient_accumulation_steps(config, accelerator.num_processes),
-                       config.max_grad_norm)
+    config.micro_batch_size = resolve_micro_batch_size(config, accelerator.num_processes)
+    accumulation = gradient_accumulation_steps(config, accelerator.num_processes)
+    _set_up_machine(config, accelerator, accumulation)
+    backends.configure(accelerator, config.micro_batch_size, accumulation, config.max_grad_norm)
     lock_output_dir(accelerator, config.output_dir)
     if not is_hub_resume(config.resume):
         _RESOLVED[_resume_key(config)] = ckpt.resolve_resume(config.resume, Path(config.output_dir) / "checkpoints",
                                                              config.max_steps)
     set_seed(config.seed)
     return accelerator
+
+
+def _set_up_machine(config: TrainConfig, accelerator: Accelerator, accumulation: int) -> None:
+    """CPU threads and TF32, and one log line with what the run uses."""
+    device = accelerator.device
+    threads, why = torch.get_num_threads(), "PyTorch's default"
+    if device.type == "cpu":
+        threads, why = machine.set_cpu_threads(machine.local_world_size(accelerator.num_processes))
+    tf32 = machine.set_tf32(config.allow_tf32, device)
+    if accelerator.is_local_main_process:
+        precision = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(accelerator.mixed_precision,
+                                                                                       accelerator.mixed_precision)
+        logger.info(
+            "%s, %d process(es), %d CPU thread(s) each (%s); precision %s%s (mixed_precision=%s); compile %s; "
+            "micro-batch %d × %d accumulation × %d process(es) = %d", device, accelerator.num_processes, threads, why,
+            precision, " + TF32" if tf32 else "", config.mixed_precision, "on" if config.compile else "off",
+            config.micro_batch_size, accumulation, accelerator.num_processes, config.global_batch_size,
+        )
 
 
 #: Resume targets that ``make_accelerator`` already resolved (and verified), for the Trainer to take.
@@ -253,8 +316,20 @@ class _StopSignals:
             logger.warning("received %s: finishing this optimizer step, then saving a checkpoint and stopping", name)
 
 
+def resolve_micro_batch_size(config: TrainConfig, num_processes: int) -> int:
+    """``micro_batch_size``, with ``auto`` as the global batch split evenly over the processes."""
+    if config.micro_batch_size != "auto":
+        return config.micro_batch_size
+    if config.global_batch_size % num_processes:
+        raise ConfigError(
+            f"global_batch_size {config.global_batch_size} cannot be split evenly over {num_processes} processes "
+            f"(micro_batch_size auto): use a multiple of {num_processes}, or set micro_batch_size"
+        )
+    return config.global_batch_size // num_processes
+
+
 def gradient_accumulation_steps(config: TrainConfig, num_processes: int) -> int:
-    per_step = config.micro_batch_size * num_processes
+    per_step = resolve_micro_batch_size(config, num_processes) * num_processes
     if config.global_batch_size % per_step:
         raise ConfigError(
             f"global_batch_size {config.global_batch_size} is not a multiple of micro_batch_size "
@@ -303,6 +378,23 @@ def measured_peak_flops(device: str, dtype: torch.dtype, budget_s: float = 0.4) 
             size *= 2
 
 
+@contextlib.contextmanager
+def _deterministic_kernels():
+    """Compiled kernels without atomic adds: inductor otherwise accumulates scatters (an embedding's
+    gradient) with atomic adds from parallel threads, in an order that changes from run to run, and
+    a resumed run could not repeat an uninterrupted one. Eager ops only warn where they have no
+    deterministic version; uninitialised memory is not filled (no cost)."""
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
 def _flat_hparams(config: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in config.items():
@@ -346,6 +438,7 @@ class Trainer:
         lock_output_dir(self.accelerator, config.output_dir)  # held already when the recipe made the accelerator
         self.checkpoint_root = self.output_dir / "checkpoints"
         self.resume_from = self._resolve_resume()
+        config.micro_batch_size = resolve_micro_batch_size(config, self.accelerator.num_processes)
         self.accumulation = gradient_accumulation_steps(config, self.accelerator.num_processes)
         self.task = task
         self.processor = processor
@@ -379,6 +472,10 @@ class Trainer:
             num_warmup_steps=config.warmup_steps or int(config.warmup_ratio * config.max_steps),
             num_training_steps=config.max_steps,
         )
+        if config.compile:
+            # In place (nn.Module.compile): the module tree and its state_dict keys stay as they are, so
+            # checkpoints and saved folders match an uncompiled run's.
+            self.task.compile(dynamic=True)
         self.model, self.optimizer = self.accelerator.prepare(self.task, self.optimizer)
         self.train_loader = self.accelerator.prepare(self.train_loader)
         if self.eval_loader is not None:
@@ -386,6 +483,37 @@ class Trainer:
         # The scheduler is stepped by hand once per optimizer step, and saved with the state.
         self.accelerator.register_for_checkpointing(self.scheduler)
         self._peak = _peak_flops(config, self.accelerator.device, self.accelerator.mixed_precision)
+        #: Process-wide settings held for the run (until fit returns).
+        self._run_settings = contextlib.ExitStack()
+        if config.compile:
+            # For the whole run: compiled graphs are guarded on it, so leaving it would recompile.
+            self._run_settings.enter_context(_deterministic_kernels())
+            self._compile_on_a_fixed_batch(train_dataset, collator)
+
+    def _compile_on_a_fixed_batch(self, dataset, collator) -> None:
+        """Compile now, on the first examples of the data as stored, with the RNG and gradients left
+        as they were. Inductor shapes its kernels (loop splits, parallel depth) to the sizes it first
+        sees, and with a sparse MLM head those change every batch (the masked-token count): compiled
+        on the first batch *after a resume* they would differ from an uninterrupted run's, and so would
+        the last bits of the weights. ``dynamic=True`` then lets every later batch use these kernels."""
+        size = self.config.micro_batch_size
+        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+            examples = list(itertools.islice(iter(dataset), size))
+        else:
+            examples = [dataset[i] for i in range(min(size, len(dataset)))]
+        if not examples:
+            return
+        acc = self.accelerator
+        batch = {k: v.to(acc.device) if torch.is_tensor(v) else v for k, v in collator(examples).items()}
+        devices = [acc.device] if acc.device.type == "cuda" else []
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=devices, device_type=acc.device.type):
+            self.model.train()
+            out = self.model(**batch)
+            sum(loss for loss, _ in out["losses"].values()).backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        if acc.is_local_main_process:
+            logger.info("compiled the task in %.0f s", time.perf_counter() - start)
 
     # ------------------------------------------------------------------ setup
 
@@ -403,27 +531,26 @@ class Trainer:
 
     def _loader(self, dataset, collator, batch_size: int, train: bool) -> DataLoader:
         """A DataLoader with a generator of its own: starting an iterator (which a resume does at
-        another moment than an uninterrupted run) must not draw from the global RNG that dropout uses."""
+        another moment than an uninterrupted run) must not draw from the global RNG that dropout uses.
+
+        Workers hold copies of the collator, made when an iterator starts. A collator whose
+        randomness follows the epoch (``set_epoch``) therefore gets fresh workers each epoch (and
+        each evaluation); others keep theirs (``persistent_workers``). Pinned memory on CUDA.
+        """
         iterable = isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__")
         generator = torch.Generator().manual_seed(self.config.seed)
+        workers = self.config.num_workers
+        options = dict(collate_fn=collator, num_workers=workers, generator=generator,
+                       pin_memory=self.accelerator.device.type == "cuda")
+        if workers:
+            options["persistent_workers"] = not hasattr(collator, "set_epoch")
+            if self.config.prefetch_factor:
+                options["prefetch_factor"] = self.config.prefetch_factor
         if train and self.batch_sampler is not None:
-            return DataLoader(
-                dataset, batch_sampler=self.batch_sampler, collate_fn=collator, num_workers=self.config.num_workers,
-                generator=generator,
-            )
+            return DataLoader(dataset, batch_sampler=self.batch_sampler, **options)
         if train and iterable and is_torchdata_stateful_dataloader_available():
-            options = dict(collate_fn=collator, num_workers=self.config.num_workers, generator=generator)
             return self._stream_loader(dataset, batch_size, options)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=train and not iterable,
-            collate_fn=collator,
-            drop_last=train,
-            num_workers=self.config.num_workers,
-            persistent_workers=False,
-            generator=generator,
-        )
+        return DataLoader(dataset, batch_size=batch_size, shuffle=train and not iterable, drop_last=train, **options)
 
     def _stream_loader(self, dataset, batch_size: int, options: dict) -> DataLoader:
         """Streamed training data, prepared here: process 0 reads each global batch and hands every
@@ -455,11 +582,17 @@ class Trainer:
             self.task.named_parameters(), self.task.model.config, self.config.learning_rate, self.config.weight_decay,
             self.config.layer_decay,
         )
+        # Fused AdamW (one kernel over all tensors) on CUDA and on CPU. On the 2-core CPU with the default
+        # pretrain_mlm model (ModernBERT tiny, 1.4M parameters in 17 tensors; torch 2.13) a step took 7.1 ms
+        # as the for-loop default, 3.3 ms with foreach and 0.67 ms fused; after one step the weights were
+        # within 6e-8 of the for-loop's.
+        fused = self.accelerator.device.type in ("cuda", "cpu") or None
         return torch.optim.AdamW(
             groups,
             lr=self.config.learning_rate,
             betas=(self.config.adam_beta1, self.config.adam_beta2),
             eps=self.config.adam_epsilon,
+            fused=fused,
         )
 
     # ------------------------------------------------------------------ data
@@ -536,6 +669,7 @@ class Trainer:
             self._write_status("crashed", 1, f"{type(e).__name__}: {e}")
             raise
         finally:
+            self._run_settings.close()
             if acc.is_main_process:
                 run_lock.release(self.output_dir)
         self._write_status("finished", 0, f"finished at step {self.state.step}")
@@ -568,9 +702,15 @@ class Trainer:
         window_start = time.perf_counter()
         run_start = time.perf_counter()
         window_flops = 0.0
-        stop = False
+        stop = out_of_time = False
         final_eval = None
-        while self.state.step < cfg.max_steps and not stop:
+        budget, time_before = cfg.time_budget_s, self.state.train_time_s
+
+        def clock() -> float:  # training seconds so far, this run's and earlier runs'
+            self.state.train_time_s = time_before + time.perf_counter() - run_start
+            return self.state.train_time_s
+
+        while self.state.step < cfg.max_steps and not stop and not out_of_time:
             micro = [next(batches) for _ in range(self.accumulation)]
             counts = self._count(micro)
             self.model.train()
@@ -587,7 +727,9 @@ class Trainer:
             # The norm is needed anyway for clipping; with clipping off, max_norm=inf only measures it.
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
             grad_norm = backends.full(grad_norm)  # FSDP2 gives a DTensor
-            bad, stop_requested = self._step_health(step_loss, grad_norm, signals)
+            # The main process's clock decides (its state is the one saved); the others follow.
+            bad, stop_requested, out_of_time = self._step_health(
+                step_loss, grad_norm, signals, budget is not None and clock() >= budget and acc.is_main_process)
             if bad:
                 self._skip_update()
             else:
@@ -596,10 +738,14 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.state.step += 1
+            last = self.state.step == cfg.max_steps or out_of_time
+            if out_of_time and acc.is_local_main_process:
+                logger.info("step %d: time_budget %s spent (%.0f s of training): evaluating and saving as at the end",
+                            self.state.step, cfg.time_budget, clock())
             if not bad:
                 window_losses.append(step_loss)
             bar.update(1)
-            if (self.state.step % cfg.log_every == 0 or self.state.step == cfg.max_steps) and window_losses:
+            if (self.state.step % cfg.log_every == 0 or last) and window_losses:
                 elapsed = time.perf_counter() - window_start
                 record = self._log_train(window_losses, window_tokens, elapsed, window_flops)
                 mfu = {"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}
@@ -607,11 +753,12 @@ class Trainer:
                     loss=f"{record['train_loss']:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{record['tokens_per_s']:.0f}", **mfu
                 )
                 window_losses, window_tokens, window_flops, window_start = [], 0, 0.0, time.perf_counter()
-            if self.eval_loader is not None and (self.state.step % cfg.eval_every == 0 or self.state.step == cfg.max_steps):
+            if self.eval_loader is not None and (self.state.step % cfg.eval_every == 0 or last):
                 final_eval = self.evaluate()
                 stop = self._track_best(final_eval)
             saved = False
-            if self.state.step % cfg.save_every == 0 and self.state.step < cfg.max_steps and not stop:
+            clock()
+            if self.state.step % cfg.save_every == 0 and not last and not stop:
                 if self.state.bad_steps_in_row and not stop_requested:
                     # Same weights as before the streak, which now give a non-finite loss: keep the
                     # checkpoints from before it as the newest, for "last good checkpoint" to mean good.
@@ -624,20 +771,25 @@ class Trainer:
                 self._stop_for_signal(signals.received, saved)
         bar.close()
         runtime = time.perf_counter() - run_start
+        clock()
+        self._stop_reason = "time_budget" if out_of_time else "early_stopping" if stop else None
         return self._finish(final_eval, runtime)
 
-    def _step_health(self, step_loss: torch.Tensor, grad_norm, signals: _StopSignals) -> tuple[bool, bool]:
-        """(non-finite step, stop requested), agreed by every process in one small all-reduce."""
+    def _step_health(self, step_loss: torch.Tensor, grad_norm, signals: _StopSignals,
+                     over_budget: bool = False) -> tuple[bool, bool, bool]:
+        """(non-finite step, stop requested, time budget spent), agreed by every process in one small
+        all-reduce: any process's flag counts for all."""
         acc = self.accelerator
         bad = ~torch.isfinite(step_loss)
         # Under fp16 an infinite gradient is the loss scaler's business: it skips the step and rescales.
         if grad_norm is not None and acc.mixed_precision != "fp16":
             bad = bad | ~torch.isfinite(torch.as_tensor(grad_norm, device=acc.device))
-        flags = torch.stack([bad.float(), torch.tensor(float(signals.received is not None), device=acc.device)])
+        flags = torch.stack([bad.float(), torch.tensor(float(signals.received is not None), device=acc.device),
+                             torch.tensor(float(over_budget), device=acc.device)])
         if acc.num_processes > 1:
             flags = acc.reduce(flags, "sum")
-        bad_any, stop_any = flags.tolist()
-        return bad_any > 0, stop_any > 0
+        bad_any, stop_any, spent_any = flags.tolist()
+        return bad_any > 0, stop_any > 0, spent_any > 0
 
     def _skip_update(self) -> None:
         """Drop a non-finite step's gradients, as fp16 loss scaling drops an overflow; stop when it persists."""
@@ -903,6 +1055,11 @@ class Trainer:
             "train_runtime_s": runtime,
             "train_tokens_per_s": (sum(h["tokens_per_s"] for h in train_records) / len(train_records)) if train_records else None,
             "train_mfu": (sum(h["mfu"] for h in mfu_records) / len(mfu_records)) if mfu_records else None,
+            "train_time_s": self.state.train_time_s,  # over resumes too: what time_budget counts
+            # What the machine ran: CPU threads of each process, autocast precision, torch.compile.
+            "threads_per_process": torch.get_num_threads(),
+            "mixed_precision": acc.mixed_precision,
+            "compile": cfg.compile,
             **(final_eval or {}),
             **scores,
             **self.extra_results,
@@ -911,6 +1068,7 @@ class Trainer:
             results["skipped_steps"] = self.state.skipped_steps
         if self.state.step < cfg.max_steps:
             results["stopped_early"] = True
+            results["stop_reason"] = getattr(self, "_stop_reason", None) or "early_stopping"
         if self.state.best_step is not None:
             results["best_step"] = self.state.best_step
             results[f"best_{cfg.metric_for_best}"] = self.state.best_metric
