@@ -153,3 +153,21 @@ def test_bad_aux_arguments_are_refused():
         PretextAuxCollator(ImageClassificationCollator(28), "mim")
     with pytest.raises(ConfigError, match="non-empty unlabelled pool"):
         PretextAuxCollator(ImageClassificationCollator(28), "rotation", pool_per_image=1)
+
+
+def test_unlabelled_pool_leaves_out_the_validation_images_and_keeps_the_labelled_draw():
+    from nlp_ssl.data.image_splits import LabeledImagesConfig, labelled_splits
+
+    data = LabeledImagesConfig(source="digits", test_source="digits", k_per_class=3, validation_per_class=2)
+    plain, with_pool = labelled_splits(data, seed=4), labelled_splits(data, seed=4, unlabelled=True)
+    for split in ("train", "validation"):  # the same images and labels, no extra column
+        assert with_pool[split].column_names == plain[split].column_names == ["image", "label"]
+        assert [np.asarray(im).tobytes() for im in with_pool[split]["image"]] == [
+            np.asarray(im).tobytes() for im in plain[split]["image"]]
+    pool = with_pool["unlabelled"]
+    assert pool.column_names == ["image"] and len(pool) == 1797 - 20
+    pool_bytes = {np.asarray(im).tobytes() for im in pool["image"]}
+    validation_bytes = [np.asarray(im).tobytes() for im in plain["validation"]["image"]]
+    train_bytes = [np.asarray(im).tobytes() for im in plain["train"]["image"]]
+    assert all(b in pool_bytes for b in train_bytes)  # labelled training images stay in the pool
+    assert not any(b in pool_bytes for b in validation_bytes)
