@@ -275,15 +275,16 @@ def encoder_checkpoint(tmp_path_factory):
     return folder
 
 
-def study_text_args(files, checkpoint, out, unlabeled):
+def study_text_args(files, checkpoint, out, unlabeled, methods="checkpoint,checkpoint_continued,tfidf"):
     finetune = [f"data.train_file={files['en_train']}", f"data.test_file={files['en_test']}", "data.text_column=body",
                 "data.label_column=topic", "max_steps=4", "eval_every=2", "micro_batch_size=8", "global_batch_size=8",
                 "data.validation_per_class=2", "data.max_length=48"]
     cont = ["max_steps=2", "eval_every=2", "save_every=2", "data.block_size=32", "micro_batch_size=8", "global_batch_size=8",
             "data.validation_split=0.2"]
-    return [f"checkpoint={checkpoint}", f"output_dir={out}", "k_per_class=[4]", "seeds=[0]",
-            "methods=[checkpoint,checkpoint_continued,tfidf]", f"unlabeled_files=[{unlabeled}]",
-            "finetune_args=[" + ",".join(finetune) + "]", "continue_args=[" + ",".join(cont) + "]"]
+    return [f"checkpoint={checkpoint}", f"output_dir={out}", "k_per_class=[4]", "seeds=[0]", f"methods=[{methods}]",
+            f"unlabeled_files=[{unlabeled}]", "finetune_args=[" + ",".join(finetune) + "]",
+            "continue_args=[" + ",".join(cont) + "]", "pretrained=auto",
+            "pretrain_args=[" + ",".join([*cont, "tokenizer.vocab_size=400"]) + "]"]
 
 
 @pytest.mark.slow
@@ -294,18 +295,23 @@ def test_study_text_checkpoint_rows_continue_pretraining_on_the_task_texts_then_
     from tests.helpers import run_recipe
 
     out = tmp_path / "study"
-    proc = run_recipe("study_text.py", *study_text_args(task_files, encoder_checkpoint, out, task_files["unlabeled"]),
+    methods = "checkpoint,checkpoint_continued,pretrained,tfidf"
+    proc = run_recipe("study_text.py", *study_text_args(task_files, encoder_checkpoint, out, task_files["unlabeled"], methods),
                       env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert {r["run"] for r in results["runs"]} == {"checkpoint_k4_s0", "checkpoint_continued_k4_s0", "tfidf_k4_s0"}
-    # The continued checkpoint: 2 MLM steps on the pool's texts + the unlabelled file, never the test file.
+    assert {r["run"] for r in results["runs"]} == {f"{m}_k4_s0" for m in methods.split(",")}
+    # pretrained=auto, then the continued checkpoint: 2 MLM steps each on the pool's texts + the unlabelled file,
+    # never the test file.
+    scratch, record = results["pretraining"]
     continued = out / "pretrain" / "continued"
-    (record,) = results["pretraining"]
-    assert record["steps"] == 2 and record["folder"] == str(continued)
-    assert f"data.train_file={task_files['en_train']}" in record["command"]
-    assert f"data.extra_train_files=[{task_files['unlabeled']}]" in record["command"]
-    assert str(task_files["en_test"]) not in record["command"]
+    assert scratch["folder"] == str(out / "pretrain" / "scratch") and "model.name_or_path" not in scratch["command"]
+    assert record["steps"] == scratch["steps"] == 2 and record["folder"] == str(continued)
+    for command in (scratch["command"], record["command"]):
+        assert f"data.train_file={task_files['en_train']}" in command
+        assert f"data.extra_train_files=[{task_files['unlabeled']}]" in command
+        assert str(task_files["en_test"]) not in command
+    assert tokenizer_size(out / "pretrain" / "scratch") <= 400  # a tokenizer trained on the task's texts
     log = (out / "pretrain" / "continued.log").read_text()
     assert "no complete masked_lm head in the checkpoint" in log
     before, after = load_file(str(encoder_checkpoint / "model.safetensors")), load_file(str(continued / "model.safetensors"))
@@ -319,6 +325,12 @@ def test_study_text_checkpoint_rows_continue_pretraining_on_the_task_texts_then_
     table = (out / "results.md").read_text()
     assert f"| checkpoint ({encoder_checkpoint}) + continued pretraining, fine-tuned |" in table
     assert "continued pretraining of the checkpoint: `recipes/pretrain_mlm.py --config pretrain_mlm_continue" in table
+
+
+def tokenizer_size(folder) -> int:
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(folder))
 
 
 def torch_equal(a, b) -> bool:
