@@ -1,7 +1,7 @@
 # The few-label vision protocol of issue #15 (recipes/configs/study_vision.yaml): pretraining by rotation
 # and by SimMIM (each within 30 min, both cores), then every fine-tuning run, two at a time with one
 # thread each, and the report: results.md, results.json, accuracy_vs_labels.png, learning_speed.png,
-# curves/. About 26 CPU-hours (13 h on the 2-core CPU). Finished runs are reused: rerun to continue.
+# curves/. About 35 CPU-hours (18 h on the 2-core CPU). Finished runs are reused: rerun to continue.
 #   bash results/vision_study/protocol.sh                    # everything
 #   REPORT_ONLY=true bash results/vision_study/protocol.sh   # tables and plots again from runs/, nothing run
 #   bash results/vision_study/protocol.sh "k_per_class=[1, 5, 10]"   # extra key=value arguments go last
