@@ -358,11 +358,17 @@ def check_protocol(cfg: VisionProtocolConfig, study: VisionStudy) -> None:
             raise ConfigError(f"lr_from.{method}: {source!r} must be a fine-tuned method that searches the grid")
         if method in cfg.methods and source not in cfg.methods:
             raise ConfigError(f"lr_from.{method}: {source!r} must be in methods too (its rate is chosen there)")
+    speed = cfg.speed_k in cfg.k_per_class and (cfg.speed_steps or cfg.compute_matched)
     for method in cfg.speed_methods:
         if method not in study.methods or study.methods[method].baseline is not None:
             raise ConfigError(f"speed_methods: {method!r} is not a fine-tuned method of {list(study.methods)}")
-    if cfg.compute_matched and cfg.compute_matched not in study.methods:
-        raise ConfigError(f"compute_matched: {cfg.compute_matched!r} is not one of {list(study.methods)}")
+        if speed and method not in cfg.methods:
+            raise ConfigError(f"speed_methods: {method!r} must be in methods too (its rate is chosen there)")
+    if cfg.compute_matched:
+        if cfg.compute_matched not in study.methods:
+            raise ConfigError(f"compute_matched: {cfg.compute_matched!r} is not one of {list(study.methods)}")
+        if speed and "scratch" not in cfg.methods:
+            raise ConfigError("compute_matched: the compute-matched run is scratch's, so methods must list scratch")
     for k in cfg.k_per_class:  # every budget parses before anything runs
         main_steps(cfg, study, k)
 
