@@ -491,11 +491,14 @@ class Trainer:
             self._compile_on_a_fixed_batch(train_dataset, collator)
 
     def _compile_on_a_fixed_batch(self, dataset, collator) -> None:
-        """Compile now, on the first examples of the data as stored, with the RNG and gradients left
-        as they were. Inductor shapes its kernels (loop splits, parallel depth) to the sizes it first
-        sees, and with a sparse MLM head those change every batch (the masked-token count): compiled
-        on the first batch *after a resume* they would differ from an uninterrupted run's, and so would
-        the last bits of the weights. ``dynamic=True`` then lets every later batch use these kernels."""
+        """Compile now, before the clock of the training loop starts (tokens/s and ``time_budget`` see
+        no compile time), on the first examples of the data as stored, with the RNG and gradients left
+        as they were. ``dynamic=True`` lets every later batch use these kernels, whatever its sizes
+        (a sparse MLM head's change every batch), so no recompile happens mid-run. And a resumed run
+        compiles on the same batch as an uninterrupted one: inductor sizes some kernels from the
+        first shapes it sees (Triton's split reductions), which could otherwise change the last bits
+        of the weights after a resume. (On CPU that did not happen for BERT; tested: only the atomic
+        adds did, see ``_deterministic_kernels``.)"""
         size = self.config.micro_batch_size
         if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
             examples = list(itertools.islice(iter(dataset), size))
