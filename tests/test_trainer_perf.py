@@ -183,6 +183,8 @@ def test_under_accelerate_launch_a_process_gets_the_cores_unless_the_user_set_th
 def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(machine, "cpu_has_native_bf16", lambda: True)
+    assert resolve_mixed_precision("auto") == "no"  # off until its accuracy is shown (machine.CPU_BF16_AUTO)
+    monkeypatch.setattr(machine, "CPU_BF16_AUTO", True)
     assert resolve_mixed_precision("auto") == "bf16"
     assert resolve_mixed_precision("no") == "no" and resolve_mixed_precision("fp16") == "fp16"
     monkeypatch.setattr(machine, "CPU_BF16_AUTO", False)  # the switch, should bf16 cost quality
