@@ -75,10 +75,12 @@ def _ls() -> None:
     for config in configs():
         if (n := owner(config, names)) is not None:
             by_recipe[n].append(config)
+    listed = {n: ",".join(found) or "-" for n, found in by_recipe.items()}  # one column, split on whitespace
     width = max(map(len, names), default=6) + 2
-    print(f"{'RECIPE':<{width}}{'CONFIGS':<24}DOES")
+    config_width = max(map(len, listed.values()), default=7) + 2
+    print(f"{'RECIPE':<{width}}{'CONFIGS':<{config_width}}DOES")
     for n, path in names.items():
-        print(f"{n:<{width}}{', '.join(by_recipe[n]) or '-':<24}{summary(path)}")
+        print(f"{n:<{width}}{listed[n]:<{config_width}}{summary(path)}")
 
 
 def _load_recipe(name: str):

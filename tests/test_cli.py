@@ -31,7 +31,8 @@ def test_ls_lists_every_recipe_with_its_config(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()[1:]}
     assert sorted(rows) == RECIPES
-    assert all(rows[name] == f"{name}.yaml" for name in RECIPES), rows
+    assert all(rows[name].split(",")[0] == f"{name}.yaml" for name in RECIPES), rows
+    assert rows["pretrain_mlm"].split(",") == ["pretrain_mlm.yaml", "pretrain_mlm_continue.yaml"], rows
 
 
 def test_run_is_the_recipe_from_any_folder_and_errors_are_one_line(tmp_path, wiki_jsonl):
