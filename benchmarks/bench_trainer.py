@@ -19,7 +19,8 @@ every step, the first ``--warmup`` steps are skipped, and tokens/s is the tokens
 steps over their wall time; tokens per CPU-second (process CPU time) is printed beside it because it
 moves less when other processes share the cores. Then the cost of evaluation and of a checkpoint,
 each timed inside short runs of both trainers. Ratios are of runs made in this invocation; with
-``--repeats`` > 1 the runs are interleaved and the fastest of each kind is kept.
+``--repeats`` > 1 the rounds are interleaved, each ratio is taken within a round and the median over
+rounds is printed with the rounds' own.
 
     python benchmarks/bench_trainer.py [--steps 60] [--warmup 10] [--threads 2] [--precision no|bf16]
                                        [--models modernbert,bert] [--repeats 1] [--out bench.json]
@@ -466,8 +467,10 @@ def machine_info(threads: int) -> dict:
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
-def fastest(runs: list[dict]) -> dict:
-    return max(runs, key=lambda r: r["tokens_per_s"])
+def rounds_note(ratio: dict, percent: bool = False) -> str:
+    if len(ratio["rounds"]) < 2:
+        return ""
+    return "  rounds: " + ", ".join(f"{r:+.1%}" if percent else f"{r:.2f}x" for r in ratio["rounds"])
 
 
 def print_summary(report: dict) -> None:
@@ -477,7 +480,8 @@ def print_summary(report: dict) -> None:
           f"skipped), load average {report['load_before']:.1f} before / {report['load_after']:.1f} after")
     for model, summary in report["summary"].items():
         runs = summary["runs"]
-        print(f"\n{model}: steady-state training tokens/s (tokens per CPU-second), step ms (mean / median)")
+        print(f"\n{model}: steady-state training tokens/s (tokens per CPU-second), step ms (mean / median)"
+              + (f"; medians of {summary['rounds']} rounds" if summary["rounds"] > 1 else ""))
         for kind in KINDS:
             if kind in runs:
                 r = runs[kind]
@@ -487,14 +491,14 @@ def print_summary(report: dict) -> None:
         if "ours_vs_hf" in ratios:
             r = ratios["ours_vs_hf"]
             print(f"  ours / hf           {r['wall']:5.2f}x  (CPU time {r['cpu']:5.2f}x)  target >= {TARGET_VS_HF}x  "
-                  f"{'met' if r['wall'] >= TARGET_VS_HF else 'MISSED'}")
+                  f"{'met' if r['wall'] >= TARGET_VS_HF else 'MISSED'}{rounds_note(r)}")
         if "ours_vs_hf_defaults" in ratios:
             r = ratios["ours_vs_hf_defaults"]
-            print(f"  ours / hf_defaults  {r['wall']:5.2f}x  (CPU time {r['cpu']:5.2f}x)")
+            print(f"  ours / hf_defaults  {r['wall']:5.2f}x  (CPU time {r['cpu']:5.2f}x){rounds_note(r)}")
         if "overhead_vs_bare" in ratios:
             r = ratios["overhead_vs_bare"]
             print(f"  overhead vs bare    {r['wall']:+6.1%}  (CPU time {r['cpu']:+6.1%})  target <= {TARGET_OVERHEAD:.0%}  "
-                  f"{'met' if r['wall'] <= TARGET_OVERHEAD else 'MISSED'}")
+                  f"{'met' if r['wall'] <= TARGET_OVERHEAD else 'MISSED'}{rounds_note(r, percent=True)}")
         for kind, costs in summary.get("costs", {}).items():
             line = (f"  {kind:12s} per evaluation of {costs['eval_tokens']} tokens {costs['eval_s']:.2f} s"
                     f" ({costs['eval_tokens'] / costs['eval_s']:.0f} tokens/s)")
@@ -504,17 +508,26 @@ def print_summary(report: dict) -> None:
 
 
 def summarise(model: str, runs: dict[str, list[dict]], costs: dict) -> dict:
-    best = {kind: fastest(r) for kind, r in runs.items() if r}
+    """Median over rounds of each kind's figures, and of each ratio taken within a round (the runs of
+    one round ran minutes apart, so a change in the machine's load moves both sides of it)."""
+    rounds = min(len(r) for r in runs.values())
+    median = {kind: {key: statistics.median(run[key] for run in r[:rounds])
+                     for key in ("tokens_per_s", "tokens_per_cpu_s", "step_ms_mean", "step_ms_median")}
+              | {"threads": r[0]["threads"]} for kind, r in runs.items() if r}
     ratios = {}
-    if "ours" in best:
-        ours = best["ours"]
+
+    def ratio(name, top, bottom, minus=0.0):
+        per_round = {which: [runs[top][i][f"tokens_per_{which}"] / runs[bottom][i][f"tokens_per_{which}"] - minus
+                             for i in range(rounds)] for which in ("s", "cpu_s")}
+        ratios[name] = {"wall": statistics.median(per_round["s"]), "cpu": statistics.median(per_round["cpu_s"]),
+                        "rounds": per_round["s"]}
+
+    if "ours" in median:
         for other in ("hf", "hf_defaults"):
-            if other in best:
-                ratios[f"ours_vs_{other}"] = {"wall": ours["tokens_per_s"] / best[other]["tokens_per_s"],
-                                              "cpu": ours["tokens_per_cpu_s"] / best[other]["tokens_per_cpu_s"]}
-        if "bare" in best:
-            ratios["overhead_vs_bare"] = {"wall": best["bare"]["tokens_per_s"] / ours["tokens_per_s"] - 1,
-                                          "cpu": best["bare"]["tokens_per_cpu_s"] / ours["tokens_per_cpu_s"] - 1}
+            if other in median:
+                ratio(f"ours_vs_{other}", "ours", other)
+        if "bare" in median:
+            ratio("overhead_vs_bare", "bare", "ours", minus=1.0)
     summary_costs = {}
     for kind, c in costs.items():
         entry = {"eval_tokens": c["eval_tokens"], "eval_s": statistics.median(c["eval_s"]),
@@ -522,7 +535,7 @@ def summarise(model: str, runs: dict[str, list[dict]], costs: dict) -> dict:
         if c.get("best_model_s"):
             entry["eval_with_best_model_s"] = entry["eval_s"] + statistics.median(c["best_model_s"])
         summary_costs[kind] = entry
-    return {"runs": best, "all_runs": runs, "ratios": ratios, "costs": summary_costs}
+    return {"rounds": rounds, "runs": median, "all_runs": runs, "ratios": ratios, "costs": summary_costs}
 
 
 def print_profile(result: dict, spec: dict) -> None:
@@ -548,7 +561,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--models", default="modernbert,bert")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"which of {','.join(KINDS)} to run")
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds; the fastest run of each kind counts")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of every run, interleaved; figures and within-round ratios are medians over rounds")
     parser.add_argument("--eval_blocks", type=int, default=320, help="validation blocks for the evaluation cost")
     parser.add_argument("--no_costs", action="store_true", help="skip the evaluation and checkpoint timings")
     parser.add_argument("--compile", action="store_true", help="torch.compile in every run (nlp_ssl's compile setting)")
