@@ -36,7 +36,7 @@ def test_wiki_shares_are_nested_seeded_and_hold_no_test_article():
     assert not set(large) & set(load_wiki_corpus()["en_test"]["text"])
 
 
-def fake_study(scratch, pretrained):
+def fake_study(scratch, pretrained, method="pretrained_1200"):
     """A text study's results.json at k=32 with per-seed accuracies."""
     def cell(values):
         import numpy as np
@@ -45,9 +45,9 @@ def fake_study(scratch, pretrained):
 
     gains = [p - s for p, s in zip(pretrained, scratch)]
     return {
-        "labels": {"scratch": "from scratch", "pretrained": "pretrained"},
-        "summary": {"scratch": {"32": cell(scratch)}, "pretrained": {"32": cell(pretrained)}},
-        "gains": {"pretrained": {"32": {"per_seed": {str(i): g for i, g in enumerate(gains)}, "mean": sum(gains) / 3,
+        "labels": {"scratch": "from scratch", method: "pretrained"},
+        "summary": {"scratch": {"32": cell(scratch)}, method: {"32": cell(pretrained)}},
+        "gains": {method: {"32": {"per_seed": {str(i): g for i, g in enumerate(gains)}, "mean": sum(gains) / 3,
                                         "std": 0.01, "min": min(gains), "n": 3}}},
     }
 
@@ -60,8 +60,8 @@ def test_the_curve_table_and_figure(tmp_path):
         {"corpus": "wiki:1.0", "documents": 7981, "tokens": 900_000, "pretraining": {},
          "results": fake_study(scratch, [0.7, 0.75, 0.8])},
     ]
-    rows = corpus_size.curve_rows(points, 32)
-    assert [r["corpus"] for r in rows] == ["wiki:0.1", "wiki:1.0"]
+    rows = corpus_size.curve_rows(points, 32, [1200, 4800])  # no 4,800-step runs here: no rows for them
+    assert [(r["corpus"], r["steps"]) for r in rows] == [("wiki:0.1", 1200), ("wiki:1.0", 1200)]
     assert rows[1]["gain"]["mean"] == pytest.approx(0.2) and rows[1]["gain"]["min"] == pytest.approx(0.15)
     reference = tmp_path / "minilm.json"
     accuracy = {"mean": 0.865, "std": 0.013, "n": 3}
@@ -70,7 +70,7 @@ def test_the_curve_table_and_figure(tmp_path):
     refs = corpus_size.references([str(reference)], 32)
     assert refs == {"MiniLM, fine-tuned": {"mean": 0.865, "std": 0.013, "n": 3}}
     table = corpus_size.markdown(rows, refs, 32, [0, 1, 2], ["- settings"])
-    assert "| wiki:1.0 | 7,981 | 900,000 | 55.0 ± 5.0 | 75.0 ± 5.0 | +20.0 ± 1.0 | +15.0 |" in table
+    assert "| wiki:1.0 | 7,981 | 900,000 | 1,200 | 55.0 ± 5.0 | 75.0 ± 5.0 | +20.0 ± 1.0 | +15.0 |" in table
     assert "- MiniLM, fine-tuned: 86.5 ± 1.3" in table
     corpus_size.plot(rows, refs, 32, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

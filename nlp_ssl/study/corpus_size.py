@@ -80,21 +80,22 @@ def count_tokens(path: Path, tokenizer_folder: Path) -> tuple[int, int]:
     return len(texts), tokens
 
 
-def curve_rows(points: list[dict], k: int) -> list[dict]:
-    """One row per corpus: its size, and scratch, pretrained and gain (per seed, mean ± std) at ``k``."""
+def curve_rows(points: list[dict], k: int, budgets: list[int]) -> list[dict]:
+    """One row per budget and corpus: its size, scratch, pretrained and the gain (per seed, mean ± std) at ``k``."""
     rows = []
-    for p in points:
-        summary, gains = p["results"]["summary"], p["results"]["gains"]
-        cell = gains.get("pretrained", {}).get(str(k))
-        if not cell:
-            continue
-        rows.append({
-            "corpus": p["corpus"], "documents": p["documents"], "tokens": p["tokens"],
-            "pretraining": p["pretraining"],
-            "scratch": summary["scratch"][str(k)]["test_accuracy"],
-            "pretrained": summary["pretrained"][str(k)]["test_accuracy"],
-            "gain": {key: cell[key] for key in ("mean", "std", "min", "n", "per_seed")},
-        })
+    for steps in budgets:
+        method = f"pretrained_{steps}"
+        for p in points:
+            summary, gains = p["results"]["summary"], p["results"]["gains"]
+            cell = gains.get(method, {}).get(str(k))
+            if not cell:
+                continue
+            rows.append({
+                "corpus": p["corpus"], "steps": steps, "documents": p["documents"], "tokens": p["tokens"],
+                "scratch": summary["scratch"][str(k)]["test_accuracy"],
+                "pretrained": summary[method][str(k)]["test_accuracy"],
+                "gain": {key: cell[key] for key in ("mean", "std", "min", "n", "per_seed")},
+            })
     return rows
 
 
@@ -115,13 +116,13 @@ def markdown(rows: list[dict], refs: dict[str, dict], k: int, seeds: list[int], 
         "# Pretraining from scratch: gain over scratch against unlabelled tokens", "",
         f"Test accuracy % on the built-in topic task at k={k} labels per class, mean ± std over seeds {seeds}; "
         "gain = pretrained minus scratch on the same seed (same labels, same tokenizer).", "",
-        "| corpus | documents | tokens | scratch | pretrained | gain (points) | min gain |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| corpus | documents | tokens | pretraining steps | scratch | pretrained | gain (points) | min gain |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         g = r["gain"]
-        lines.append(f"| {r['corpus']} | {r['documents']:,} | {r['tokens']:,} | {pct(r['scratch'])} | {pct(r['pretrained'])} "
-                     f"| {100 * g['mean']:+.1f} ± {100 * g['std']:.1f} | {100 * g['min']:+.1f} |")
+        lines.append(f"| {r['corpus']} | {r['documents']:,} | {r['tokens']:,} | {r['steps']:,} | {pct(r['scratch'])} "
+                     f"| {pct(r['pretrained'])} | {100 * g['mean']:+.1f} ± {100 * g['std']:.1f} | {100 * g['min']:+.1f} |")
     if refs:
         lines += ["", "Reference rows (other studies, same task, same k, same seeds):", ""]
         lines += [f"- {label}: {pct(cell)}" for label, cell in refs.items()]
@@ -138,19 +139,27 @@ def plot(rows: list[dict], refs: dict[str, dict], k: int, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tokens = [r["tokens"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
-    left.errorbar(tokens, [100 * r["gain"]["mean"] for r in rows], yerr=[100 * r["gain"]["std"] for r in rows],
-                  marker="o", capsize=3)
-    for r in rows:
+    budgets = list(dict.fromkeys(r["steps"] for r in rows))
+    for steps in budgets:
+        series = [r for r in rows if r["steps"] == steps]
+        tokens = [r["tokens"] for r in series]
+        left.errorbar(tokens, [100 * r["gain"]["mean"] for r in series], yerr=[100 * r["gain"]["std"] for r in series],
+                      marker="o", capsize=3, label=f"{steps:,} pretraining steps")
+        right.errorbar(tokens, [100 * r["pretrained"]["mean"] for r in series],
+                       yerr=[100 * r["pretrained"]["std"] for r in series], marker="o", capsize=3,
+                       label=f"pretrained, {steps:,} steps")
+    for r in rows[: len(rows) // max(len(budgets), 1)]:
         left.annotate(r["corpus"], (r["tokens"], 100 * r["gain"]["mean"]), fontsize=7, xytext=(4, -10),
                       textcoords="offset points")
+    first = [r for r in rows if r["steps"] == budgets[0]] if budgets else []
+    right.errorbar([r["tokens"] for r in first], [100 * r["scratch"]["mean"] for r in first],
+                   yerr=[100 * r["scratch"]["std"] for r in first], marker="o", capsize=3, color="grey",
+                   label="no pretraining (same tokenizer)")
     left.axhline(0, color="grey", linewidth=1)
     left.set_ylabel("gain over scratch (points)")
     left.set_title(f"pretraining from scratch, then fine-tuning (k={k})", fontsize=10)
-    for key, label in (("pretrained", "pretrained from scratch"), ("scratch", "no pretraining")):
-        right.errorbar(tokens, [100 * r[key]["mean"] for r in rows], yerr=[100 * r[key]["std"] for r in rows],
-                       marker="o", capsize=3, label=label)
+    left.legend(fontsize=7)
     for (label, cell), style in zip(refs.items(), ("--", ":", "-.", (0, (5, 1)))):
         right.axhline(100 * cell["mean"], linestyle=style, color="black", linewidth=1, label=label)
     right.set_ylabel("test accuracy (%)")
