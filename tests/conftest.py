@@ -25,3 +25,33 @@ def wiki_jsonl(tmp_path_factory) -> Path:
 
     corpus = load_wiki_corpus()["en_train"].select(range(600))
     return write_jsonl(tmp_path_factory.mktemp("wiki") / "train.jsonl", [{"text": t} for t in corpus["text"]])
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons and a run sets torch's thread count: an in-process
+    trainer test starts and ends clean (modules opt in with ``pytestmark``)."""
+    import torch
+    from accelerate.state import AcceleratorState, GradientState
+
+    def reset():
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+
+    threads = torch.get_num_threads()
+    reset()
+    yield
+    torch.set_num_threads(threads)
+    reset()
+
+
+@pytest.fixture(scope="session")
+def toy_mlm_blocks(wordpiece_tokenizer):
+    """(train, validation) packed 32-token blocks of toy text, for in-process trainer tests."""
+    from datasets import Dataset
+
+    from nlp_ssl.data.text import tokenize_and_pack
+    from tests.helpers import toy_texts
+
+    blocks = tokenize_and_pack(Dataset.from_dict({"text": toy_texts(300, seed=4)}), wordpiece_tokenizer, "text", 32)
+    return blocks.select(range(128)), blocks.select(range(128, 160))

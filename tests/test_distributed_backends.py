@@ -27,13 +27,7 @@ from tests.helpers import ROOT, toy_texts
 CONFIGS = ROOT / "recipes" / "configs" / "accelerate"
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def test_the_shipped_accelerate_configs_load_and_ask_for_their_backend():

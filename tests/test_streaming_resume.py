@@ -28,13 +28,7 @@ from tests.helpers import toy_texts, write_jsonl
 WINDOW, MAP_BATCH, BLOCK, MICRO = 8, 4, 32, 8
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 class Crash(Exception):

@@ -5,32 +5,20 @@ import json
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
-from datasets import Dataset
 from transformers import BertConfig, BertForMaskedLM
 
 from nlp_ssl import checkpointing as ckpt
-from nlp_ssl.data.text import tokenize_and_pack
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.objectives import MLMCollator
 from nlp_ssl.tasks.masked_lm import MaskedLMTask
 from nlp_ssl.trainer import TrainConfig, Trainer
-from tests.helpers import toy_texts
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(scope="module")
-def data(wordpiece_tokenizer):
-    ds = Dataset.from_dict({"text": toy_texts(300, seed=4)})
-    blocks = tokenize_and_pack(ds, wordpiece_tokenizer, "text", 32)
-    return blocks.select(range(128)), blocks.select(range(128, 160))
+@pytest.fixture
+def data(toy_mlm_blocks):
+    return toy_mlm_blocks
 
 
 def tiny_task(tok, seed=0):

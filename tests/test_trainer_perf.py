@@ -9,14 +9,12 @@ import sys
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
-from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForMaskedLM
 
 from nlp_ssl import checkpointing as ckpt
 from nlp_ssl import machine
 from nlp_ssl.config import load_config
-from nlp_ssl.data.text import tokenize_and_pack
 from nlp_ssl.errors import ConfigError, RunComplete
 from nlp_ssl.objectives import MLMCollator
 from nlp_ssl.tasks.masked_lm import MaskedLMTask
@@ -28,27 +26,17 @@ from nlp_ssl.trainer import (
     resolve_micro_batch_size,
     resolve_mixed_precision,
 )
-from tests.helpers import ROOT, toy_texts
+from tests.helpers import ROOT
 
 CORES = len(os.sched_getaffinity(0))
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
-@pytest.fixture(scope="module")
-def data(wordpiece_tokenizer):
-    ds = Dataset.from_dict({"text": toy_texts(300, seed=4)})
-    blocks = tokenize_and_pack(ds, wordpiece_tokenizer, "text", 32)
-    return blocks.select(range(128)), blocks.select(range(128, 160))
+@pytest.fixture
+def data(toy_mlm_blocks):
+    return toy_mlm_blocks
 
 
 def tiny_task(tok, dropout=0.0, layers=1):
