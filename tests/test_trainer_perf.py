@@ -187,6 +187,7 @@ def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch):
 
 def test_a_run_on_a_bf16_cpu_trains_in_bf16_autocast(tmp_path, wordpiece_tokenizer, data, monkeypatch):
     monkeypatch.setattr(machine, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(machine, "CPU_BF16_AUTO", True)  # the switch that makes auto pick it on such CPUs
     trainer = trainer_for(tmp_path, wordpiece_tokenizer, data, eval_data=False, max_steps=2)
     seen = []
     dense = trainer.unwrapped_task.model.bert.encoder.layer[0].intermediate.dense
