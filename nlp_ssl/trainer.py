@@ -697,7 +697,8 @@ class Trainer:
         if self.resume_from is not None:
             self._load_checkpoint(self.resume_from)
         batches = self._micro_batches()
-        weights = self.unwrapped_task.loss_weights
+        task = self.unwrapped_task  # the same module all run: unwrapping costs ~0.5 ms a call
+        weights = task.loss_weights
         bar = tqdm(total=cfg.max_steps, initial=self.state.step, disable=not (cfg.progress_bar and acc.is_local_main_process),
                    desc="training", dynamic_ncols=True)
         window_losses: list[torch.Tensor] = []
@@ -725,8 +726,8 @@ class Trainer:
                     loss = sum(weights[n] * out["losses"][n][0] / counts[n] for n in weights) * acc.num_processes
                     acc.backward(loss * factor if factor != 1 else loss)
                 step_loss += loss.detach() / acc.num_processes
-                window_tokens += self.unwrapped_task.tokens_in(batch)
-                window_flops += self.unwrapped_task.flops(batch)
+                window_tokens += task.tokens_in(batch)
+                window_flops += task.flops(batch)
             # The norm is needed anyway for clipping; with clipping off, max_norm=inf only measures it.
             grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
             grad_norm = backends.full(grad_norm)  # FSDP2 gives a DTensor
