@@ -90,7 +90,9 @@ ARCHITECTURES: dict[str, Architecture] = {
             "bert", "BertConfig",
             {"masked_lm": "BertForMaskedLM", "pretraining": "BertForPreTraining",
              "sequence_classification": "BertForSequenceClassification"},
-            preset_extras=_ffn(4), mlm_encoder="bert", mlm_head=("cls",), block=_ENCODER_LAYER, embeddings=_EMBEDDINGS,
+            preset_extras=_ffn(4), mlm_encoder="bert", block=_ENCODER_LAYER, embeddings=_EMBEDDINGS,
+            # BertLMPredictionHead's forward is transform then decoder: split so the chunked projection applies.
+            mlm_head=("cls.predictions.transform", "cls.predictions.decoder"),
         ),
         Architecture(
             # Pre-LN with rotary positions and a gated MLP: it leaves the unigram plateau far sooner than
