@@ -51,8 +51,8 @@ def test_mlm_aux_loss_matches_the_pretrained_mlm_model(tmp_path, wordpiece_token
     head = pretrained_lm_head(classifier, AutoModelForMaskedLM.from_pretrained(folder), "mlm")
     task = SequenceClassificationTask(classifier, aux_lm="mlm", aux_weight=0.3, lm_head=head).eval()
     assert task.loss_weights == {"cls": 1.0, "lm": 0.3}
-    # The decoder is the classifier's own embedding matrix, not a copy.
-    assert head.predictions.decoder.weight is classifier.bert.embeddings.word_embeddings.weight
+    # The head is BERT's transform then its decoder, whose weight is the classifier's own embedding matrix, not a copy.
+    assert head[-1].weight is classifier.bert.embeddings.word_embeddings.weight
     batch = ClassificationCollator(tok, "mlm", mlm_probability=0.4, seed=3)(encode(tok, toy_texts(4), [0, 2, 1, 2]))
     assert (batch["lm_input_ids"] != batch["input_ids"]).any() and (batch["lm_labels"] != -100).any()
     with torch.no_grad():
