@@ -82,3 +82,19 @@ def publish_dir(tmp: Path, final: Path) -> None:
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def publish_cache_dir(tmp: Path, final: Path, marker: str) -> None:
+    """Publish a cache folder that every builder writes alike (a dataset, a tokenizer, an unpacked
+    wheel): the first complete one stays. Two runs that build the same cache at once (a job array on
+    a cold cache) then never swap a folder out from under a reader: the later builder drops its copy.
+    ``marker`` is the file (or folder) a complete one has; a folder without it is replaced."""
+    finalize_tree(tmp)
+    try:
+        os.rename(tmp, final)  # refused when another builder's complete folder is already there
+        return
+    except OSError:
+        if not (final / marker).exists():
+            publish_dir(tmp, final)  # a broken leftover: replace it
+            return
+    shutil.rmtree(tmp, ignore_errors=True)

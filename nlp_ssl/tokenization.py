@@ -5,8 +5,6 @@ The result is saved as a folder that ``AutoTokenizer.from_pretrained`` loads wit
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Literal
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from nlp_ssl import atomic
 from nlp_ssl.errors import ConfigError
 
 TokenizerKind = Literal["wordpiece", "bytelevel_bpe", "bpe"]
@@ -81,8 +80,12 @@ def train_tokenizer(
     output_dir: str | Path,
     lowercase: bool = True,
     model_max_length: int = 512,
+    keep_existing: bool = False,
 ) -> PreTrainedTokenizerFast:
-    """Train a tokenizer of ``kind`` on ``texts`` and save it atomically to ``output_dir``."""
+    """Train a tokenizer of ``kind`` on ``texts`` and save it atomically to ``output_dir``.
+
+    ``keep_existing``: ``output_dir`` is a cache folder named by its settings, and a complete tokenizer
+    another process saved there meanwhile is kept (see :func:`nlp_ssl.atomic.publish_cache_dir`)."""
     tok, trainer = _build(kind, vocab_size, lowercase)
     tok.train_from_iterator(texts, trainer=trainer)
     tok.post_processor = _post_processor(kind, tok)
@@ -97,7 +100,8 @@ def train_tokenizer(
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     fast.save_pretrained(tmp)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(tmp, output_dir)
+    if keep_existing:
+        atomic.publish_cache_dir(tmp, output_dir, "tokenizer.json")
+    else:
+        atomic.publish_dir(tmp, output_dir)
     return AutoTokenizer.from_pretrained(output_dir)

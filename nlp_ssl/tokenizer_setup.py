@@ -78,4 +78,4 @@ def load_or_train_tokenizer(cfg: TokenizerConfig, texts_dataset, text_column: st
     if (folder / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(folder)
     texts = (row[text_column] for row in texts_dataset)
-    return train_tokenizer(cfg.kind, texts, cfg.vocab_size, Path(folder), lowercase=cfg.lowercase)
+    return train_tokenizer(cfg.kind, texts, cfg.vocab_size, Path(folder), lowercase=cfg.lowercase, keep_existing=True)

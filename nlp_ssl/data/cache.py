@@ -48,7 +48,7 @@ def pypi_package_dir(package: str, version: str, module: str, cache_dir: str | P
         tmp = atomic.staging_dir(final)
         with zipfile.ZipFile(wheels[0]) as zf:
             zf.extractall(tmp)
-        atomic.publish_dir(tmp, final)
+        atomic.publish_cache_dir(tmp, final, module)
     finally:
         shutil.rmtree(download, ignore_errors=True)
     return final / module

@@ -166,7 +166,7 @@ def _publish(rows: dict, name: str, cache_dir) -> Path:
     final = cache_root(cache_dir) / "datasets" / name
     tmp = atomic.staging_dir(final)
     Dataset.from_dict(rows).save_to_disk(str(tmp))
-    atomic.publish_dir(tmp, final)
+    atomic.publish_cache_dir(tmp, final, "dataset_info.json")
     return final
 
 

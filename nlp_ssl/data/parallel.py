@@ -136,7 +136,7 @@ def build_sword_pairs(cache_dir: str | Path | None = None) -> Path:
         raise DataError("the KJV and Reina-Valera SWORD modules share no verse reference; are the modules complete?")
     tmp = atomic.staging_dir(final)
     Dataset.from_dict(rows).save_to_disk(str(tmp))
-    atomic.publish_dir(tmp, final)
+    atomic.publish_cache_dir(tmp, final, "dataset_info.json")
     return final
 
 

@@ -67,7 +67,7 @@ def build_wiki_corpus(cache_dir: str | Path | None = None) -> Path:
     corpus = DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items()})
     tmp = atomic.staging_dir(final)
     corpus.save_to_disk(str(tmp))
-    atomic.publish_dir(tmp, final)
+    atomic.publish_cache_dir(tmp, final, "dataset_dict.json")
     return final
 
 

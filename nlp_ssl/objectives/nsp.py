@@ -238,7 +238,7 @@ def build_nsp_dataset(
         return dataset
     tmp = atomic.staging_dir(final)
     dataset.save_to_disk(str(tmp))
-    atomic.publish_dir(tmp, final)
+    atomic.publish_cache_dir(tmp, final, "dataset_info.json")
     return load_from_disk(str(final))
 
 
