@@ -139,13 +139,21 @@ def test_divergence_skips_bad_steps_then_stops_and_leaves_no_non_finite_tensor(t
 # ----------------------------------------------------------------------------------- preemption
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_a_checkpoint_and_resume_gives_identical_weights(tmp_path, corpus, sig):
-    run = ["max_steps=30", "save_every=100", "eval_every=1", "data.max_train_documents=60"]
-    straight = tmp_path / "straight"
-    proc = run_recipe("pretrain_mlm.py", *args(corpus, straight, *run))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+SIGNAL_RUN = ["max_steps=30", "save_every=100", "eval_every=1", "data.max_train_documents=60"]
 
+
+@pytest.fixture(scope="module")
+def straight_signal_run(tmp_path_factory, corpus) -> Path:
+    """The uninterrupted run both signals' resumed runs must equal (one run, shared)."""
+    straight = tmp_path_factory.mktemp("signals") / "straight"
+    proc = run_recipe("pretrain_mlm.py", *args(corpus, straight, *SIGNAL_RUN))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return straight
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_and_resume_gives_identical_weights(tmp_path, corpus, straight_signal_run, sig):
+    run, straight = SIGNAL_RUN, straight_signal_run
     stopped = tmp_path / "stopped"
     child, seen = start(args(corpus, stopped, *run)), []
     target = random.Random(sig).randint(3, 20)
