@@ -8,7 +8,8 @@ It exists to test continued pretraining on text unlike a modern checkpoint's own
 Gururangan et al.'s "domain" case). Eight classes: law, history, wisdom, major and minor prophets,
 gospels and Acts, Paul's letters, the other letters and Revelation. Test verses come from held-out
 chapters, so no test verse has its neighbours in the pool (the pool's texts are also the continued-pretraining
-corpus). Public domain (Debian ``sword-text-kjv``). With Hub access any labelled jsonl works the same way.
+corpus). Public domain (Debian ``sword-text-kjv``). With Hub access, any labelled dataset written as
+jsonl with ``text`` and ``label`` columns (``load_dataset(...)[split].to_json(path)``) works the same way.
 """
 
 from __future__ import annotations
