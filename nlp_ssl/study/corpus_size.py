@@ -149,10 +149,14 @@ def plot(rows: list[dict], refs: dict[str, dict], k: int, path: Path) -> None:
         right.errorbar(tokens, [100 * r["pretrained"]["mean"] for r in series],
                        yerr=[100 * r["pretrained"]["std"] for r in series], marker="o", capsize=3,
                        label=f"pretrained, {steps:,} steps")
-    for r in rows[: len(rows) // max(len(budgets), 1)]:
+    # Scratch and the corpus's name once per corpus (its first row), whichever budgets have run on it.
+    first = {}
+    for r in rows:
+        first.setdefault(r["corpus"], r)
+    first = sorted(first.values(), key=lambda r: r["tokens"])
+    for r in first:
         left.annotate(r["corpus"], (r["tokens"], 100 * r["gain"]["mean"]), fontsize=7, xytext=(4, -10),
                       textcoords="offset points")
-    first = [r for r in rows if r["steps"] == budgets[0]] if budgets else []
     right.errorbar([r["tokens"] for r in first], [100 * r["scratch"]["mean"] for r in first],
                    yerr=[100 * r["scratch"]["std"] for r in first], marker="o", capsize=3, color="grey",
                    label="no pretraining (same tokenizer)")
