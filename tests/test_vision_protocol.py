@@ -122,6 +122,26 @@ def test_rates_are_chosen_on_mean_validation_accuracy_and_aux_rows_take_their_ba
     assert choose_rates(cfg, study(), tied)["rotation"][10]["rate"] == 5e-4
 
 
+def test_lr_seeds_search_the_grid_and_the_other_seeds_run_once_at_the_rate_they_chose(tmp_path):
+    from nlp_ssl.study.vision_protocol import collect, grid_jobs
+
+    cfg = protocol_config(tmp_path, lr_seeds=[1])
+    write_grid(cfg)  # also holds seed 0 at every rate: those runs must not sway the choice
+    records, chosen, _ = collect(cfg, study())
+    # Seed 1 alone: scratch 0.58 at 5e-4 against 0.50 at 1e-3 (over both seeds 1e-3 wins), rotation 0.7 at 5e-4.
+    assert chosen["scratch"][10] == {"rate": 5e-4, "by_rate": {5e-4: 0.58, 1e-3: 0.50}}
+    assert chosen["scratch_aux"][10] == {"rate": 5e-4, "from": "scratch"}
+    search = {job.name for job in grid_jobs(cfg, study(), 10, None)}
+    assert search == {"scratch_k10_s1_lr0.0005", "scratch_k10_s1_lr0.001", "rotation_k10_s1_lr0.0005",
+                      "rotation_k10_s1_lr0.001", "pixels_logreg_k10_s0", "pixels_logreg_k10_s1"}
+    rest = {job.name for job in grid_jobs(cfg, study(), 10, chosen)}
+    assert rest == {"scratch_k10_s0_lr0.0005", "rotation_k10_s0_lr0.0005", "scratch_aux_k10_s0_lr0.0005",
+                    "scratch_aux_k10_s1_lr0.0005"}
+    report = write_all(cfg, study(), records, chosen, None)
+    assert report["summary"]["scratch"]["10"]["seeds"] == [0, 1]
+    assert "over seeds [1] (the other seeds run once, at that rate)" in (tmp_path / "results.md").read_text()
+
+
 def test_report_pairs_seeds_flags_a_loss_still_falling_and_is_rebuilt_from_the_runs_alone(tmp_path):
     cfg = protocol_config(tmp_path)
     write_grid(cfg)
@@ -207,6 +227,7 @@ def test_a_baseline_is_fitted_once_and_saved_like_a_run(tmp_path):
     ({"k_args": {"ten": ["max_steps=5"]}}, "k_args: key 'ten' is not a number of labels per class"),
     ({"learning_rates": [-1.0]}, "learning_rates: [-1.0] must list positive rates"),
     ({"k_args": {"10": ["max_steps=0"]}}, "max_steps must be > 0, got 0"),
+    ({"lr_seeds": [7]}, "lr_seeds: [7] holds none of the seeds of k=10 [0, 1]"),
 ])
 def test_bad_protocol_settings_are_refused_before_anything_runs(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -48,6 +48,8 @@ class VisionProtocolConfig(StudyConfig):
     k_args: dict[int, list[str]] = field(default_factory=dict)
     #: The grid every fine-tuned method searches, per k, on validation.
     learning_rates: list[float] = field(default_factory=lambda: [2e-4, 5e-4, 1e-3])
+    #: The seeds that search the grid (null: every seed); the others run once, at the rate those chose.
+    lr_seeds: list[int] | None = None
     #: Methods that take the rate chosen for another method instead of searching, e.g. {scratch_aux: scratch}.
     lr_from: dict[str, str] = field(default_factory=dict)
     #: The validation accuracy that picks the rate (mean over seeds): the last checkpoint's or the best one's.
@@ -86,6 +88,10 @@ class VisionProtocolConfig(StudyConfig):
 
     def seeds_for(self, k: int) -> list[int]:
         return self.k_seeds.get(k, self.seeds)
+
+    def search_seeds(self, k: int) -> list[int]:
+        """The seeds of k that fine-tune at every rate of the grid and choose the rate."""
+        return [s for s in self.seeds_for(k) if self.lr_seeds is None or s in self.lr_seeds]
 
 
 def _k_key(name: str, key) -> int:
@@ -245,7 +251,7 @@ def record(cfg: VisionProtocolConfig, study: VisionStudy, job: Job, main: int) -
 
 def choose_rates(cfg: VisionProtocolConfig, study: VisionStudy, records: list[dict]) -> dict:
     """``{method: {k: {"rate", "by_rate": {rate: mean validation accuracy}, "from"?}}}`` for the fine-tuned
-    methods: the grid's best by mean validation accuracy over seeds (ties: the lower rate)."""
+    methods: the grid's best by mean validation accuracy over the searching seeds (ties: the lower rate)."""
     key = f"val_accuracy_{cfg.select_on}"
     chosen: dict = {}
     for method in cfg.methods:
@@ -255,7 +261,8 @@ def choose_rates(cfg: VisionProtocolConfig, study: VisionStudy, records: list[di
             by_rate = {}
             for rate in cfg.learning_rates:
                 values = [r[key] for r in records if r["method"] == method and r["k_per_class"] == k
-                          and r["budget"] == "main" and r["learning_rate"] == rate and r.get(key) is not None]
+                          and r["budget"] == "main" and r["learning_rate"] == rate and r.get(key) is not None
+                          and r["seed"] in cfg.search_seeds(k)]
                 if values:
                     by_rate[rate] = sum(values) / len(values)
             if by_rate:
@@ -272,16 +279,19 @@ def choose_rates(cfg: VisionProtocolConfig, study: VisionStudy, records: list[di
 
 
 def grid_jobs(cfg: VisionProtocolConfig, study: VisionStudy, k: int, chosen: dict | None) -> list[Job]:
-    """The main-budget cells of k: the grid (``chosen`` None), or the ``lr_from`` methods at their rate."""
+    """The main-budget cells of k: the baselines and the searching seeds' grid (``chosen`` None), or every
+    other cell at its chosen rate (the ``lr_from`` methods, and the seeds that did not search)."""
     jobs = []
+    searching = cfg.search_seeds(k)
     for seed in cfg.seeds_for(k):
         for method in cfg.methods:
             if study.methods[method].baseline is not None:
                 if chosen is None:
                     jobs.append(Job(method, k, seed))
-            elif chosen is None and method not in cfg.lr_from:
-                jobs += [Job(method, k, seed, rate) for rate in cfg.learning_rates]
-            elif chosen is not None and method in cfg.lr_from:
+            elif chosen is None:
+                if method not in cfg.lr_from and seed in searching:
+                    jobs += [Job(method, k, seed, rate) for rate in cfg.learning_rates]
+            elif method in cfg.lr_from or seed not in searching:
                 rate = chosen.get(method, {}).get(k, {}).get("rate")
                 if rate is not None:
                     jobs.append(Job(method, k, seed, rate))
@@ -371,6 +381,8 @@ def check_protocol(cfg: VisionProtocolConfig, study: VisionStudy) -> None:
             raise ConfigError("compute_matched: the compute-matched run is scratch's, so methods must list scratch")
     for k in cfg.k_per_class:  # every budget parses before anything runs
         main_steps(cfg, study, k)
+        if not cfg.search_seeds(k):
+            raise ConfigError(f"lr_seeds: {cfg.lr_seeds!r} holds none of the seeds of k={k} {cfg.seeds_for(k)}")
 
 
 def run_protocol(cfg: VisionProtocolConfig, study: VisionStudy, write_report) -> dict:

@@ -21,7 +21,7 @@ WHY_LAST = (
     "scratch's training loss to flatten (checked below), so the last model involves no selection, while "
     "the best-on-validation checkpoint is chosen among dozens of evaluations on a validation set of "
     "2 images per class at k ≤ 10 (20 images), which picks noise and flatters whichever run is noisiest. "
-    "The learning rate, a coarser choice, is chosen on the validation accuracy averaged over the seeds."
+    "The learning rate, a coarser choice, is chosen on the validation accuracy averaged over the seeds that search it."
 )
 WHY_BEST = "The headline uses the best-on-validation checkpoint of each run (`headline=best`)."
 #: The issue's targets at k=10 (points of test accuracy, mean over seeds).
@@ -34,10 +34,10 @@ def mean_std(values: list[float]) -> dict:
 
 
 def _chosen_runs(records: list[dict], chosen: dict, method: str, k: int) -> list[dict]:
-    """The main-budget runs of ``method`` at k with its chosen rate (a baseline: its runs)."""
+    """The main-budget runs of ``method`` at k with its chosen rate (a baseline: its runs), in seed order."""
     rate = chosen.get(method, {}).get(k, {}).get("rate")
-    return [r for r in records if r["method"] == method and r["k_per_class"] == k and r["budget"] == "main"
-            and (r["baseline"] or r["learning_rate"] == rate)]
+    return sorted((r for r in records if r["method"] == method and r["k_per_class"] == k and r["budget"] == "main"
+                   and (r["baseline"] or r["learning_rate"] == rate)), key=lambda r: r["seed"])
 
 
 def summarise(cfg, records, chosen) -> dict:
@@ -213,7 +213,8 @@ def markdown(cfg: VisionProtocolConfig, study: VisionStudy, results: dict) -> st
         f"Test accuracy in percent, mean ± std over seeds ({seeds}). Every method of one seed trains on the same "
         f"labelled images and gets the same number of fine-tuning steps ({steps}), fixed before any run. Each "
         f"fine-tuned method searches the learning rates {{{rates}}} and keeps, per k, the one with the best mean "
-        f"validation accuracy ({results['select_on']} checkpoint) over the seeds"
+        f"validation accuracy ({results['select_on']} checkpoint) over "
+        + (f"seeds {cfg.lr_seeds} (the other seeds run once, at that rate)" if cfg.lr_seeds is not None else "the seeds")
         + (f"; {', '.join(f'{m} takes the rate of {s}' for m, s in cfg.lr_from.items() if m in methods)}" if cfg.lr_from else "")
         + ".", "", results["why_headline"], "",
     ]
