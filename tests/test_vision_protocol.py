@@ -179,6 +179,21 @@ def test_report_pairs_seeds_flags_a_loss_still_falling_and_is_rebuilt_from_the_r
     assert again == json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(results))
 
 
+def test_a_target_is_met_only_on_at_least_five_seeds_each_with_a_gain():
+    from nlp_ssl.study.vision_report import targets
+
+    def results(*per_seed):
+        cell = {"mean": sum(per_seed) / len(per_seed), "n": len(per_seed), "min": min(per_seed),
+                "positive": sum(v > 0 for v in per_seed), "std": 0.0}
+        return {"gains": {"scratch": {"rotation": {"10": cell}}, "pixels_logreg": {}},
+                "summary": {"rotation": {"10": {"rate": 5e-4}}}}
+
+    assert "**met**" in targets(results(0.06, 0.07, 0.05, 0.06, 0.08))[0]
+    assert "**not met**" in targets(results(0.06, 0.07, 0.05, 0.06))[0]  # four seeds
+    assert "**not met**" in targets(results(0.09, 0.09, 0.09, 0.09, -0.01))[0]  # one seed behind
+    assert "**not met**" in targets(results(0.04, 0.04, 0.04, 0.04, 0.04))[0]  # under +5
+
+
 def test_compute_matched_budget_is_scratch_given_the_pretraining_time_as_steps(tmp_path):
     cfg = protocol_config(tmp_path)
     write_grid(cfg)
