@@ -258,11 +258,11 @@ def choose_rates(cfg: VisionProtocolConfig, study: VisionStudy, records: list[di
         if study.methods[method].baseline is not None or method in cfg.lr_from:
             continue
         for k in cfg.k_per_class:
-            by_rate = {}
+            by_rate, searching = {}, cfg.search_seeds(k)
             for rate in cfg.learning_rates:
                 values = [r[key] for r in records if r["method"] == method and r["k_per_class"] == k
                           and r["budget"] == "main" and r["learning_rate"] == rate and r.get(key) is not None
-                          and r["seed"] in cfg.search_seeds(k)]
+                          and r["seed"] in searching]
                 if values:
                     by_rate[rate] = sum(values) / len(values)
             if by_rate:
