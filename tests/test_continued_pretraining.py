@@ -239,7 +239,7 @@ def test_the_continue_configs_load_a_checkpoint_and_run_a_few_steps(tmp_path, en
     assert "from-scratch rate" not in proc.stderr
     assert json.loads((out / "all_results.json").read_text())["steps"] == 3
     card = (out / "README.md").read_text()  # the model card holds the run's config: the continue yaml's settings
-    assert "\nlearning_rate: 0.0001\n" in card and "mlm_probability: 0.15" in card
+    assert "\nlearning_rate: 3.0e-05\n" in card and "mlm_probability: 0.15" in card
     assert len(AutoTokenizer.from_pretrained(out)) == 1000  # the checkpoint's, not a trained one
 
     torch.manual_seed(2)
