@@ -305,6 +305,14 @@ def test_study_smoke_runs_the_protocol_and_report_only_rebuilds_it(tmp_path, rot
     assert rebuilt["runs"] == report["runs"] and rebuilt["summary"] == report["summary"]
 
 
+def test_the_shipped_study_config_passes_the_protocol_checks(tmp_path):
+    """recipes/configs/study_vision.yaml as committed: its checks run before anything (a speed row whose
+    method was dropped from ``methods`` once stopped the real study at k=100, hours in)."""
+    proc = run_recipe("study_vision.py", f"output_dir={tmp_path}", "report_only=true")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "- k=100 also: `max_steps=4000`" in (tmp_path / "results.md").read_text()  # the report of no runs yet
+
+
 def test_load_best_restores_every_vit_tensor(tmp_path):
     """transformers saves ViT weights under other names than its modules use; the best model must still come back whole."""
     from transformers import ViTConfig, ViTForImageClassification
