@@ -256,7 +256,8 @@ def markdown(cfg: VisionProtocolConfig, study: VisionStudy, results: dict) -> st
     if throughput["train_patches_per_s"]:
         lines += ["", "## Throughput", "",
                   f"Fine-tuning runs averaged {throughput['train_patches_per_s']['mean']:.0f} patches/s"
-                  + (f" at {100 * throughput['train_mfu']['mean']:.1f}% MFU" if throughput["train_mfu"] else "") + "."]
+                  + (f" at {100 * throughput['train_mfu']['mean']:.1f}% MFU (against the trainer's peak: the "
+                     "datasheet figure on known GPUs, a matmul it times on a CPU)" if throughput["train_mfu"] else "") + "."]
     args = " ".join(cfg.finetune_args) or "(defaults)"
     lines += ["", "## Settings", "", f"- fine-tuning: `recipes/{study.recipe}.py` with `{args}`"]
     lines += [f"- k={k} also: `{' '.join(a)}`" for k, a in cfg.k_args.items()]
