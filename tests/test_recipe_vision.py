@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from nlp_ssl import checkpointing
 from tests.helpers import run_recipe
@@ -299,10 +300,14 @@ def test_study_smoke_runs_the_protocol_and_report_only_rebuilds_it(tmp_path, rot
     # report_only: the same report from the run folders, nothing run again.
     before = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("all_results.json")}
     (out / "results.json").unlink()
+    (out / "study_config.yaml").write_text("k_per_class: [100]\n")  # a config from another run of the study
     recipes.study_vision.main([*args, "report_only=true"])
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("all_results.json")} == before
     rebuilt = json.loads((out / "results.json").read_text())
     assert rebuilt["runs"] == report["runs"] and rebuilt["summary"] == report["summary"]
+    # Beside the report, the study it describes, as a config that runs it (not one that only reports).
+    saved = yaml.safe_load((out / "study_config.yaml").read_text())
+    assert (saved["k_per_class"], saved["report_only"], saved["speed_steps"]) == ([2], False, [3])
 
 
 def test_the_shipped_study_config_passes_the_protocol_checks(tmp_path):

@@ -24,7 +24,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -391,8 +391,9 @@ def run_protocol(cfg: VisionProtocolConfig, study: VisionStudy, write_report) ->
     check_protocol(cfg, study)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # The config beside the report is the study it describes, runnable as it stands.
+    save_config(replace(cfg, report_only=False), out / "study_config.yaml")
     if not cfg.report_only:
-        save_config(cfg, out / "study_config.yaml")
         for k in cfg.k_per_class:
             run_jobs(cfg, study, grid_jobs(cfg, study, k, None))
             _, chosen, _ = collect(cfg, study)
