@@ -47,7 +47,7 @@ def plot_accuracy(summary: dict, labels: dict[str, str], ks: list[int], path: Pa
     ax.minorticks_off()  # a log axis would label stray points between the budgets
     ax.set_xlabel("labelled training examples per class")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{title} (mean ± std over seeds)", fontsize=10)
+    ax.set_title(f"{title}\n(mean ± std over seeds)", fontsize=10)  # one line overflows with long titles
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)

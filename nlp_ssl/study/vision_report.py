@@ -161,7 +161,8 @@ def _pct(cell: dict | None, signed: bool = False) -> str:
     if not cell:
         return "–"
     mean = f"{100 * cell['mean']:+.1f}" if signed else f"{100 * cell['mean']:.1f}"
-    return f"{mean} ± {100 * cell['std']:.1f}" + (f" (n={cell['n']})" if not signed else "")
+    spread = f" ± {100 * cell['std']:.1f}" if cell["n"] > 1 else ""  # one seed has no spread to show
+    return mean + spread + (f" (n={cell['n']})" if not signed else "")
 
 
 def _table(header: str, rows: list[tuple[str, list[str]]], columns: list[str]) -> list[str]:
