@@ -295,6 +295,8 @@ def test_study_smoke_runs_the_protocol_and_report_only_rebuilds_it(tmp_path, rot
     for line in ("## Learning rates chosen on validation", "## Has the training loss flattened?", "## Learning speed at k=2",
                  "| linear probe on frozen rotation features ([CLS]) |", f"- rotation: `{checkpoint}` (given as input)"):
         assert line in table, line
+    headline = table.split("## Test accuracy, last checkpoint")[1].split("\n## ")[0]
+    assert "(n=1)" in headline and "±" not in headline  # one seed has no spread, not a "± 0.0"
     for png in ("accuracy_vs_labels.png", "learning_speed.png", "curves/k2.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     # report_only: the same report from the run folders, nothing run again.
