@@ -43,7 +43,9 @@ def run(main) -> None:
 RECIPES = "nlp_ssl.recipes"
 USAGE = """usage: nlp-ssl ls                                      list the recipes and their configs
        nlp-ssl run <recipe|file.py> [--config <file|config>] [key=value ...]
-       nlp-ssl cp <recipe|config.yaml> <path>               an editable copy (path.yaml: the config only)"""
+       nlp-ssl cp <recipe|config.yaml> <path>               an editable copy (path.yaml: the config only)
+       nlp-ssl prepare output_dir=<dir> [data.*, tokenizer.*, word_ids=true ...]
+                                                         tokenize a corpus once; runs read it with data.prepared=<dir>"""
 
 
 def recipes() -> dict[str, Traversable]:
@@ -163,6 +165,10 @@ def main(argv: list[str] | None = None) -> None:
         return run(lambda: _load_recipe(args[0]).main(_config_paths(args[1:])))
     if command == "cp" and len(args) == 2:
         return run(lambda: _cp(*args))
+    if command == "prepare":
+        from nlp_ssl.data import prepare
+
+        return run(lambda: prepare.main(args))
     print(f"error: bad arguments: nlp-ssl {' '.join(argv)}\n{USAGE}", file=sys.stderr)
     raise SystemExit(2)
 

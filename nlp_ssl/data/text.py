@@ -51,6 +51,9 @@ class TextDataConfig:
     num_proc: int | None = None
     max_train_documents: int | None = None
     cache_dir: str | None = None
+    #: A store written once by ``nlp-ssl prepare``: its blocks and tokenizer, read from disk (the
+    #: corpus settings above then only have to agree with it).
+    prepared: str | None = None
 
     def __post_init__(self):
         check_ranges(self, validation_split="(0, 1)", block_size="(0, inf)", streaming_validation_documents="(0, inf)",
@@ -58,6 +61,8 @@ class TextDataConfig:
         if self.extra_train_files and self.streaming:
             raise ConfigError("data.extra_train_files: not supported with data.streaming=true; stream one file or a "
                               "save_to_disk folder that holds them all")
+        if self.prepared and self.streaming:
+            raise ConfigError("data.prepared: a prepared store is read from disk, not streamed; drop data.streaming")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,6 +175,10 @@ def with_extra_files(train: Dataset, cfg: TextDataConfig) -> Dataset:
 
 def corpus_name(cfg: TextDataConfig) -> str:
     """The training corpus as the model card names it: the file or source, and any extra files."""
+    if cfg.prepared:
+        from nlp_ssl.data.prepared import read_manifest
+
+        return f"{read_manifest(cfg.prepared)['corpus']['name']} (prepared in {cfg.prepared})"
     return " + ".join([cfg.train_file or cfg.source, *cfg.extra_train_files])
 
 
@@ -348,3 +357,33 @@ def tokenize_and_pack(
     if not isinstance(packed, IterableDataset) and len(packed) == 0:
         raise DataError(f"no {block_size}-token block could be packed from {len(ds)} documents: the text is too short")
     return packed
+
+
+class TextCorpus:
+    """A pretraining run's text: the raw splits, tokenized and packed as the run starts (cached by
+    ``datasets``), or the blocks and tokenizer of a store that ``nlp-ssl prepare`` wrote (``data.prepared``)."""
+
+    def __init__(self, cfg: TextDataConfig, seed: int = 0):
+        self.cfg = cfg
+        if cfg.prepared:
+            from nlp_ssl.data.prepared import PreparedStore
+
+            self.store, self.raw = PreparedStore(cfg), None
+        else:
+            self.store, self.raw = None, load_text_splits(cfg, seed=seed)
+
+    def tokenizer(self, tokenizer_cfg, model_cfg=None):
+        """The store's tokenizer, or :func:`~nlp_ssl.tokenizer_setup.load_or_train_tokenizer`'s."""
+        if self.store is not None:
+            return self.store.tokenizer(tokenizer_cfg, model_cfg)
+        from nlp_ssl.tokenizer_setup import load_or_train_tokenizer
+
+        return load_or_train_tokenizer(tokenizer_cfg, self.raw["train"], self.cfg.text_column, self.cfg.cache_dir, model_cfg)
+
+    def blocks(self, tokenizer, word_ids: bool = False) -> dict:
+        """``{"train", "validation"}`` packed ``block_size`` blocks (``word_ids`` too for whole-word masking)."""
+        if self.store is not None:
+            return self.store.blocks(word_ids)
+        cfg = self.cfg
+        return {split: tokenize_and_pack(ds, tokenizer, cfg.text_column, cfg.block_size, word_ids, cfg.num_proc)
+                for split, ds in self.raw.items()}
