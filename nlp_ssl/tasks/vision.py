@@ -4,7 +4,8 @@ The tasks compute the loss themselves from the model's outputs instead of readin
 transformers returns a per-batch mean, which the trainer could not re-weight exactly across
 micro-batches of different sizes or different numbers of masked pixels. :class:`PretextAuxTask` is
 few-label fine-tuning with an auxiliary pretext loss, the vision counterpart of GPT-1's auxiliary LM
-loss (:class:`~nlp_ssl.tasks.classification.SequenceClassificationTask`).
+loss (:class:`~nlp_ssl.tasks.classification.SequenceClassificationTask`). :class:`SimCLRTask` is the
+contrastive loss of :mod:`nlp_ssl.tasks.contrastive` on a ViT.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.models.architectures import training_flops
 from nlp_ssl.tasks.base import Sums, Task, cross_entropy_sum
+from nlp_ssl.tasks.contrastive import ContrastiveTask
 
 
 def _patches_in(pixel_values: torch.Tensor, patch_size: int) -> int:
@@ -229,3 +231,51 @@ class PretextAuxTask(Task):
             head, positions = self.head.decoder, _patches_in(aux_images, self.patch_size)
         encoder = [p for name, p in model.named_parameters() if not name.startswith("classifier.")]
         return main + training_flops(model, [*encoder, *head.parameters()], {"pixel_values": aux_images}, [(head, positions)])
+
+
+class SimCLRTask(ContrastiveTask):
+    """SimCLR on a ``ViTModel``: NT-Xent between the projections of the two views of each image.
+
+    The projection head is the model's pooler (a dense layer and activation on the final [CLS] state,
+    saved with the model, as SimCLRv2 keeps the head's first layer) followed by ``projection``, the
+    rest of the head, which is not part of ``self.model`` and so is dropped from the saved folder.
+    Rows 2i and 2i + 1 of ``pixel_values`` are the views of example i
+    (:class:`~nlp_ssl.objectives.simclr.TwoViewCollator`).
+    """
+
+    def __init__(self, model: nn.Module, projection: nn.Module, temperature: float = 0.2):
+        super().__init__(model, temperature)
+        if getattr(model, "pooler", None) is None:
+            raise ConfigError("SimCLRTask needs a ViTModel with its pooler (the projection head's first layer)")
+        self.projection = projection
+
+    def embed(self, pixel_values: torch.Tensor, **_) -> torch.Tensor:
+        return self.projection(self.model(pixel_values=pixel_values).pooler_output)
+
+    def rows_in(self, batch: dict[str, torch.Tensor]) -> int:
+        return batch["pixel_values"].shape[0]
+
+    def flop_heads(self, batch):
+        rows = self.rows_in(batch)  # on the [CLS] position only
+        return [(self.model.pooler, rows), (self.projection, rows)]
+
+    def tokens_in(self, batch: dict[str, torch.Tensor]) -> int:
+        return _patches_in(batch["pixel_values"], self.model.config.patch_size)
+
+
+def projection_head(config, layers: int, output_dim: int) -> nn.Sequential:
+    """The projection layers after the ViT pooler (which is layer 1 of ``layers``): for 3 layers a
+    hidden Linear + activation, then the output Linear; initialised as ViT initialises its layers."""
+    if layers not in (2, 3):
+        raise ConfigError(f"projection_layers must be 2 or 3, got {layers}")
+    width = config.pooler_output_size
+    parts: list[nn.Module] = []
+    if layers == 3:
+        parts += [nn.Linear(width, width), nn.GELU()]
+    parts.append(nn.Linear(width, output_dim))
+    head = nn.Sequential(*parts)
+    for module in head:
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=config.initializer_range)
+            nn.init.zeros_(module.bias)
+    return head
