@@ -4,9 +4,15 @@ collator and MICLe's same-group positives."""
 import math
 import socket
 
+import datasets
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from nlp_ssl.data.images import ImageTransform
+from nlp_ssl.errors import DataError
+from nlp_ssl.objectives.simclr import GroupPartners, TwoViewCollator, ViewAugmentation, gaussian_blur
 from nlp_ssl.tasks.contrastive import anchors_in, info_nce
 
 MEAN, STD = (0.286,), (0.353,)
@@ -147,3 +153,124 @@ def test_two_processes_train_exactly_like_one_process_on_the_global_micro_batch(
         # Without the other process's rows as negatives, the loss would be another number.
         half = {"pixel_values": views[: 2 * examples_per_rank[0]]}
         assert one_step_gradients(tiny_simclr_task(), [half], 1)[1] != pytest.approx(loss, rel=1e-3)
+
+
+# --- SimCLR's views ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    from nlp_ssl.data.images import load_fashion_mnist
+
+    return load_fashion_mnist("train", cache_dir=None).select(range(60))
+
+
+def collator(**kwargs) -> TwoViewCollator:
+    return TwoViewCollator(28, 1, MEAN, STD, **{"augmentation": ViewAugmentation(), **kwargs})
+
+
+def test_two_views_differ_and_are_reproducible_from_the_seed(fashion):
+    examples = list(fashion.select(range(8)))
+    views = collator(seed=3)(examples)["pixel_values"]
+    assert views.shape == (16, 1, 28, 28) and views.dtype == torch.float32
+    assert all(not torch.equal(views[2 * i], views[2 * i + 1]) for i in range(8))
+    assert torch.equal(collator(seed=3)(examples)["pixel_values"], views)
+    assert not torch.equal(collator(seed=4)(examples)["pixel_values"], views)
+    # Jitter and blur keep pixels in [0, 1] before the normalisation.
+    low, high = (0 - MEAN[0]) / STD[0], (1 - MEAN[0]) / STD[0]
+    assert views.min() >= low - 1e-5 and views.max() <= high + 1e-5
+
+
+def test_views_do_not_depend_on_the_batch_and_change_each_epoch(fashion):
+    examples = list(fashion.select(range(6)))
+    c = collator(seed=0)
+    whole = c(examples)["pixel_values"]
+    alone = torch.cat([c([example])["pixel_values"] for example in reversed(examples)])
+    assert torch.equal(alone, whole.view(6, 2, 1, 28, 28).flip(0).reshape(12, 1, 28, 28))
+    c.set_epoch(1)
+    assert not torch.equal(c(examples)["pixel_values"], whole)
+
+
+def test_without_augmentation_both_views_are_the_normalised_image(fashion):
+    examples = list(fashion.select(range(3)))
+    views = collator(augmentation=None)(examples)["pixel_values"]
+    plain = ImageTransform(28, 1, MEAN, STD)
+    for i, example in enumerate(examples):
+        assert torch.equal(views[2 * i], plain(example["image"])) and torch.equal(views[2 * i + 1], views[2 * i])
+
+
+def test_colour_jitter_only_for_colour_images():
+    gray_image = Image.fromarray(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28) % 251, mode="L")
+    rgb_image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8), mode="RGB")
+    always_gray = ViewAugmentation(grayscale_prob=1.0, blur_prob=0.0)
+    rgb = TwoViewCollator(28, 3, augmentation=always_gray)([{"image": rgb_image}])["pixel_values"]
+    assert torch.allclose(rgb[:, 0], rgb[:, 1], atol=1e-6) and torch.allclose(rgb[:, 1], rgb[:, 2], atol=1e-6)
+    no_colour = TwoViewCollator(28, 3, augmentation=ViewAugmentation(grayscale_prob=0.0, saturation=0.0, blur_prob=0.0))
+    assert not torch.allclose(no_colour([{"image": rgb_image}])["pixel_values"][:, 0], rgb[:, 0])
+    # One channel: the same draws give the same views whatever the colour settings (none apply).
+    one = [TwoViewCollator(28, 1, augmentation=ViewAugmentation(grayscale_prob=p, saturation=s))([{"image": gray_image}])
+           for p, s in ((0.0, 0.0), (1.0, 0.9))]
+    assert torch.equal(one[0]["pixel_values"], one[1]["pixel_values"])
+
+
+def test_blur_is_a_gaussian_with_reflected_edges():
+    x = torch.rand(3, 12, 9, generator=torch.Generator().manual_seed(0))
+    sigma, radius = 0.8, 3
+    offsets = torch.arange(-radius, radius + 1).float()
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel /= kernel.sum()
+    padded = torch.nn.functional.pad(x[None], (radius,) * 4, mode="reflect")
+    expected = sum(kernel[i] * kernel[j] * padded[0, :, i : i + 12, j : j + 9]
+                   for i in range(2 * radius + 1) for j in range(2 * radius + 1))
+    torch.testing.assert_close(gaussian_blur(x, sigma), expected)
+
+
+def test_bad_augmentation_settings_are_config_errors():
+    from nlp_ssl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="crop_scale"):
+        ViewAugmentation(crop_scale=[0.5, 0.2])
+    with pytest.raises(ConfigError, match="blur_prob"):
+        ViewAugmentation(blur_prob=1.5)
+
+
+# --- MICLe --------------------------------------------------------------------------------------------
+
+
+def grouped(fashion, groups):
+    """Fashion-MNIST images with a synthetic case id (``None``: no case)."""
+    return datasets.Dataset.from_dict({"image": list(fashion["image"])[: len(groups)], "case": groups},
+                                      features=datasets.Features({"image": datasets.Image(),
+                                                                  "case": datasets.Value("int64")}))
+
+
+def test_micle_pairs_are_two_different_images_of_one_group(fashion):
+    groups = [i // 4 for i in range(40)] + [100, None]  # ten cases of four images, one lone image, one without
+    data = grouped(fashion, groups)
+    plain = ImageTransform(28, 1, MEAN, STD)
+    images = [plain(image) for image in data["image"]]
+    partners = GroupPartners(data, "case")
+    assert partners.groups_with_pairs == 10
+    c = collator(augmentation=None, partners=partners, seed=5)
+    views = c(list(data))["pixel_values"]
+    chosen = []
+    for i, group in enumerate(groups):
+        assert torch.equal(views[2 * i], images[i])
+        match = [j for j, image in enumerate(images) if torch.equal(views[2 * i + 1], image)]
+        assert len(match) == 1, i
+        if group is None or group == 100:
+            assert match == [i]  # no other image of its case: its own, as in SimCLR
+        else:
+            assert match[0] != i and groups[match[0]] == group
+        chosen.append(match[0])
+    assert len(set(chosen[:40])) > 20  # partners are drawn, not always the first of the case
+    # Seeded per example: the same partners in any batch; others next epoch.
+    alone = torch.cat([c([example])["pixel_values"] for example in list(data)[:8]])
+    assert torch.equal(alone, views[:16])
+    c.set_epoch(1)
+    assert not torch.equal(c(list(data))["pixel_values"], views)
+
+
+def test_micle_names_a_missing_group_column(fashion):
+    with pytest.raises(DataError, match="group column 'patient' not found"):
+        GroupPartners(grouped(fashion, [0, 0]), "patient")
