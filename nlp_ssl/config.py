@@ -112,6 +112,11 @@ def _build(cls: type[T], values: dict, where: str = "") -> T:
         raise
 
 
+def build_section(cls: type[T], values: dict, where: str) -> T:
+    """A config section from a mapping, checked like the rest of the config (``where`` names it in errors)."""
+    return _build(cls, values, where)
+
+
 _INTERVAL = re.compile(r"^([\[(])\s*(-?[\w.]+)\s*,\s*(-?[\w.]+)\s*([\])])$")
 
 

@@ -21,23 +21,18 @@ from nlp_ssl.data.labels import drop_classes, few_label_split, load_labeled_data
 from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.metrics import SCORES, compute_scores
 from nlp_ssl.models import ModelConfig, build_model, special_token_fields
+from nlp_ssl.models.architectures import is_causal
 from nlp_ssl.models.builders import max_positions, resolve_model_path
+from nlp_ssl.objectives import registry
+from nlp_ssl.objectives.classification import ClassificationCollator
 from nlp_ssl.prediction import predict
 from nlp_ssl.reporting import RunDescription
-from nlp_ssl.tasks.classification import (
-    ClassificationCollator,
-    SequenceClassificationTask,
-    is_causal,
-    prepare_pair_layout,
-    pretrained_lm_head,
-    tokenize_texts,
-)
+from nlp_ssl.tasks.classification import SequenceClassificationTask, prepare_pair_layout, tokenize_texts
 from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
 
 logger = logging.getLogger("nlp_ssl.finetune_text")
 
 BUILTIN_TOPIC = "builtin:wiki_topic"
-PROBLEM_TYPES = ("single_label_classification", "regression")
 
 
 @dataclass
@@ -70,8 +65,9 @@ class ClassificationDataConfig:
 
 @dataclass
 class FinetuneConfig:
-    #: ``auto``: next-token loss for causal models, masked LM for the others.
-    aux_lm: Literal["none", "clm", "mlm", "auto"] = "none"
+    #: The objective whose loss is the auxiliary one (``mlm``, ``clm``: any text objective that lends
+    #: one), ``none``, or ``auto``: next-token loss for causal models, masked LM for the others.
+    aux_lm: str = "none"
     #: λ in L = L_cls + λ·L_lm (GPT-1 uses 0.5); 0 is plain fine-tuning.
     aux_weight: float = 0.5
     mlm_probability: float = 0.15
@@ -80,6 +76,11 @@ class FinetuneConfig:
     #: Test-set scores (``accuracy``, ``f1``, ``macro_f1``, ``matthews_correlation``, ``pearsonr``,
     #: ``spearmanr``); empty: accuracy and macro-F1, or Pearson and Spearman for regression.
     metrics: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        choices = ["none", "auto", *registry.names("text", aux=True)]
+        if self.aux_lm not in choices:
+            raise ConfigError(f"aux_lm {self.aux_lm!r} is not one of {choices}")
 
 
 @dataclass
@@ -232,14 +233,8 @@ def load_tokenizer(cfg: FinetuneTextConfig):
     return tokenizer
 
 
-def resolve_aux(choice: str, config) -> str:
-    if choice != "auto":
-        return choice
-    return "clm" if is_causal(config) else "mlm"
-
-
 def build_task(cfg: FinetuneTextConfig, tokenizer, names: list[str] | None):
-    """(task, aux LM kind). ``names`` None: a one-output regression head."""
+    """(task, the objective whose auxiliary loss runs, or None). ``names`` None: a one-output regression head."""
     if names is None:
         fields = {"num_labels": 1, "id2label": {0: "score"}, "label2id": {"score": 0}}
     else:
@@ -258,20 +253,19 @@ def build_task(cfg: FinetuneTextConfig, tokenizer, names: list[str] | None):
     added = prepare_pair_layout(tokenizer, model.config)
     if added:  # GPT-1's start/delimiter/extract tokens get embeddings of their own
         model.resize_token_embeddings(len(tokenizer))
-    aux = resolve_aux(cfg.finetune.aux_lm, model.config)
-    lm_head = None
-    if aux != "none" and cfg.finetune.aux_weight > 0:
-        # The checkpoint loaded with its LM head gives the head's pretrained weights (for a tied
-        # GPT-2 head, just the embeddings that the classifier already has).
+    aux = registry.auxiliary_objective(cfg.finetune.aux_lm, is_causal(model.config)) if cfg.finetune.aux_weight > 0 else None
+    aux_loss = None
+    if aux is not None:
+        # The checkpoint loaded with the objective's head gives the head's pretrained weights (for a
+        # tied GPT-2 head, just the embeddings that the classifier already has).
         lm_fields = {"pad_token_id": tokenizer.pad_token_id}
         if not cfg.model.name_or_path:
             lm_fields.update(vocab_size=len(tokenizer), **special_token_fields(tokenizer))
-        lm_model = build_model(cfg.model, "masked_lm" if aux == "mlm" else "causal_lm", **lm_fields)
+        lm_model = build_model(cfg.model, aux.head, **lm_fields)
         if added:
             lm_model.resize_token_embeddings(len(tokenizer))
-        lm_head = pretrained_lm_head(model, lm_model, aux)
-    task = SequenceClassificationTask(model, aux_lm=aux, aux_weight=cfg.finetune.aux_weight, lm_head=lm_head,
-                                      regression=names is None)
+        aux_loss = aux.aux.loss(model, lm_model)
+    task = SequenceClassificationTask(model, aux_loss, aux_weight=cfg.finetune.aux_weight, regression=names is None)
     return task, aux
 
 
@@ -323,13 +317,14 @@ def finetune(cfg: FinetuneTextConfig, data: tuple[dict, list[str] | None, str] |
         raise ConfigError(
             f"{len(train)} training examples are fewer than micro_batch_size {cfg.micro_batch_size}; lower it"
         )
-    collator = ClassificationCollator(tokenizer, aux, cfg.finetune.mlm_probability, seed=cfg.seed, regression=regression)
-    test_collator = ClassificationCollator(tokenizer, "none", regression=regression)
+    aux_keys = aux.aux.batch_keys(tokenizer=tokenizer, finetune=cfg.finetune, seed=cfg.seed) if aux else None
+    collator = ClassificationCollator(tokenizer, aux_keys, regression=regression)
+    test_collator = ClassificationCollator(tokenizer, regression=regression)
     description = description or RunDescription()
     kind = "regression" if regression else f"text classification ({len(names)} classes)"
     pairs = " of sentence pairs" if "text_pair" in train_raw.column_names else ""
     description.objective = description.objective or (
-        kind + pairs + (f" + auxiliary {aux.upper()} loss (λ={cfg.finetune.aux_weight})" if task.aux_lm != "none" else "")
+        kind + pairs + (f" + auxiliary {aux.name.upper()} loss (λ={cfg.finetune.aux_weight})" if aux else "")
     )
     per_class = f"{cfg.data.k_per_class or 'all'} labelled examples per class, " if not regression else ""
     description.data = description.data or f"{where}, {per_class}{len(train)} training examples"
@@ -352,7 +347,7 @@ def finetune(cfg: FinetuneTextConfig, data: tuple[dict, list[str] | None, str] |
 
     trainer = Trainer(cfg, task, train, collator, eval_dataset=validation, processor=tokenizer,
                       accelerator=accelerator, description=description, run_config=cfg)
-    extra = {"train_examples": len(train), "num_labels": 1 if regression else len(names), "aux_lm": task.aux_lm,
+    extra = {"train_examples": len(train), "num_labels": 1 if regression else len(names), "aux_lm": aux.name if aux else "none",
              "problem_type": cfg.finetune.problem_type}
     extra.update({f"{k}_examples": len(v) for k, v in tests.items()})
     return trainer.fit(extra_results=extra, score_model=score_tests if tests else None)

@@ -26,6 +26,7 @@ from nlp_ssl.errors import ConfigError
 from nlp_ssl.models import ModelConfig, build_model, check_block_size
 from nlp_ssl.models.builders import xlm_fields
 from nlp_ssl.objectives import TLMCollator, xlm_streams
+from nlp_ssl.objectives.registry import find_objective
 from nlp_ssl.reporting import RunDescription
 from nlp_ssl.tasks.causal_lm import CausalLMTask
 from nlp_ssl.tasks.xlm import XLMMaskedLMTask
@@ -56,13 +57,14 @@ class PretrainXLMConfig(TrainConfig):
 def main(argv=None):
     cfg = parse_config(PretrainXLMConfig, argv, default_yaml=Path(__file__).parent / "configs" / "pretrain_xlm.yaml")
     accelerator = make_accelerator(cfg)
-    clm, data = cfg.xlm.objective == "clm", cfg.data
-    schedule_text = cfg.xlm.schedule or ("clm:1" if clm else "mlm:1,tlm:1")
+    monolingual, data = find_objective(cfg.xlm.objective, "text"), cfg.data  # its head and whether it is causal
+    clm = monolingual.causal
+    schedule_text = cfg.xlm.schedule or (f"{monolingual.name}:1" + ("" if clm else ",tlm:1"))
     ratio = parse_ratio(schedule_text, "xlm.schedule")
     directions = [parse_direction(p) for p in data.pairs] if ratio.get("tlm") else []
     if clm and directions:
         raise ConfigError("xlm.schedule: TLM steps need xlm.objective=mlm; the causal objective uses the monolingual streams")
-    members = {"mlm": data.languages, "clm": data.languages, "tlm": [f"{s}-{t}" for s, t in directions]}
+    members = {monolingual.name: data.languages, "tlm": [f"{s}-{t}" for s, t in directions]}
     step_streams = round_robin_schedule(ratio, members)  # e.g. en, en-es, fr, es-en, es, en-es, ...
     lang2id = {lang: i for i, lang in enumerate(dict.fromkeys([*data.languages, *(lang for d in directions for lang in d)]))}
 
@@ -71,7 +73,7 @@ def main(argv=None):
         pairs = load_pair_splits(data, cfg.seed) if directions else None
         texts = [mono[lang]["train"].select_columns(["text"]) for lang in mono] + ([pair_texts(pairs["train"])] if pairs else [])
         tokenizer = load_or_train_tokenizer(cfg.tokenizer, concatenate_datasets(texts), "text", data.cache_dir)
-        model = build_model(cfg.model, "causal_lm" if clm else "masked_lm", **xlm_fields(cfg.model, tokenizer, lang2id, clm))
+        model = build_model(cfg.model, monolingual.head, **xlm_fields(cfg.model, tokenizer, lang2id, clm))
         check_block_size(data.max_length, model.config)
         streams = xlm_streams(mono, pairs, directions, tokenizer, data.max_length, data.num_proc)
         collator = TLMCollator(tokenizer, lang2id, mlm_probability=cfg.xlm.mlm_probability, max_length=data.max_length,

@@ -8,13 +8,8 @@ from transformers import GPT2Config, GPT2ForSequenceClassification
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.finetune_text import uses_token_types
 from nlp_ssl.models import ModelConfig, build_model, special_token_fields
-from nlp_ssl.tasks.classification import (
-    GPT1_TOKENS,
-    ClassificationCollator,
-    SequenceClassificationTask,
-    prepare_pair_layout,
-    tokenize_texts,
-)
+from nlp_ssl.objectives.classification import ClassificationCollator
+from nlp_ssl.tasks.classification import GPT1_TOKENS, SequenceClassificationTask, prepare_pair_layout, tokenize_texts
 from tests.helpers import toy_texts
 
 A = "the cat sat on a mat"

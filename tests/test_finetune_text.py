@@ -16,7 +16,14 @@ from transformers import (
 )
 
 from nlp_ssl.errors import ConfigError
-from nlp_ssl.tasks.classification import ClassificationCollator, SequenceClassificationTask, pretrained_lm_head
+from nlp_ssl.finetune_text import FinetuneConfig
+from nlp_ssl.objectives.classification import ClassificationCollator
+from nlp_ssl.objectives.clm import clm_aux_keys
+from nlp_ssl.objectives.mlm import MLMAuxKeys
+from nlp_ssl.objectives.registry import OBJECTIVES
+from nlp_ssl.tasks.causal_lm import CausalLMAux, causal_lm_head
+from nlp_ssl.tasks.classification import SequenceClassificationTask
+from nlp_ssl.tasks.masked_lm import MaskedLMAux, masked_lm_head
 from tests.helpers import ROOT, run_recipe, toy_texts, write_jsonl
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -48,12 +55,12 @@ def test_mlm_aux_loss_matches_the_pretrained_mlm_model(tmp_path, wordpiece_token
     tok = wordpiece_tokenizer
     folder, pretrained = tiny_bert_folder(tmp_path, tok)
     classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3)
-    head = pretrained_lm_head(classifier, AutoModelForMaskedLM.from_pretrained(folder), "mlm")
-    task = SequenceClassificationTask(classifier, aux_lm="mlm", aux_weight=0.3, lm_head=head).eval()
+    head = masked_lm_head(classifier, AutoModelForMaskedLM.from_pretrained(folder))
+    task = SequenceClassificationTask(classifier, MaskedLMAux(head), aux_weight=0.3).eval()
     assert task.loss_weights == {"cls": 1.0, "lm": 0.3}
     # The head is BERT's transform then its decoder, whose weight is the classifier's own embedding matrix, not a copy.
     assert head[-1].weight is classifier.bert.embeddings.word_embeddings.weight
-    batch = ClassificationCollator(tok, "mlm", mlm_probability=0.4, seed=3)(encode(tok, toy_texts(4), [0, 2, 1, 2]))
+    batch = ClassificationCollator(tok, MLMAuxKeys(tok, 0.4, seed=3))(encode(tok, toy_texts(4), [0, 2, 1, 2]))
     assert (batch["lm_input_ids"] != batch["input_ids"]).any() and (batch["lm_labels"] != -100).any()
     with torch.no_grad():
         out = task(**batch)
@@ -76,12 +83,12 @@ def test_clm_aux_loss_matches_hand_computation(wordpiece_tokenizer):
     config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64, pad_token_id=tok.pad_token_id,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, num_labels=3)
     classifier = GPT2ForSequenceClassification(config).eval()
-    task = SequenceClassificationTask(classifier, aux_lm="clm")  # GPT-1's default λ = 0.5
+    task = SequenceClassificationTask(classifier, CausalLMAux(causal_lm_head(classifier)))  # GPT-1's default λ = 0.5
     assert task.loss_weights == {"cls": 1.0, "lm": 0.5}
     assert sum(p.numel() for p in task.parameters()) == sum(p.numel() for p in classifier.parameters())  # no new weights
     examples = [{"input_ids": ids[1:-1], "label": y}
                 for ids, y in zip(tok(toy_texts(3, seed=1), truncation=True, max_length=48)["input_ids"], [1, 0, 2])]
-    batch = ClassificationCollator(tok, "clm")(examples)
+    batch = ClassificationCollator(tok, clm_aux_keys)(examples)
     assert (batch["attention_mask"] == 0).any(), "the test needs padding"
     with torch.no_grad():
         out = task(**batch)
@@ -128,7 +135,8 @@ def test_lambda_zero_is_plain_finetuning(tmp_path, wordpiece_tokenizer, aux):
             torch.manual_seed(5)  # the new classifier head starts the same in both runs
             return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3)
 
-        head = lambda m: pretrained_lm_head(m, AutoModelForMaskedLM.from_pretrained(folder), "mlm")  # noqa: E731
+        head = lambda m: MaskedLMAux(masked_lm_head(m, AutoModelForMaskedLM.from_pretrained(folder)))  # noqa: E731
+        keys = MLMAuxKeys(tok, 0.3)
     else:
         config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64, num_labels=3,
                             pad_token_id=tok.pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -140,9 +148,10 @@ def test_lambda_zero_is_plain_finetuning(tmp_path, wordpiece_tokenizer, aux):
             model.load_state_dict(state)
             return model
 
-        head = lambda m: None  # noqa: E731
+        head = lambda m: CausalLMAux(causal_lm_head(m))  # noqa: E731
+        keys = clm_aux_keys
     texts = toy_texts(8, seed=2)
-    batches = [ClassificationCollator(tok, aux, mlm_probability=0.3)(encode(tok, texts[i:i + 4], [0, 1, 2, 1])) for i in (0, 4)]
+    batches = [ClassificationCollator(tok, keys)(encode(tok, texts[i:i + 4], [0, 1, 2, 1])) for i in (0, 4)]
 
     # Plain fine-tuning: the mean cross-entropy of transformers' model, nothing else.
     plain = make()
@@ -156,15 +165,15 @@ def test_lambda_zero_is_plain_finetuning(tmp_path, wordpiece_tokenizer, aux):
         optimizer.step()
 
     model = make()
-    zero = SequenceClassificationTask(model, aux_lm=aux, aux_weight=0.0, lm_head=head(model))
-    assert zero.lm_head is None and zero.loss_weights == {"cls": 1.0}
+    zero = SequenceClassificationTask(model, head(model), aux_weight=0.0)
+    assert zero.aux is None and zero.loss_weights == {"cls": 1.0}
     assert sum(p.numel() for p in zero.parameters()) == sum(p.numel() for p in zero.model.parameters())
     got = _train(zero, batches)
     for name, value in plain.state_dict().items():
         torch.testing.assert_close(got[name], value, rtol=0, atol=1e-6, msg=name)
     # The comparison is not vacuous: with λ > 0 the same steps end elsewhere.
     model = make()
-    other = _train(SequenceClassificationTask(model, aux_lm=aux, aux_weight=0.5, lm_head=head(model)), batches)
+    other = _train(SequenceClassificationTask(model, head(model), aux_weight=0.5), batches)
     assert any(not torch.allclose(other[n], v, atol=1e-4) for n, v in plain.state_dict().items())
 
 
@@ -174,11 +183,11 @@ def test_bad_task_arguments():
 
     model = BertForSequenceClassification(config)
     with pytest.raises(ConfigError, match="needs a causal model"):
-        SequenceClassificationTask(model, aux_lm="clm")
-    with pytest.raises(ConfigError, match="needs the checkpoint's MLM head"):
-        SequenceClassificationTask(model, aux_lm="mlm")
+        OBJECTIVES["clm"].aux.loss(model, None)
     with pytest.raises(ConfigError, match="'bogus' is not one of"):
-        SequenceClassificationTask(model, aux_lm="bogus")
+        FinetuneConfig(aux_lm="bogus")
+    with pytest.raises(ConfigError, match="aux_weight must be >= 0"):
+        SequenceClassificationTask(model, aux_weight=-1.0)
 
 
 # ------------------------------------------------------------------------------ end to end (slow)
@@ -364,10 +373,10 @@ def test_xlm_mlm_aux_uses_the_tied_pretrained_projection(tmp_path, wordpiece_tok
         pretrained.pred_layer.proj.bias.normal_(0, 1.0)
     pretrained.save_pretrained(tmp_path / "xlm")
     classifier = XLMForSequenceClassification.from_pretrained(tmp_path / "xlm").eval()
-    head = pretrained_lm_head(classifier, XLMWithLMHeadModel.from_pretrained(tmp_path / "xlm"), "mlm")
+    head = masked_lm_head(classifier, XLMWithLMHeadModel.from_pretrained(tmp_path / "xlm"))
     assert head.weight is classifier.transformer.embeddings.weight
-    task = SequenceClassificationTask(classifier, aux_lm="mlm", lm_head=head)
-    batch = ClassificationCollator(tok, "mlm", mlm_probability=0.4)(encode(tok, toy_texts(3), [0, 1, 2]))
+    task = SequenceClassificationTask(classifier, MaskedLMAux(head))
+    batch = ClassificationCollator(tok, MLMAuxKeys(tok, 0.4))(encode(tok, toy_texts(3), [0, 1, 2]))
     with torch.no_grad():
         lm_sum, lm_count = task(**batch)["losses"]["lm"]
         reference = pretrained(input_ids=batch["lm_input_ids"], attention_mask=batch["attention_mask"],
@@ -390,10 +399,10 @@ def test_modernbert_mlm_aux_uses_its_pretrained_head_and_mean_pooling(tmp_path, 
         pretrained.head.dense.weight.normal_(0, 0.5)
     pretrained.save_pretrained(tmp_path / "mb")
     classifier = ModernBertForSequenceClassification.from_pretrained(tmp_path / "mb", num_labels=3).eval()
-    head = pretrained_lm_head(classifier, ModernBertForMaskedLM.from_pretrained(tmp_path / "mb"), "mlm")
+    head = masked_lm_head(classifier, ModernBertForMaskedLM.from_pretrained(tmp_path / "mb"))
     assert head[1].weight is classifier.model.embeddings.tok_embeddings.weight
-    task = SequenceClassificationTask(classifier, aux_lm="mlm", lm_head=head).eval()
-    batch = ClassificationCollator(tok, "mlm", mlm_probability=0.4)(encode(tok, toy_texts(3), [0, 1, 2]))
+    task = SequenceClassificationTask(classifier, MaskedLMAux(head)).eval()
+    batch = ClassificationCollator(tok, MLMAuxKeys(tok, 0.4))(encode(tok, toy_texts(3), [0, 1, 2]))
     pretrained.eval()
     with torch.no_grad():
         lm_sum, lm_count = task(**batch)["losses"]["lm"]

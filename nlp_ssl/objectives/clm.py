@@ -21,12 +21,26 @@ that document. So the loss of a document-aware block is exactly the sum of the p
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
+from nlp_ssl.config import check_ranges
 from nlp_ssl.data.text import document_separator
 from nlp_ssl.errors import DataError
 from nlp_ssl.objectives.masking import attention_mask_from_lengths, pad_column
+
+
+@dataclass
+class CLMConfig:
+    """The settings of causal language modelling (the ``clm`` section of a recipe config)."""
+
+    #: Packed documents do not attend to each other (positions restart after each EOS).
+    document_aware: bool = True
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self):
+        check_ranges(self, pad_to_multiple_of="(0, inf)")
 
 
 def document_position_ids(input_ids: torch.Tensor, lengths: torch.Tensor, separator_id: int) -> torch.Tensor:
@@ -71,3 +85,8 @@ class CLMCollator:
         position_ids = document_position_ids(input_ids, lengths, self.separator_id)
         labels = labels.masked_fill(position_ids == 0, -100)
         return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels}
+
+
+def clm_aux_keys(examples: Sequence[dict], batch: dict) -> dict[str, torch.Tensor]:
+    """The causal LM's key in a fine-tuning batch: ``lm_labels`` = the input ids, -100 at pads."""
+    return {"lm_labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}

@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from nlp_ssl.config import check_ranges
 from nlp_ssl.errors import DataError
 from nlp_ssl.objectives.masking import (
     TokenMasker,
     attention_mask_from_lengths,
     pad_column,
 )
+
+
+@dataclass
+class MLMConfig:
+    """The settings of masked language modelling (the ``mlm`` section of a recipe config)."""
+
+    mlm_probability: float = 0.15
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    whole_word_mask: bool = False
+    pad_to_multiple_of: int | None = None
+    #: Project to the vocabulary only at masked positions (the checkpoint is unchanged).
+    sparse_head: bool = True
+
+    def __post_init__(self):
+        check_ranges(self, mlm_probability="(0, 1)", mask_replace_prob="[0, 1]", random_replace_prob="[0, 1]",
+                     pad_to_multiple_of="(0, inf)")
 
 
 def contiguous_word_index(word_ids: torch.Tensor) -> torch.Tensor:
@@ -73,6 +92,22 @@ class MLMCollator:
         if "token_type_ids" in examples[0]:
             batch["token_type_ids"] = torch.from_numpy(pad_column(examples, "token_type_ids", 0, self.pad_to_multiple_of)[0])
         return batch
+
+
+class MLMAuxKeys:
+    """The masked LM's keys in a fine-tuning batch: ``lm_input_ids`` (a masked copy of the input)
+    and ``lm_labels``, masked by an :class:`MLMCollator` on the same examples, so the masks are
+    seeded by the example content like every other objective's."""
+
+    def __init__(self, tokenizer, mlm_probability: float = 0.15, seed: int = 0):
+        self.mlm = MLMCollator(tokenizer, mlm_probability=mlm_probability, seed=seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.mlm.set_epoch(epoch)
+
+    def __call__(self, examples: Sequence[dict], batch: dict) -> dict[str, torch.Tensor]:
+        masked = self.mlm([{"input_ids": e["input_ids"]} for e in examples])
+        return {"lm_input_ids": masked["input_ids"], "lm_labels": masked["labels"]}
 
 
 def unigram_baseline_accuracy(train_blocks, eval_blocks, collator: MLMCollator, batch_size: int = 256) -> float:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nlp_ssl.models.architectures import mlm_parts
+from nlp_ssl.errors import ConfigError
+from nlp_ssl.models.architectures import ARCHITECTURES, mlm_parts
+from nlp_ssl.tasks.auxiliary import AuxiliaryLoss
 from nlp_ssl.tasks.base import Task, cross_entropy_sum
 from nlp_ssl.tasks.linear_cross_entropy import linear_cross_entropy_sum, use_fused
 
-__all__ = ["MaskedLMTask", "masked_positions_loss", "mlm_parts"]
+__all__ = ["MaskedLMAux", "MaskedLMTask", "masked_lm_head", "masked_positions_loss", "mlm_parts"]
 
 
 def masked_positions_loss(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module):
@@ -66,3 +68,40 @@ class MaskedLMTask(Task):
             hidden = encoder(**inputs).last_hidden_state
             loss, count, correct = masked_positions_loss(hidden, labels, head)
         return {"losses": {"loss": (loss, count)}, "metrics": {"accuracy": (correct, count)}}
+
+
+def masked_lm_head(classifier: nn.Module, lm_model: nn.Module) -> nn.Module:
+    """The checkpoint's own MLM head, taken from ``lm_model`` (the checkpoint loaded with it), its
+    decoder tied to ``classifier``'s input embeddings where the config ties them."""
+    parts = mlm_parts(lm_model)
+    if parts is None:
+        known = sorted(t for t, a in ARCHITECTURES.items() if a.mlm_encoder)
+        raise ConfigError(f"the masked LM's auxiliary loss: no known MLM head for model type "
+                          f"{lm_model.config.model_type!r}; supported: {known}")
+    if getattr(lm_model.config, "tie_word_embeddings", True):
+        lm_model.get_output_embeddings().weight = classifier.get_input_embeddings().weight
+    return parts[1]
+
+
+class MaskedLMAux(AuxiliaryLoss):
+    """Masked LM beside a classifier (BERT, XLM): the encoder runs a second time, on the masked copy
+    ``lm_input_ids`` (the classifier must see the unmasked text); ``lm_labels`` are -100 except at
+    masked positions. The head is the checkpoint's own (:func:`masked_lm_head`)."""
+
+    name = "lm"
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def count_items(self, batch):
+        return (batch["lm_labels"] != -100).sum()
+
+    def forward(self, model, batch, hidden=None):
+        inputs = {k: v for k, v in batch.items() if k in ENCODER_INPUTS and v is not None}
+        hidden = model.base_model(**{**inputs, "input_ids": batch["lm_input_ids"]})[0]
+        return masked_positions_loss(hidden, batch["lm_labels"], self.head)
+
+
+#: Keys of a classification batch that an encoder takes.
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "langs", "position_ids")
