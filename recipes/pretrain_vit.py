@@ -1,11 +1,13 @@
-"""Pretrain a small ViT without labels: rotation prediction (RotNet) or masked image modelling (SimMIM).
+"""Pretrain a small ViT without labels: rotation prediction (RotNet), masked image modelling (SimMIM),
+contrastive learning (SimCLR, MICLe positives with ``simclr.group_column``) or jigsaw puzzles.
 
-    accelerate launch recipes/pretrain_vit.py [--config recipes/configs/pretrain_vit.yaml] [task=rotation|mim] [key=value ...]
+    accelerate launch recipes/pretrain_vit.py [--config recipes/configs/pretrain_vit_simclr.yaml] [key=value ...]
 
-Both objectives run on the shared :class:`nlp_ssl.trainer.Trainer`; only the collator, the task (loss)
+Every objective runs on the shared :class:`nlp_ssl.trainer.Trainer`; only the collator, the task (loss)
 and the HF head differ (:mod:`nlp_ssl.vision.pretraining`). The output folder is a plain HF checkpoint
-with its ``ViTImageProcessor``: ``ViTForImageClassification`` (4 rotation classes) or
-``ViTForMaskedImageModeling``.
+with its ``ViTImageProcessor``: ``ViTForImageClassification`` (4 rotation classes, or one class per
+jigsaw permutation), ``ViTForMaskedImageModeling``, or ``ViTModel`` (SimCLR, the pooler being the
+projection head's first layer).
 """
 
 from __future__ import annotations
@@ -22,17 +24,31 @@ from nlp_ssl.models import ModelConfig
 from nlp_ssl.reporting import RunDescription
 from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
 from nlp_ssl.vision.image import ImageConfig, check_image_config, make_processor
-from nlp_ssl.vision.pretraining import MIMConfig, RotationConfig, check_mim, mim_objective, rotation_objective
+from nlp_ssl.vision.pretraining import (
+    JigsawConfig,
+    MIMConfig,
+    RotationConfig,
+    SimCLRConfig,
+    check_jigsaw,
+    check_mim,
+    jigsaw_objective,
+    mim_objective,
+    rotation_objective,
+    simclr_columns,
+    simclr_objective,
+)
 
 
 @dataclass
 class PretrainViTConfig(TrainConfig):
-    task: Literal["rotation", "mim"] = "rotation"
+    task: Literal["rotation", "mim", "simclr", "jigsaw"] = "rotation"
     data: ImagePoolConfig = field(default_factory=ImagePoolConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="vit"))
     rotation: RotationConfig = field(default_factory=RotationConfig)
     mim: MIMConfig = field(default_factory=MIMConfig)
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+    jigsaw: JigsawConfig = field(default_factory=JigsawConfig)
 
 
 def main(argv=None):
@@ -40,20 +56,26 @@ def main(argv=None):
     check_image_config(cfg.image)
     if cfg.task == "mim":  # before any data is read
         check_mim(cfg.image, cfg.mim)
+    elif cfg.task == "jigsaw":
+        check_jigsaw(cfg.image, cfg.jigsaw)
     accelerator = make_accelerator(cfg)
 
     with accelerator.main_process_first():
-        splits = load_image_pool(cfg.data, cfg.seed)
+        splits = load_image_pool(cfg.data, cfg.seed, extra_columns=simclr_columns(cfg.simclr) if cfg.task == "simclr" else ())
         if cfg.task == "rotation":
             objective = rotation_objective(cfg.model, cfg.image, cfg.rotation, cfg.seed, cfg.data.augment)
-        else:
+        elif cfg.task == "mim":
             objective = mim_objective(cfg.model, cfg.image, cfg.mim, cfg.seed, cfg.data.augment)
+        elif cfg.task == "simclr":
+            objective = simclr_objective(cfg.model, cfg.image, cfg.simclr, cfg.seed, splits)
+        else:
+            objective = jigsaw_objective(cfg.model, cfg.image, cfg.jigsaw, cfg.seed, cfg.data.augment)
 
     image = cfg.image
     description = RunDescription(
         objective=objective.summary,
         data=f"{cfg.data.source} [{cfg.data.split}], {len(splits['train'])} unlabeled training images",
-        pipeline_tag="image-classification" if cfg.task == "rotation" else None,
+        pipeline_tag="image-classification" if cfg.task in ("rotation", "jigsaw") else None,
         **data_card(cfg.data.source),
         notes=[f"ViT {image.image_size}x{image.image_size}, {image.num_channels} channel(s), patch {image.patch_size}"],
     )
@@ -64,7 +86,7 @@ def main(argv=None):
     )
     results = trainer.fit()
     if accelerator.is_main_process:
-        print({k: results[k] for k in ("steps", "eval_loss", "eval_accuracy") if k in results})
+        print({k: results[k] for k in ("steps", "eval_loss", "eval_accuracy", "eval_retrieval_accuracy") if k in results})
     return results
 
 

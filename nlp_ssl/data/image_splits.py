@@ -7,6 +7,7 @@ study's pixel baseline and every fine-tuning run of one seed see exactly the sam
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nlp_ssl.config import check_ranges
@@ -66,11 +67,16 @@ def load_images(source: str, split: str, cache_dir: str | None, image_column: st
     return load_image_dataset(source, split, cache_dir=root, image_column=image_column, label_column=label_column)
 
 
-def load_image_pool(data: ImagePoolConfig, seed: int):
-    """``{"train", "validation"}`` of unlabelled images (labels, if any, are dropped)."""
+def load_image_pool(data: ImagePoolConfig, seed: int, extra_columns: Sequence[str] = ()):
+    """``{"train", "validation"}`` of unlabelled images (labels, if any, are dropped); ``extra_columns``
+    (e.g. a case id for MICLe) are kept."""
     from datasets import DatasetDict
 
-    pool = load_images(data.source, data.split, data.cache_dir, data.image_column).select_columns(["image"])
+    pool = load_images(data.source, data.split, data.cache_dir, data.image_column)
+    missing = [c for c in extra_columns if c not in pool.column_names]
+    if missing:
+        raise DataError(f"data.source {data.source}: column {missing[0]!r} not found; columns are {pool.column_names}")
+    pool = pool.select_columns(["image", *extra_columns])
     if data.validation_images <= 0:
         raise ConfigError(f"data.validation_images must be positive, got {data.validation_images}")
     if data.validation_images >= len(pool):
