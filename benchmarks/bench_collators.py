@@ -19,10 +19,12 @@ import torch
 from bench_mlm import samples_per_s  # the same measurement as the MLM benchmark (run from benchmarks/)
 from datasets import Dataset
 
+from nlp_ssl.data.nsp_pairs import build_nsp_dataset
 from nlp_ssl.data.parallel import load_sword_pairs
 from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
+from nlp_ssl.data.xlm_streams import prepare_tlm_dataset
 from nlp_ssl.models import ModelConfig, build_model
-from nlp_ssl.objectives import CLMCollator, MLMCollator, NSPCollator, TLMCollator, build_nsp_dataset, prepare_tlm_dataset
+from nlp_ssl.objectives import CLMCollator, MLMCollator, NSPCollator, TLMCollator
 from nlp_ssl.tasks.bert_pretraining import BertPretrainingTask
 from nlp_ssl.tasks.causal_lm import CausalLMTask
 from nlp_ssl.tasks.masked_lm import MaskedLMTask

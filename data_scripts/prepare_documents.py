@@ -8,7 +8,7 @@
 ``apt-get install python3.11-doc libsword-utils sword-text-kjv``. Recipes read them with
 ``nlp_ssl.data.documents.load_python_docs(cache_dir)`` / ``load_kjv_chapters(cache_dir)`` (columns
 ``title`` and ``sentences``) and turn them into pairs with
-``nlp_ssl.objectives.nsp.build_nsp_dataset(docs, tokenizer, column="sentences")``.
+``nlp_ssl.data.nsp_pairs.build_nsp_dataset(docs, tokenizer, column="sentences")``.
 
 On a machine with Hub access, ``datasets.load_dataset("wikimedia/wikipedia", "20231101.en")`` gives
 the documents BERT was trained on; pass it with ``column="text"`` and ``build_nsp_dataset`` splits

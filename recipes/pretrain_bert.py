@@ -13,8 +13,9 @@ from nlp_ssl.cli import run
 from nlp_ssl.config import check_ranges, parse_config
 from nlp_ssl.data.card import data_card
 from nlp_ssl.data.documents import DocumentDataConfig, document_texts, load_document_splits
+from nlp_ssl.data.nsp_pairs import build_nsp_dataset
 from nlp_ssl.models import ModelConfig, build_model, check_block_size
-from nlp_ssl.objectives import NSPCollator, build_nsp_dataset
+from nlp_ssl.objectives import NSPCollator
 from nlp_ssl.reporting import RunDescription
 from nlp_ssl.tasks.bert_pretraining import BertPretrainingTask
 from nlp_ssl.tokenizer_setup import TokenizerConfig, load_or_train_tokenizer

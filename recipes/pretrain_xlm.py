@@ -22,10 +22,11 @@ from nlp_ssl.config import check_ranges, parse_config
 from nlp_ssl.data.card import data_card
 from nlp_ssl.data.mixing import AlternatingBatchSampler, interleaved_indices, parse_ratio, round_robin_schedule
 from nlp_ssl.data.parallel import XLMDataConfig, load_monolingual_splits, load_pair_splits, pair_texts, parse_direction
+from nlp_ssl.data.xlm_streams import xlm_streams
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.models import ModelConfig, build_model, check_block_size
 from nlp_ssl.models.builders import xlm_fields
-from nlp_ssl.objectives import TLMCollator, xlm_streams
+from nlp_ssl.objectives import TLMCollator
 from nlp_ssl.objectives.registry import find_objective
 from nlp_ssl.reporting import RunDescription
 from nlp_ssl.tasks.causal_lm import CausalLMTask

@@ -10,8 +10,9 @@ from datasets import Dataset
 from transformers import BertConfig, BertForPreTraining
 
 from nlp_ssl.data.documents import rst_to_paragraphs, split_sentences
+from nlp_ssl.data.nsp_pairs import build_nsp_dataset, create_nsp_examples, truncate_seq_pair
 from nlp_ssl.errors import DataError
-from nlp_ssl.objectives.nsp import NSPCollator, build_nsp_dataset, create_nsp_examples, truncate_seq_pair
+from nlp_ssl.objectives.nsp import NSPCollator
 from nlp_ssl.tasks.bert_pretraining import BertPretrainingTask
 from tests.helpers import toy_texts
 

@@ -7,8 +7,9 @@ import torch
 from datasets import Dataset
 from transformers import XLMConfig, XLMWithLMHeadModel
 
+from nlp_ssl.data.xlm_streams import prepare_monolingual_dataset, prepare_tlm_dataset
 from nlp_ssl.errors import DataError
-from nlp_ssl.objectives.tlm import TLMCollator, prepare_monolingual_dataset, prepare_tlm_dataset
+from nlp_ssl.objectives.tlm import TLMCollator
 from nlp_ssl.tasks.xlm import XLMMaskedLMTask
 from nlp_ssl.tokenization import train_tokenizer
 

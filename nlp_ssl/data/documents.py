@@ -7,7 +7,7 @@
 
 Sentences come from :func:`split_sentences`, a regex splitter that needs no model download.
 On a machine that reaches the Hub, ``load_dataset("wikimedia/wikipedia", "20231101.en")`` gives the
-documents BERT itself used (pass its ``text`` column to ``nlp_ssl.objectives.nsp.build_nsp_dataset``,
+documents BERT itself used (pass its ``text`` column to ``nlp_ssl.data.nsp_pairs.build_nsp_dataset``,
 which splits it into sentences the same way).
 """
 

@@ -10,7 +10,6 @@ masks change from epoch to epoch (RoBERTa's dynamic masking). No global RNG is r
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 from collections.abc import Sequence
 
@@ -18,17 +17,6 @@ import numpy as np
 import torch
 
 from nlp_ssl.errors import ConfigError, DataError
-
-
-def batch_generator(seed: int, *arrays: np.ndarray) -> torch.Generator:
-    """A torch.Generator seeded from ``seed`` and the bytes of ``arrays``."""
-    digest = hashlib.blake2b(int(seed).to_bytes(8, "little", signed=True), digest_size=8)
-    for array in arrays:
-        digest.update(np.ascontiguousarray(array).tobytes())
-    generator = torch.Generator()
-    generator.manual_seed(int.from_bytes(digest.digest(), "little") & 0x7FFF_FFFF_FFFF_FFFF)
-    return generator
-
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
