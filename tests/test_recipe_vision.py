@@ -61,8 +61,8 @@ def rotation_accuracy_on_validation(out):
     validation = load_image_pool(ImagePoolConfig(validation_images=64, max_train_images=512), seed=42)["validation"]
     batch = RotationCollator(28, mode="all", num_channels=1, mean=(0.2860,), std=(0.3530,))(list(validation))
     model = ViTForImageClassification.from_pretrained(out).eval()
-    with torch.no_grad():
-        preds = model(pixel_values=batch["pixel_values"]).logits.argmax(-1)
+    with torch.no_grad():  # saved for RGB input: the gray channel three times
+        preds = model(pixel_values=batch["pixel_values"].expand(-1, 3, -1, -1)).logits.argmax(-1)
     return (preds == batch["labels"]).float().mean().item()
 
 
@@ -120,7 +120,7 @@ def test_rotation_checkpoint_is_a_plain_hf_image_classifier(rotation_run):
     model = AutoModelForImageClassification.from_pretrained(out)
     assert isinstance(model, ViTForImageClassification)
     cfg = model.config
-    assert (cfg.image_size, cfg.patch_size, cfg.num_channels) == (28, 4, 1)
+    assert (cfg.image_size, cfg.patch_size, cfg.num_channels) == (28, 4, 3)  # trained on gray, saved for RGB input
     assert {int(k): v for k, v in cfg.id2label.items()} == {0: "0", 1: "90", 2: "180", 3: "270"}
 
     # The saved processor reproduces the training transform exactly, so the pipeline sees what training saw.
@@ -130,7 +130,7 @@ def test_rotation_checkpoint_is_a_plain_hf_image_classifier(rotation_run):
     arrays = [np.asarray(image)[..., None] for image in images]
     from_processor = processor(images=arrays, return_tensors="pt")["pixel_values"]
     transform = ImageTransform(28, 1, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
-    torch.testing.assert_close(from_processor, torch.stack([transform(image) for image in images]))
+    torch.testing.assert_close(from_processor, torch.stack([transform(image) for image in images]).expand(-1, 3, -1, -1))
 
     classify = pipeline("image-classification", model=str(out))
     predictions = classify(arrays[0])
@@ -194,17 +194,18 @@ def test_finetune_from_rotation_transfers_the_encoder_and_scores_the_test_set(tm
 
 def test_checkpoint_encoders_load_and_heads_are_new(rotation_run, mim_run):
     """In-process: the exact tensors of the pretrained encoders end up in the classifier; the head is fresh."""
-    from transformers import ViTForImageClassification, ViTForMaskedImageModeling
+    from transformers import AutoConfig, ViTForImageClassification, ViTForMaskedImageModeling
 
     from nlp_ssl.config import load_config
     from nlp_ssl.errors import ConfigError
+    from nlp_ssl.models.grayscale_vit import from_checkpoint
     from nlp_ssl.vision.finetuning import FinetuneVisionConfig, build_classifier
 
     names = [f"c{i}" for i in range(10)]
     for run, cls in ((rotation_run, ViTForImageClassification), (mim_run, ViTForMaskedImageModeling)):
         cfg = load_config(FinetuneVisionConfig, overrides=[f"model.name_or_path={run}", "model.arch=vit"])
         model, transfer = build_classifier(cfg.model, cfg.image, names)
-        source = cls.from_pretrained(run)
+        source = from_checkpoint(cls, run, AutoConfig.from_pretrained(run, num_channels=1))  # as trained: one channel
         for name, tensor in model.vit.state_dict().items():
             assert torch.equal(tensor, source.vit.state_dict()[name]), name
         assert model.classifier.weight.shape == (10, 32)

@@ -1,6 +1,7 @@
 """Build BERT, ModernBERT, GPT-2, XLM and ViT models from size presets, or from any HF config or checkpoint folder.
 
-Every model is a plain transformers class, so what the trainer saves is a standard checkpoint. What
+Every model is a plain transformers class, so what the trainer saves is a standard checkpoint (a
+grayscale ViT classifier trains as a subclass that saves as a plain RGB ViT: ``grayscale_vit``). What
 each architecture is (config class, preset fields, head classes) is its entry in
 :mod:`nlp_ssl.models.architectures`.
 """
@@ -17,6 +18,7 @@ from transformers.utils import is_flash_attn_2_available
 
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.models.architectures import ARCHITECTURES
+from nlp_ssl.models.grayscale_vit import GrayscaleViTForImageClassification, from_checkpoint
 
 Arch = Literal["bert", "modernbert", "gpt2", "xlm", "vit"]
 Head = Literal[
@@ -118,20 +120,32 @@ def build_model(cfg: ModelConfig, head: Head, *, ignore_mismatched_sizes: bool =
         path = resolve_model_path(cfg.name_or_path)
         config = AutoConfig.from_pretrained(path, **fields)
         _check_overrides(type(config), cfg.config_overrides)
-        auto = getattr(transformers, AUTO_CLASSES[head])
+        auto = _grayscale_class(config, head) or getattr(transformers, _vit_class(config, head) or AUTO_CLASSES[head])
         if loads_checkpoint(cfg):
-            model, info = auto.from_pretrained(path, config=config, output_loading_info=True,
-                                               ignore_mismatched_sizes=ignore_mismatched_sizes)
+            model, info = from_checkpoint(auto, path, config, output_loading_info=True,
+                                          ignore_mismatched_sizes=ignore_mismatched_sizes)
             if loading_info is not None:
                 loading_info.update(info)
             return model
-        return auto.from_config(config)
+        return auto._from_config(config)
     config = preset_config(cfg.arch, cfg.size, **fields)
     classes = ARCHITECTURES[cfg.arch].head_classes
     if head not in classes:
         raise ConfigError(f"model.arch {cfg.arch!r} has no {head!r} head; it has {list(classes)}")
     _check_overrides(type(config), cfg.config_overrides)
-    return getattr(transformers, classes[head])(config)
+    return (_grayscale_class(config, head) or getattr(transformers, classes[head]))(config)
+
+
+def _vit_class(config: PretrainedConfig, head: Head) -> str | None:
+    """A ViT's own head class: an RGB save read into a one-channel model loads from its weights, which
+    transformers' Auto classes do not take."""
+    return ARCHITECTURES["vit"].head_classes.get(head) if config.model_type == "vit" else None
+
+
+def _grayscale_class(config: PretrainedConfig, head: Head):
+    """A grayscale ViT classifier is saved as an RGB one, which pipelines can feed (see grayscale_vit)."""
+    gray_vit = config.model_type == "vit" and config.num_channels == 1
+    return GrayscaleViTForImageClassification if gray_vit and head == "image_classification" else None
 
 
 def _check_overrides(config_class: type[PretrainedConfig], overrides: dict[str, Any]) -> None:

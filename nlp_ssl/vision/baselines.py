@@ -63,14 +63,16 @@ def vit_features(checkpoint: str, images, image_config, pooling: str, batch_size
     """(n, hidden) features of a frozen ViT checkpoint: the final (layer-normed) [CLS] state, or the
     mean of the patch states; images go through the evaluation transform the checkpoint trained with."""
     import torch
-    from transformers import ViTModel
+    from transformers import AutoConfig, ViTModel
 
     from nlp_ssl.data.images import ImageTransform
+    from nlp_ssl.models.grayscale_vit import from_checkpoint
 
     if pooling not in ("cls", "mean"):
         raise ConfigError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
-    model = ViTModel.from_pretrained(checkpoint, add_pooling_layer=False).eval()
     c = image_config
+    config = AutoConfig.from_pretrained(checkpoint, num_channels=c.num_channels)
+    model = from_checkpoint(ViTModel, checkpoint, config, add_pooling_layer=False).eval()  # as trained
     transform = ImageTransform(c.image_size, c.num_channels, c.mean, c.std)
     out = []
     with torch.inference_mode():

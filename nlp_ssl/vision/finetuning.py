@@ -24,6 +24,7 @@ from nlp_ssl.config import check_ranges
 from nlp_ssl.data.image_splits import LabeledImagesConfig
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.models import ModelConfig, build_model
+from nlp_ssl.models.grayscale_vit import from_checkpoint
 from nlp_ssl.objectives.image_classification import ImageClassificationCollator, PretextAuxCollator
 from nlp_ssl.objectives.mim import MaskedImageCollator, check_mask_sizes
 from nlp_ssl.tasks.vision import ImageClassificationTask, MaskedImageHead, PretextAuxTask, RotationHead
@@ -71,6 +72,8 @@ def check_checkpoint_geometry(path: str, image: ImageConfig) -> None:
     if config.model_type != "vit":
         raise ConfigError(f"model.name_or_path {path}: a {config.model_type!r} model, expected a ViT")
     for name, want in vit_fields(image).items():
+        if name == "num_channels" and (want, config.num_channels) == (1, 3):
+            continue  # a grayscale run's model, saved for RGB input: checked as it loads
         if getattr(config, name) != want:
             raise ConfigError(
                 f"model.name_or_path {path} has {name}={getattr(config, name)} but image.{name}={want}; "
@@ -88,9 +91,9 @@ def encoder_transfer(model, checkpoint: str) -> dict:
     import transformers
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(checkpoint)
+    config = AutoConfig.from_pretrained(checkpoint, num_channels=model.config.num_channels)
     arch = (config.architectures or ["ViTModel"])[0]
-    source = getattr(transformers, arch).from_pretrained(checkpoint)
+    source = from_checkpoint(getattr(transformers, arch), checkpoint, config)  # as trained, when saved for RGB input
     source_encoder = source.vit.state_dict() if hasattr(source, "vit") else source.state_dict()
     transferred, differ = [], []
     for name, tensor in model.vit.state_dict().items():
@@ -113,7 +116,8 @@ def build_classifier(model: ModelConfig, image: ImageConfig, names: list[str]):
         return build_model(model, "image_classification", **vit_fields(image), num_labels=len(names), **labels), None
     check_checkpoint_geometry(model.name_or_path, image)
     # A rotation checkpoint has a 4-way head: its shape no longer fits, so it is re-initialised.
-    classifier = build_model(model, "image_classification", ignore_mismatched_sizes=True, **labels)
+    classifier = build_model(model, "image_classification", ignore_mismatched_sizes=True,
+                             num_channels=image.num_channels, **labels)
     return classifier, encoder_transfer(classifier, model.name_or_path) if model.load_weights else None
 
 

@@ -15,8 +15,8 @@ class ImageConfig:
 
     image_size: int = 28
     patch_size: int = 4
-    #: 1 for grayscale. HF pipelines convert PIL inputs to RGB, so a 1-channel model takes H×W×1
-    #: arrays in ``pipeline(...)``; use 3 to accept PIL images directly (gray is replicated).
+    #: 1 for grayscale, 3 for RGB. Either way the saved model takes RGB images, as pipelines give
+    #: them: a grayscale model is saved reading their luma (``nlp_ssl.models.grayscale_vit``).
     num_channels: int = 1
     mean: list[float] = field(default_factory=lambda: list(FASHION_MNIST_MEAN))
     std: list[float] = field(default_factory=lambda: list(FASHION_MNIST_STD))
@@ -61,14 +61,16 @@ def vit_fields(image: ImageConfig) -> dict:
 
 
 def make_processor(image: ImageConfig):
-    """The processor saved beside the model: resize, scale to [0, 1], normalise as in training."""
+    """The processor saved beside the model: RGB (what pipelines give, and what every saved ViT takes;
+    a one-channel array is repeated), resized, scaled to [0, 1] and normalised as in training."""
     from transformers import ViTImageProcessor
 
     return ViTImageProcessor(
+        do_convert_rgb=True,
         do_resize=True,
         size={"height": image.image_size, "width": image.image_size},
         do_rescale=True,
         do_normalize=True,
-        image_mean=channel_stats(image.mean, image.num_channels),
-        image_std=channel_stats(image.std, image.num_channels),
+        image_mean=channel_stats(image.mean, 3),
+        image_std=channel_stats(image.std, 3),
     )
