@@ -47,6 +47,12 @@ RUNS = {
                                          "micro_batch_size=16", "global_batch_size=16"], False),
     "vit_simmim": ("pretrain_vit.py", ["task=mim", "data.max_train_images=256", "data.validation_images=32",
                                        "micro_batch_size=16", "global_batch_size=16"], False),
+    "vit_simclr": ("pretrain_vit.py", [f"--config={ROOT / 'recipes' / 'configs' / 'pretrain_vit_simclr.yaml'}",
+                                       "data.max_train_images=256", "data.validation_images=32", "micro_batch_size=16",
+                                       "global_batch_size=16", "eval_batch_size=16"], False),
+    "vit_jigsaw": ("pretrain_vit.py", [f"--config={ROOT / 'recipes' / 'configs' / 'pretrain_vit_jigsaw.yaml'}",
+                                       "data.max_train_images=256", "data.validation_images=32", "micro_batch_size=16",
+                                       "global_batch_size=16"], False),
 }
 
 #: name -> one dict per logged step: every ``train_*loss`` value in the history.
@@ -58,6 +64,8 @@ PINS: dict[str, list[dict[str, float]]] = {
     "vit_rotation": [{"train_loss": 1.408408284187317}, {"train_loss": 1.7127583026885986}, {"train_loss": 1.5729273557662964}],
     # Re-pinned when SimMIM masks became per-example and per-epoch (a batch's mask no longer depends on its neighbours).
     "vit_simmim": [{"train_loss": 0.8881320953369141}, {"train_loss": 0.8958230018615723}, {"train_loss": 1.0239596366882324}],
+    "vit_simclr": [{"train_loss": 3.225259304046631}, {"train_loss": 3.3607211112976074}, {"train_loss": 3.265174150466919}],
+    "vit_jigsaw": [{"train_loss": 4.639001369476318}, {"train_loss": 4.612775802612305}, {"train_loss": 4.713627815246582}],
     "xlm": [{"train_loss": 6.924055576324463}, {"train_loss": 6.973543643951416}, {"train_loss": 6.669076919555664}],
 }
 
