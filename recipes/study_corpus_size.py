@@ -64,7 +64,8 @@ def main(argv=None):
         corpus = corpus_size.write_corpus(name, out / "data", cfg.corpus_seed)
         checkpoints = {steps: where / "pretrain" / f"steps{steps}" for steps in cfg.pretrain_steps}
         runs = [pretrain_step(f"{steps} steps on {name}", "pretrain_mlm",
-                              [f"data.train_file={corpus}", *cfg.pretrain_args, f"max_steps={steps}"], folder, cfg.reuse)
+                              [f"data.train_file={corpus}", *cfg.pretrain_args, f"max_steps={steps}"], folder, cfg.reuse,
+                              report_only=cfg.report_only)
                 for steps, folder in checkpoints.items()]
         first = checkpoints[cfg.pretrain_steps[0]]  # every budget's tokenizer is the corpus's one
         methods = {"scratch": Method("from scratch (same architecture and tokenizer)",

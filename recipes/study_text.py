@@ -13,7 +13,8 @@ For every k and seed, on the same k examples per class and the same validation a
 after continued pretraining on the task's texts, then fine-tuned). ``pretrained=auto`` pretrains
 the from-scratch model here too. Pretraining reads the task's labelled pool without labels plus
 ``unlabeled_files``, never the test file (:mod:`nlp_ssl.study.pretraining`). The fine-tuning runs are
-``recipes/finetune_text.py`` subprocesses; the grid, reuse and the report are :mod:`nlp_ssl.study`'s.
+``recipes/finetune_text.py`` subprocesses (``workers`` at a time); the grid, reuse and the report are
+:mod:`nlp_ssl.study`'s, and ``report_only=true`` rebuilds the report from the runs on disk.
 """
 
 from __future__ import annotations
@@ -107,8 +108,8 @@ def main(argv=None):
     if any(m in cfg.methods for m in USES_PRETRAINED):
         if cfg.pretrained == "auto":
             runs.append(pretrain_step("pretrained from scratch", "pretrain_mlm", [*corpus, *cfg.pretrain_args],
-                                      Path(pretrained), cfg.reuse))
-        elif not (Path(pretrained) / "config.json").is_file():
+                                      Path(pretrained), cfg.reuse, report_only=cfg.report_only))
+        elif not cfg.report_only and not (Path(pretrained) / "config.json").is_file():
             raise ConfigError(
                 f"pretrained {pretrained}: not a checkpoint folder (no config.json); run recipes/pretrain_mlm.py first "
                 "or set pretrained=auto"
@@ -116,7 +117,7 @@ def main(argv=None):
     if "checkpoint_continued" in cfg.methods:
         args = [f"model.name_or_path={cfg.checkpoint}", *corpus, *cfg.continue_args]
         runs.append(pretrain_step("continued pretraining of the checkpoint", cfg.continue_recipe, args, continued,
-                                  cfg.reuse, config=f"{cfg.continue_recipe}_continue"))
+                                  cfg.reuse, config=f"{cfg.continue_recipe}_continue", report_only=cfg.report_only))
     lines = [f"- pretrained model: `{pretrained}`"] if any(m in cfg.methods for m in USES_PRETRAINED) else []
     if {"checkpoint", "checkpoint_continued"} & set(cfg.methods):
         lines.append(f"- checkpoint: `{cfg.checkpoint}` (`{resolve_model_path(cfg.checkpoint)}`)")

@@ -9,9 +9,9 @@ SimMIM, each also with the auxiliary pretext loss (``*_aux``), every one fine-tu
 fixed number of steps at the learning rate that it picks from a small grid on validation; and, on
 the same split, logistic regression and kNN on pixels and linear probes on the frozen pretrained
 features ([CLS] and mean-pooled). At k=100 also a learning-speed curve with one compute-matched
-point. The protocol (order, rate choice, flattening check) is :mod:`nlp_ssl.study.vision_protocol`,
-the report :mod:`nlp_ssl.study.vision_report`. Checkpoints are inputs (``rotation_checkpoint``,
-``mim_checkpoint``) or pretrained here with ``recipes/pretrain_vit.py``.
+point. The plan (order, rate choice, flattening check) is :mod:`nlp_ssl.study.protocol`, the
+runs and the report the other studies' (:mod:`nlp_ssl.study`). Checkpoints are inputs
+(``rotation_checkpoint``, ``mim_checkpoint``) or pretrained here with ``recipes/pretrain_vit.py``.
 """
 
 from __future__ import annotations
@@ -25,16 +25,24 @@ from nlp_ssl.config import parse_config
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.study import Method, run_recipe
 from nlp_ssl.study.grid import check_arguments
-from nlp_ssl.study.vision_protocol import VisionProtocolConfig, VisionStudy, check_protocol, run_protocol
-from nlp_ssl.study.vision_report import write_all
+from nlp_ssl.study.protocol import ProtocolConfig, ProtocolStudy, check_protocol, run_protocol
 from nlp_ssl.vision.baselines import frozen_probe, knn_on_pixels, logreg_on_pixels
 from nlp_ssl.vision.finetuning import FinetuneVisionConfig
 
-TASKS = ("rotation", "mim")
+#: The pretext tasks of recipes/pretrain_vit.py the study can pretrain with, one entry each: the labels of
+#: its rows ``<task>`` (fine-tuned from its checkpoint) and ``<task>_aux`` (+ its auxiliary loss, ``finetune.aux_task``;
+#: None where the fine-tuning recipe has none); ``probe_<task>_cls`` and ``probe_<task>_mean`` come with it.
+#: Its checkpoint is ``<task>_checkpoint`` where the config has that key, else pretrained here with
+#: ``pretrain_args`` (+ ``<task>_args``).
+PRETEXTS = {
+    "rotation": ("ViT pretrained: rotation (RotNet)", "RotNet-pretrained + auxiliary rotation loss"),
+    "mim": ("ViT pretrained: masked image modelling (SimMIM)", "SimMIM-pretrained + auxiliary SimMIM loss"),
+}
+POOLING = {"cls": "[CLS]", "mean": "mean-pooled"}
 
 
 @dataclass
-class StudyVisionConfig(VisionProtocolConfig):
+class StudyVisionConfig(ProtocolConfig):
     methods: list[str] = field(default_factory=lambda: ["scratch", "rotation", "mim", "pixels_logreg"])
     #: Pretrained checkpoints (pretrain_vit.py outputs); empty: pretrain one here.
     rotation_checkpoint: str | None = None
@@ -50,21 +58,21 @@ class StudyVisionConfig(VisionProtocolConfig):
         super().__post_init__()
         for name in ("pretrain_args", "rotation_args", "mim_args", "aux_args"):
             check_arguments(name, getattr(self, name))
-        for task in TASKS:
-            path = getattr(self, f"{task}_checkpoint")
+        for task in PRETEXTS:
+            path = getattr(self, f"{task}_checkpoint", None)
             if path and not (Path(path) / "config.json").is_file():
                 raise ConfigError(f"{task}_checkpoint {path}: not a model folder (no config.json)")
 
 
 def checkpoint(cfg: StudyVisionConfig, task: str) -> str:
     """The ``task`` checkpoint: given, or where this study pretrains it."""
-    return getattr(cfg, f"{task}_checkpoint") or str(Path(cfg.output_dir) / f"pretrain_{task}")
+    return getattr(cfg, f"{task}_checkpoint", None) or str(Path(cfg.output_dir) / f"pretrain_{task}")
 
 
 def pretrain(cfg: StudyVisionConfig, task: str) -> dict:
     """Pretrain the ``task`` checkpoint unless it is given or already done (or only reporting)."""
-    path, given = Path(checkpoint(cfg, task)), getattr(cfg, f"{task}_checkpoint")
-    args = [f"task={task}", *cfg.pretrain_args, *getattr(cfg, f"{task}_args")]
+    path, given = Path(checkpoint(cfg, task)), getattr(cfg, f"{task}_checkpoint", None)
+    args = [f"task={task}", *cfg.pretrain_args, *getattr(cfg, f"{task}_args", [])]
     if not given and not cfg.report_only:
         return {"checkpoint": str(path), "how": f"pretrained here with `{' '.join(args)}`",
                 **run_recipe("pretrain_vit", args, path, cfg.reuse)}
@@ -84,32 +92,29 @@ def describe(task: str, info: dict) -> str:
 
 def main(argv=None):
     cfg = parse_config(StudyVisionConfig, argv, default_yaml=Path(__file__).parent / "configs" / "study_vision.yaml")
-    start = {task: [f"model.name_or_path={checkpoint(cfg, task)}"] for task in TASKS}
+    start = {task: [f"model.name_or_path={checkpoint(cfg, task)}"] for task in PRETEXTS}
     scratch = ["model.name_or_path="]
-    aux = {task: [f"finetune.aux_task={task}", *cfg.aux_args] for task in TASKS}
-    pooled = {"cls": "[CLS]", "mean": "mean-pooled"}
+    aux = {task: [f"finetune.aux_task={task}", *cfg.aux_args] for task in PRETEXTS}
     methods = {
         "scratch": Method("ViT from scratch", scratch),
-        "rotation": Method("ViT pretrained: rotation (RotNet)", start["rotation"]),
-        "mim": Method("ViT pretrained: masked image modelling (SimMIM)", start["mim"]),
+        **{task: Method(label, start[task]) for task, (label, _) in PRETEXTS.items()},
         "scratch_aux": Method("ViT from scratch + auxiliary rotation loss", [*scratch, *aux["rotation"]]),
-        "rotation_aux": Method("RotNet-pretrained + auxiliary rotation loss", [*start["rotation"], *aux["rotation"]]),
-        "mim_aux": Method("SimMIM-pretrained + auxiliary SimMIM loss", [*start["mim"], *aux["mim"]]),
+        **{f"{task}_aux": Method(label, [*start[task], *aux[task]]) for task, (_, label) in PRETEXTS.items() if label},
         "pixels_logreg": Method("logistic regression on raw pixels", baseline=logreg_on_pixels),
         "pixels_knn": Method("kNN on raw pixels (neighbours chosen on validation)", baseline=knn_on_pixels),
-        **{f"probe_{task}_{pool}": Method(f"linear probe on frozen {task} features ({pooled[pool]})",
+        **{f"probe_{task}_{pool}": Method(f"linear probe on frozen {task} features ({pooled})",
                                           baseline=frozen_probe(checkpoint(cfg, task), pool))
-           for task in TASKS for pool in pooled},
+           for task in PRETEXTS for pool, pooled in POOLING.items()},
     }
-    uses = {task: [m for m in cfg.methods if m.startswith((task, f"probe_{task}"))] for task in TASKS}
-    study = VisionStudy("Few-label image classification (Fashion-MNIST)", "finetune_vision", FinetuneVisionConfig, methods)
+    uses = {task: [m for m in cfg.methods if m.startswith((task, f"probe_{task}"))] for task in PRETEXTS}
+    study = ProtocolStudy("Few-label image classification (Fashion-MNIST)", "finetune_vision", FinetuneVisionConfig, methods)
     check_protocol(cfg, study)  # before any pretraining
-    pretraining = {task: pretrain(cfg, task) for task in TASKS if uses[task] or cfg.compute_matched == task}
+    pretraining = {task: pretrain(cfg, task) for task in PRETEXTS if uses[task] or cfg.compute_matched == task}
     study.pretrain_seconds = {m: info["train_runtime_s"] for task, info in pretraining.items()
                               for m in methods if m.startswith(task) and info.get("train_runtime_s")}
     study.sections = {"Pretraining": [describe(t, info) for t, info in pretraining.items()]} if pretraining else {}
     study.extra = {"pretraining": pretraining}
-    results = run_protocol(cfg, study, lambda *found: write_all(cfg, study, *found))
+    results = run_protocol(cfg, study)
     print((Path(cfg.output_dir) / "results.md").read_text(encoding="utf-8"))
     return results
 

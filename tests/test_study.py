@@ -6,6 +6,7 @@ request, so the harness's logic is checked without training anything.
 """
 
 import json
+import os
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +20,17 @@ from nlp_ssl.study import runs as study_runs
 
 FAKE_RECIPE = textwrap.dedent('''
     """Stand-in fine-tuning recipe: test_accuracy = base (0.5, as in its yaml) + k/1000 + seed/100."""
-    import json, sys
+    import json, os, sys, time
     from pathlib import Path
 
     args = dict(a.split("=", 1) for a in sys.argv[1:])
     out = Path(args["output_dir"])
     calls = Path(args["calls"])
+    start = time.time()
     with calls.open("a") as f:
-        f.write(json.dumps({"run": out.name, "resume": args.get("resume"), "continued": (out / "checkpoints").is_dir()}) + "\\n")
+        f.write(json.dumps({"run": out.name, "resume": args.get("resume"), "continued": (out / "checkpoints").is_dir(),
+                            "threads": os.environ.get("OMP_NUM_THREADS"), "start": start}) + "\\n")
+    time.sleep(float(args.get("pause", 0)))
     if args.get("fail"):
         print("error: data.train_file x.jsonl line 3: field 'text' missing", file=sys.stderr)
         sys.exit(int(args["fail"]))
@@ -42,7 +46,7 @@ FAKE_RECIPE = textwrap.dedent('''
     (out / "trainer_history.json").write_text(json.dumps(history))
     (out / "all_results.json").write_text(json.dumps({
         "test_accuracy": acc, "test_macro_f1": acc - 0.1, "last_test_accuracy": acc - 0.02, "best_step": 4,
-        "steps": 4, "test_examples": 50, "lr": float(args.get("learning_rate", 0)),
+        "steps": 4, "test_examples": 50, "lr": float(args.get("learning_rate", 0)), "end": time.time(),
     }))
 ''')
 
@@ -61,6 +65,8 @@ class FakeConfig:
     base: float = 0.0
     calls: str = ""
     learning_rate: float = 0.0
+    pause: float = 0.0
+    max_steps: int = 4
 
 
 @pytest.fixture
@@ -129,9 +135,11 @@ def test_every_cell_runs_and_results_hold_runs_mean_std_and_per_seed_gains(tmp_p
     assert "scratch" not in results["gains"]
 
     table = (out / "results.md").read_text()
-    assert "| pretrained | 71.4 ± 1.0 | 72.6 ± 1.0 |" in table
-    assert "| a linear baseline | +-9.4 ± 1.0 (min -10.4) |" not in table  # signs are written once
-    assert "| a linear baseline | -9.4 ± 1.0 (min -10.4) | -10.6 ± 1.0 (min -11.6) |" in table
+    assert "| pretrained | 71.4 ± 1.0 (n=3) | 72.6 ± 1.0 (n=3) |" in table
+    assert "+-9.4" not in table  # signs are written once
+    assert ("| a linear baseline | -9.4 ± 1.0 (min -10.4; 0/3 seeds > 0) | -10.6 ± 1.0 (min -11.6; 0/3 seeds > 0) |"
+            in table)
+    assert "- pretrained, k=16: s0 +20.0, s1 +20.0, s2 +20.0" in table  # the per-seed differences behind the gains
     assert "| pretrained_k16_s2 | 4 | 4 | 73.6 / 73.6 | 73.6 / 71.6 | 1.500 (2) → 1.700 | yes |" in table
     for png in ("accuracy_vs_labels.png", "curves/k4.png", "curves/k16.png", "curves/scratch_k4_s0.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
@@ -156,9 +164,8 @@ def test_an_interrupted_run_stops_the_study_with_its_exit_code_and_continues_on_
         run_study(cfg, make_study(tmp_path))
     assert ended.value.exit_code == 75
     results = run_study(cfg, make_study(tmp_path))
-    assert calls(tmp_path) == [
-        {"run": "scratch_k4_s0", "resume": "auto", "continued": False},
-        {"run": "scratch_k4_s0", "resume": "auto", "continued": True},
+    assert [(c["run"], c["resume"], c["continued"]) for c in calls(tmp_path)] == [
+        ("scratch_k4_s0", "auto", False), ("scratch_k4_s0", "auto", True),
     ]
     assert results["runs"][0]["test_accuracy"] == pytest.approx(0.504)
     log = (tmp_path / "study" / "runs" / "scratch_k4_s0.log").read_text()
@@ -194,6 +201,90 @@ def test_arguments_reach_runs_and_baselines_in_order(tmp_path, recipes):
     # The baseline gets the config a run of the same k and seed reads: recipe yaml, then the same arguments.
     assert len(seen) == 1
     assert (seen[0].data.k_per_class, seen[0].seed, seen[0].learning_rate, seen[0].base) == (8, 3, 0.4, 0.2)
+
+
+def test_baselines_are_saved_as_runs_and_fine_tuning_runs_go_workers_at_a_time(tmp_path, recipes, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen = []
+    cfg = config(tmp_path, k_per_class=[4], seeds=[0, 1], workers=2, finetune_args=["pause=1"])
+    first = run_study(cfg, make_study(tmp_path, seen))
+    saved = json.loads((tmp_path / "study" / "runs" / "linear_k4_s1" / "all_results.json").read_text())
+    assert saved["test_accuracy"] == pytest.approx(0.42) and saved["baseline"] == "linear"
+    # Two runs at a time, each with its share of the cores.
+    started = sorted(c["start"] for c in calls(tmp_path))
+    ended = sorted(json.loads(p.read_text())["end"] for p in (tmp_path / "study" / "runs").glob("*/all_results.json")
+                   if "end" in p.read_text())
+    assert len(started) == 4 and started[1] < ended[0]  # the second run started before the first ended
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert {c["threads"] for c in calls(tmp_path)} == {str(max(1, cores // 2))}
+    assert "OMP_NUM_THREADS" not in os.environ  # the share ends with the study
+    # A rerun reads every cell, the baselines' too: nothing runs or fits again.
+    again = run_study(cfg, make_study(tmp_path, seen))
+    assert len(calls(tmp_path)) == 4 and len(seen) == 2
+    assert again["runs"] == first["runs"]
+
+
+def test_report_only_rebuilds_the_report_from_the_runs_and_runs_nothing(tmp_path, recipes):
+    seen = []
+    cfg = config(tmp_path, k_per_class=[4], seeds=[0, 1])
+    results = run_study(cfg, make_study(tmp_path, seen))
+    out = tmp_path / "study"
+    table = (out / "results.md").read_text()
+    (out / "results.json").unlink()
+    (out / "results.md").unlink()
+    rebuilt = run_study(config(tmp_path, k_per_class=[4], seeds=[0, 1], report_only=True), make_study(tmp_path, seen))
+    assert rebuilt == results and (out / "results.md").read_text() == table
+    assert len(calls(tmp_path)) == 4 and len(seen) == 2
+    assert rebuilt["config"]["report_only"] is False  # the study it describes, as it runs
+    # A cell that has not run is left out, not run.
+    (out / "runs" / "pretrained_k4_s1" / "all_results.json").unlink()
+    partial = run_study(config(tmp_path, k_per_class=[4], seeds=[0, 1], report_only=True), make_study(tmp_path, seen))
+    assert "pretrained_k4_s1" not in {r["run"] for r in partial["runs"]} and len(calls(tmp_path)) == 4
+    assert partial["summary"]["pretrained"]["4"]["test_accuracy"]["n"] == 1
+
+
+def test_runs_from_reads_another_studys_finished_runs_of_the_methods_it_names(tmp_path, recipes):
+    main = run_study(config(tmp_path, k_per_class=[4], seeds=[0, 1]), make_study(tmp_path))
+    assert len(calls(tmp_path)) == 4
+    check = config(tmp_path, output_dir=str(tmp_path / "check"), k_per_class=[4, 16], seeds=[0, 1],
+                   method_overrides={"pretrained": ["base=0.9"]}, runs_from={"scratch": str(tmp_path / "study")})
+    results = run_study(check, make_study(tmp_path))
+    ran = sorted(c["run"] for c in calls(tmp_path)[4:])
+    # scratch at k=4 is read from the main study; at k=16 it has no run there, so it runs here.
+    assert ran == ["pretrained_k16_s0", "pretrained_k16_s1", "pretrained_k4_s0", "pretrained_k4_s1",
+                   "scratch_k16_s0", "scratch_k16_s1"]
+    assert not (tmp_path / "check" / "runs" / "scratch_k4_s0").exists()
+    by_run = {r["run"]: r for r in results["runs"]}
+    assert by_run["scratch_k4_s1"] == next(r for r in main["runs"] if r["run"] == "scratch_k4_s1")
+    assert results["gains"]["pretrained"]["4"]["per_seed"] == {"0": pytest.approx(0.4), "1": pytest.approx(0.4)}
+    for png in ("curves/scratch_k4_s0.png", "curves/k4.png"):  # the curves read the other study's history
+        assert (tmp_path / "check" / png).is_file(), png
+    with pytest.raises(ConfigError, match="^runs_from.scratch: .* is not a study folder$"):
+        config(tmp_path, runs_from={"scratch": str(tmp_path / "nowhere")})
+    with pytest.raises(ConfigError, match="^runs_from: 'simclr' is not one of"):
+        run_study(config(tmp_path, runs_from={"simclr": str(tmp_path / "study")}), make_study(tmp_path))
+
+
+def test_a_one_seed_cell_prints_the_same_in_a_text_and_a_vision_report(tmp_path, recipes):
+    """The plain plan (the text study's) and the rate-grid protocol (the vision study's) print their cells
+    with one function: a single seed shows its count, not a spread of 0."""
+    from nlp_ssl.study.protocol import ProtocolConfig, ProtocolStudy, run_protocol
+
+    run_study(config(tmp_path, k_per_class=[4], seeds=[0], methods=["scratch", "pretrained"]), make_study(tmp_path))
+    text = (tmp_path / "study" / "results.md").read_text()
+    spec = make_study(tmp_path)
+    vision = ProtocolStudy(spec.title, spec.recipe, spec.config_class, spec.methods)
+    cfg = ProtocolConfig(output_dir=str(tmp_path / "protocol"), k_per_class=[4], seeds=[0], methods=["scratch", "pretrained"],
+                         learning_rates=[1e-3], speed_methods=[])
+    run_protocol(cfg, vision)
+    protocol = (tmp_path / "protocol" / "results.md").read_text()
+    best = protocol.split("## Test accuracy, best-on-validation checkpoint")[1].split("\n## ")[0]
+    # pretrained, k=4, seed 0: 0.7 + 0.004 on its best checkpoint in both studies.
+    assert "| pretrained | 70.4 (n=1) |" in text.split("## Test accuracy")[1]
+    assert "| pretrained | 70.4 (n=1) |" in best
+    assert "± 0.0" not in text and "± 0.0" not in protocol
+    gain = "| pretrained | +20.0 (min +20.0; 1/1 seeds > 0) |"
+    assert gain in text and gain in protocol
 
 
 @pytest.mark.parametrize(

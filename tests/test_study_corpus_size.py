@@ -70,7 +70,8 @@ def test_the_curve_table_and_figure(tmp_path):
     refs = corpus_size.references([str(reference)], 32)
     assert refs == {"MiniLM, fine-tuned": {"mean": 0.865, "std": 0.013, "n": 3}}
     table = corpus_size.markdown(rows, refs, 32, [0, 1, 2], ["- settings"])
-    assert "| wiki:1.0 | 7,981 | 900,000 | 1,200 | 55.0 ± 5.0 | 75.0 ± 5.0 | +20.0 ± 1.0 | +15.0 |" in table
-    assert "- MiniLM, fine-tuned: 86.5 ± 1.3" in table
+    # The cells print as every study's report prints them (nlp_ssl.study.report.cell).
+    assert "| wiki:1.0 | 7,981 | 900,000 | 1,200 | 55.0 ± 5.0 (n=3) | 75.0 ± 5.0 (n=3) | +20.0 ± 1.0 | +15.0 |" in table
+    assert "- MiniLM, fine-tuned: 86.5 ± 1.3 (n=3)" in table
     corpus_size.plot(rows, refs, 32, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

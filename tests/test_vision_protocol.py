@@ -1,5 +1,6 @@
-"""The vision study protocol (nlp_ssl/study/vision_protocol.py) and its report, on run folders written here:
-rate choice on validation, paired per-seed gains, the flattening check, the compute-matched budget, report_only."""
+"""The rate-grid plan of the vision study (nlp_ssl/study/protocol.py) and its report, on run folders written here:
+rate choice on validation, paired per-seed gains, the flattening check, the compute-matched budget, report_only,
+runs read from another study's folder."""
 
 import json
 
@@ -8,19 +9,18 @@ import pytest
 from nlp_ssl.config import load_config
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.study import Method
-from nlp_ssl.study.vision_protocol import (
+from nlp_ssl.study.protocol import (
     COMPUTE_MATCHED_FILE,
-    Job,
-    VisionProtocolConfig,
-    VisionStudy,
+    ProtocolConfig,
+    ProtocolStudy,
     check_protocol,
     choose_rates,
     compute_matched_steps,
     flattening,
-    run_job,
     run_protocol,
+    write_report,
 )
-from nlp_ssl.study.vision_report import write_all
+from nlp_ssl.study.runs import Job, run_job
 from nlp_ssl.vision.finetuning import FinetuneVisionConfig
 
 
@@ -62,7 +62,7 @@ def protocol_config(tmp_path, **changes):
                   finetune_args=[f"max_steps={STEPS}"], speed_k=10, speed_steps=[50], speed_methods=["scratch"],
                   compute_matched="rotation", report_only=True)
     values.update(changes)
-    return load_config(VisionProtocolConfig, overrides=[f"{k}={json.dumps(v)}" for k, v in values.items()])
+    return load_config(ProtocolConfig, overrides=[f"{k}={json.dumps(v)}" for k, v in values.items()])
 
 
 def fake_run(cfg, job, last, best, val_last, val_best=None, losses=None, runtime=100.0, steps=STEPS):
@@ -83,7 +83,7 @@ def tmp_runs(cfg):
 
 
 def study():
-    return VisionStudy("Fake study", "finetune_vision", FinetuneVisionConfig, methods(), pretrain_seconds={"rotation": 600.0})
+    return ProtocolStudy("Fake study", "finetune_vision", FinetuneVisionConfig, methods(), pretrain_seconds={"rotation": 600.0})
 
 
 def write_grid(cfg):
@@ -107,7 +107,7 @@ def write_grid(cfg):
 def test_rates_are_chosen_on_mean_validation_accuracy_and_aux_rows_take_their_base_rate(tmp_path):
     cfg = protocol_config(tmp_path)
     write_grid(cfg)
-    from nlp_ssl.study.vision_protocol import collect
+    from nlp_ssl.study.protocol import collect
 
     records, chosen, matched = collect(cfg, study())
     # scratch: 1e-3 has mean 0.55 on validation, 5e-4 has 0.49, although 5e-4 wins on seed 1.
@@ -123,7 +123,7 @@ def test_rates_are_chosen_on_mean_validation_accuracy_and_aux_rows_take_their_ba
 
 
 def test_lr_seeds_search_the_grid_and_the_other_seeds_run_once_at_the_rate_they_chose(tmp_path):
-    from nlp_ssl.study.vision_protocol import collect, grid_jobs
+    from nlp_ssl.study.protocol import collect, grid_jobs
 
     cfg = protocol_config(tmp_path, lr_seeds=[1])
     write_grid(cfg)  # also holds seed 0 at every rate: those runs must not sway the choice
@@ -137,7 +137,7 @@ def test_lr_seeds_search_the_grid_and_the_other_seeds_run_once_at_the_rate_they_
     rest = {job.name for job in grid_jobs(cfg, study(), 10, chosen)}
     assert rest == {"scratch_k10_s0_lr0.0005", "rotation_k10_s0_lr0.0005", "scratch_aux_k10_s0_lr0.0005",
                     "scratch_aux_k10_s1_lr0.0005"}
-    report = write_all(cfg, study(), records, chosen, None)
+    report = write_report(cfg, study(), records, chosen, None)
     assert report["summary"]["scratch"]["10"]["seeds"] == [0, 1]
     assert "over seeds [1] (the other seeds run once, at that rate)" in (tmp_path / "results.md").read_text()
 
@@ -147,7 +147,7 @@ def test_report_pairs_seeds_flags_a_loss_still_falling_and_is_rebuilt_from_the_r
     write_grid(cfg)
     fake_run(cfg, Job("scratch", 10, 0, 1e-3, 50), last=0.30, best=0.31, val_last=0.3, steps=50)
     fake_run(cfg, Job("scratch", 10, 1, 1e-3, 50), last=0.34, best=0.35, val_last=0.3, steps=50)
-    results = run_protocol(cfg, study(), lambda *found: write_all(cfg, study(), *found))
+    results = run_protocol(cfg, study())
     scratch, rotation = results["summary"]["scratch"]["10"], results["summary"]["rotation"]["10"]
     assert scratch["rate"] == 1e-3 and scratch["headline"]["mean"] == pytest.approx(0.53)
     assert scratch["headline"]["std"] == pytest.approx(0.0424264, rel=1e-5)  # ddof=1 over the two seeds
@@ -175,12 +175,12 @@ def test_report_pairs_seeds_flags_a_loss_still_falling_and_is_rebuilt_from_the_r
         [f"{m}_k10_s{s}_lr{r}" for m in ("scratch", "rotation") for s in (0, 1) for r in ("0.001", "0.0005")]
         + [f"scratch_aux_k10_s{s}_lr0.001" for s in (0, 1)] + [f"pixels_logreg_k10_s{s}" for s in (0, 1)]
         + [f"scratch_k10_s{s}_lr0.001_steps50" for s in (0, 1)])
-    again = run_protocol(cfg, study(), lambda *found: write_all(cfg, study(), *found))
+    again = run_protocol(cfg, study())
     assert again == json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(results))
 
 
 def test_a_target_is_met_only_on_at_least_five_seeds_each_with_a_gain():
-    from nlp_ssl.study.vision_report import targets
+    from nlp_ssl.study.report import targets
 
     def results(*per_seed):
         cell = {"mean": sum(per_seed) / len(per_seed), "n": len(per_seed), "min": min(per_seed),
@@ -197,7 +197,7 @@ def test_a_target_is_met_only_on_at_least_five_seeds_each_with_a_gain():
 def test_compute_matched_budget_is_scratch_given_the_pretraining_time_as_steps(tmp_path):
     cfg = protocol_config(tmp_path)
     write_grid(cfg)
-    from nlp_ssl.study.vision_protocol import collect, speed_jobs
+    from nlp_ssl.study.protocol import collect, speed_jobs
 
     records, chosen, _ = collect(cfg, study())
     matched = compute_matched_steps(cfg, study(), chosen, records)
@@ -207,10 +207,10 @@ def test_compute_matched_budget_is_scratch_given_the_pretraining_time_as_steps(t
     jobs = speed_jobs(cfg, chosen, STEPS, matched)
     assert [j.name for j in jobs] == ["scratch_k10_s0_lr0.001_steps50", "scratch_k10_s1_lr0.001_steps50",
                                       "scratch_k10_s0_lr0.001_steps1400", "scratch_k10_s1_lr0.001_steps1400"]
-    unknown = VisionStudy("x", "finetune_vision", FinetuneVisionConfig, methods())
+    unknown = ProtocolStudy("x", "finetune_vision", FinetuneVisionConfig, methods())
     assert compute_matched_steps(cfg, unknown, chosen, records)["why_not"] == "no pretraining time known"
     (tmp_path / COMPUTE_MATCHED_FILE).write_text(json.dumps(matched))
-    results = run_protocol(cfg, study(), lambda *found: write_all(cfg, study(), *found))
+    results = run_protocol(cfg, study())
     assert results["speed"]["compute_matched"]["steps"] == 1400 and "accuracy" not in results["speed"]["compute_matched"]
 
 
@@ -222,7 +222,7 @@ def test_a_baseline_is_fitted_once_and_saved_like_a_run(tmp_path):
         return {"test_accuracy": 0.25, "test_examples": 7}
 
     spec = {**methods(), "pixels_logreg": Method("pixels", baseline=baseline)}
-    fake = VisionStudy("x", "finetune_vision", FinetuneVisionConfig, spec)
+    fake = ProtocolStudy("x", "finetune_vision", FinetuneVisionConfig, spec)
     cfg = protocol_config(tmp_path, report_only=False)
     for _ in range(2):
         assert run_job(cfg, fake, Job("pixels_logreg", 10, 1))["test_accuracy"] == 0.25

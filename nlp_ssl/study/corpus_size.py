@@ -19,6 +19,7 @@ import numpy as np
 
 from nlp_ssl.atomic import write_bytes, write_text
 from nlp_ssl.errors import ConfigError
+from nlp_ssl.study.report import cell
 
 OTHER_TEXTS = ("kjv", "python_docs")
 
@@ -87,14 +88,14 @@ def curve_rows(points: list[dict], k: int, budgets: list[int]) -> list[dict]:
         method = f"pretrained_{steps}"
         for p in points:
             summary, gains = p["results"]["summary"], p["results"]["gains"]
-            cell = gains.get(method, {}).get(str(k))
-            if not cell:
+            gain = gains.get(method, {}).get(str(k))
+            if not gain:
                 continue
             rows.append({
                 "corpus": p["corpus"], "steps": steps, "documents": p["documents"], "tokens": p["tokens"],
                 "scratch": summary["scratch"][str(k)]["test_accuracy"],
                 "pretrained": summary[method][str(k)]["test_accuracy"],
-                "gain": {key: cell[key] for key in ("mean", "std", "min", "n", "per_seed")},
+                "gain": {key: gain[key] for key in ("mean", "std", "min", "n", "per_seed")},
             })
     return rows
 
@@ -111,7 +112,6 @@ def references(paths: list[str], k: int) -> dict[str, dict]:
 
 
 def markdown(rows: list[dict], refs: dict[str, dict], k: int, seeds: list[int], settings: list[str]) -> str:
-    pct = lambda c: f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}"  # noqa: E731
     lines = [
         "# Pretraining from scratch: gain over scratch against unlabelled tokens", "",
         f"Test accuracy % on the built-in topic task at k={k} labels per class, mean ± std over seeds {seeds}; "
@@ -121,11 +121,11 @@ def markdown(rows: list[dict], refs: dict[str, dict], k: int, seeds: list[int], 
     ]
     for r in rows:
         g = r["gain"]
-        lines.append(f"| {r['corpus']} | {r['documents']:,} | {r['tokens']:,} | {r['steps']:,} | {pct(r['scratch'])} "
-                     f"| {pct(r['pretrained'])} | {100 * g['mean']:+.1f} ± {100 * g['std']:.1f} | {100 * g['min']:+.1f} |")
+        lines.append(f"| {r['corpus']} | {r['documents']:,} | {r['tokens']:,} | {r['steps']:,} | {cell(r['scratch'])} "
+                     f"| {cell(r['pretrained'])} | {cell(g, signed=True)} | {100 * g['min']:+.1f} |")
     if refs:
         lines += ["", "Reference rows (other studies, same task, same k, same seeds):", ""]
-        lines += [f"- {label}: {pct(cell)}" for label, cell in refs.items()]
+        lines += [f"- {label}: {cell(stats)}" for label, stats in refs.items()]
     lines += ["", "## Settings", "", *settings, "", "![gain vs tokens](gain_vs_tokens.png)", ""]
     return "\n".join(lines)
 
@@ -164,8 +164,8 @@ def plot(rows: list[dict], refs: dict[str, dict], k: int, path: Path) -> None:
     left.set_ylabel("gain over scratch (points)")
     left.set_title(f"pretraining from scratch, then fine-tuning (k={k})", fontsize=10)
     left.legend(fontsize=7)
-    for (label, cell), style in zip(refs.items(), ("--", ":", "-.", (0, (5, 1)))):
-        right.axhline(100 * cell["mean"], linestyle=style, color="black", linewidth=1, label=label)
+    for (label, stats), style in zip(refs.items(), ("--", ":", "-.", (0, (5, 1)))):
+        right.axhline(100 * stats["mean"], linestyle=style, color="black", linewidth=1, label=label)
     right.set_ylabel("test accuracy (%)")
     right.set_title("test accuracy", fontsize=10)
     right.legend(fontsize=7)

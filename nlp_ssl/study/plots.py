@@ -1,4 +1,4 @@
-"""The study's two plots: test accuracy against labels per class, and training curves.
+"""The study's plots: test accuracy against labels per class, training curves, and learning speed.
 
 The curves show training loss, validation loss and validation accuracy against the optimizer step,
 one line per run; for a single run the best step is marked, so overfitting and what
@@ -77,4 +77,33 @@ def plot_curves(histories: dict[str, list[dict]], path: Path, title: str) -> Non
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7)
     fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_speed(result: dict, labels: dict, path, title: str, reference: dict | None = None) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for method, curve in result["curves"].items():
+        xs = sorted(int(s) for s in curve)
+        cells = [curve[str(x)] for x in xs]
+        ax.errorbar(xs, [100 * c["mean"] for c in cells], yerr=[100 * c["std"] for c in cells], marker="o", capsize=3,
+                    label=labels.get(method, method))
+    ticks = {int(s) for curve in result["curves"].values() for s in curve}
+    matched = result.get("compute_matched") or {}
+    if matched.get("accuracy"):
+        cell, minutes = matched["accuracy"], matched["pretrain_seconds"] / 60
+        ax.errorbar([matched["steps"]], [100 * cell["mean"]], yerr=[100 * cell["std"]], marker="*", markersize=12,
+                    capsize=3, linestyle="none", color="black",
+                    label=f"scratch + {minutes:.{0 if minutes >= 10 else 1}f} min of {matched['method']} pretraining as steps")
+        ticks.add(matched["steps"])
+    if reference:
+        ax.axhline(100 * reference["mean"], color="grey", linestyle="--", linewidth=1, label=labels.get("pixels_logreg", ""))
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(ticks), [str(t) for t in sorted(ticks)])
+    ax.minorticks_off()
+    ax.set_xlabel("fine-tuning steps")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     _save(fig, path)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nlp_ssl.data.text import read_text_file
 from nlp_ssl.errors import ConfigError, DataError
-from nlp_ssl.study.runs import recipe_yaml, recipes_dir, run_recipe
+from nlp_ssl.study.runs import read_results, recipe_yaml, recipes_dir, run_recipe
 
 #: The built-in topic task's pool is the built-in corpus's training articles (its test titles are held out).
 BUILTIN_CORPUS = "builtin:wiki"
@@ -68,9 +68,10 @@ def pretrain(recipe: str, args: list[str], out: Path, reuse: bool = True, config
 
 
 def pretrain_step(name: str, recipe: str, args: list[str], out: Path, reuse: bool = True,
-                  config: str | None = None) -> dict:
-    """``pretrain`` as one record for the study's report: name, command, folder and the run's results."""
-    results = pretrain(recipe, args, out, reuse, config)
+                  config: str | None = None, report_only: bool = False) -> dict:
+    """``pretrain`` as one record for the study's report: name, command, folder and the run's results
+    (``report_only``: the results of a finished run, nothing run)."""
+    results = (read_results(out) or {}) if report_only else pretrain(recipe, args, out, reuse, config)
     command = f"recipes/{recipe}.py" + (f" --config {config}" if config else "") + " " + " ".join(args)
     keep = ("steps", "eval_accuracy", "eval_loss", "eval_unigram_baseline_accuracy", "train_runtime_s")
     return {"name": name, "command": command, "folder": str(out), **{k: results[k] for k in keep if k in results}}

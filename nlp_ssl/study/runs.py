@@ -1,20 +1,29 @@
-"""One study run: a recipe as a subprocess into its own folder, reused when finished, continued when not.
+"""The one study runner: every cell of a study is a run folder, made once and read from then on.
 
-A subprocess, not a call in this process, so a run is exactly what a user gets from the command
-line (its own seed handling, process group, lock and exit code), and a crash in one run cannot
-leave state behind for the next.
+A fine-tuning cell is the recipe as a subprocess, not a call in this process, so a run is exactly
+what a user gets from the command line (its own seed handling, process group, lock and exit code),
+and a crash in one run cannot leave state behind for the next. A baseline is fitted here and saved
+in a run folder of its own, like a run. A finished cell (its ``all_results.json`` exists) is read,
+not run again; an unfinished run continues from its last checkpoint (``resume=auto``). A study may
+read the finished cells of some methods from another study's folder (``runs_from``), so checks
+beside a study need no copies of its runs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from nlp_ssl.atomic import write_json
+from nlp_ssl.config import parse_config
 from nlp_ssl.errors import EXIT_BAD_INPUT, ConfigError, RunEnded
 
 RECIPES_PACKAGE = "nlp_ssl.recipes"
@@ -59,9 +68,8 @@ def run_recipe(recipe: str, args: list[str], out: Path, reuse: bool = True) -> d
     preempted run (75) stops the study with 75 too and a rerun continues it.
     """
     out = Path(out)
-    results = out / RESULTS_FILE
-    if reuse and results.is_file():
-        return json.loads(results.read_text(encoding="utf-8"))
+    if reuse and (out / RESULTS_FILE).is_file():
+        return read_results(out)
     if not reuse:
         shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -80,14 +88,124 @@ def run_recipe(recipe: str, args: list[str], out: Path, reuse: bool = True) -> d
         ended = RunEnded(message + "; rerun the study to continue")
         ended.exit_code = code
         raise ended
-    if not results.is_file():
+    if not (out / RESULTS_FILE).is_file():
         raise ConfigError(f"{recipe} run {out.name} exited 0 but wrote no {RESULTS_FILE}; log: {log}")
     print(f"{recipe} -> {out} ({time.perf_counter() - start:.0f}s)", flush=True)
-    return json.loads(results.read_text(encoding="utf-8"))
+    return read_results(out)
 
 
-def read_history(out: Path) -> list[dict]:
-    path = Path(out) / HISTORY_FILE
+# ------------------------------------------------------------------------------------- cells
+
+
+@dataclass(frozen=True)
+class Job:
+    """One cell of a study: a method at k labels per class and a seed (and a rate and budget, where the plan sets them)."""
+
+    method: str
+    k: int
+    seed: int
+    learning_rate: float | None = None  # None: the recipe's own rate (and always for a baseline)
+    steps: int | None = None  # None: the main budget of k
+
+    @property
+    def name(self) -> str:
+        name = f"{self.method}_k{self.k}_s{self.seed}"
+        if self.learning_rate is not None:
+            name += f"_lr{self.learning_rate:g}"
+        return name + (f"_steps{self.steps}" if self.steps is not None else "")
+
+    def identity(self) -> dict:
+        """The fields that open the cell's record in results.json."""
+        return {"run": self.name, "method": self.method, "k_per_class": self.k, "seed": self.seed}
+
+
+def job_args(cfg, study, job: Job) -> list[str]:
+    """The recipe arguments of a cell: the study's, k's, the method's, its overrides, then the cell's own."""
+    args = [*cfg.finetune_args, *cfg.k_arguments(job.k), *study.methods[job.method].args,
+            *cfg.method_overrides.get(job.method, [])]
+    if job.learning_rate is not None:
+        args.append(f"learning_rate={job.learning_rate}")
+    if job.steps is not None:
+        args.append(f"max_steps={job.steps}")
+    return [*args, f"data.k_per_class={job.k}", f"seed={job.seed}"]
+
+
+def run_folder(cfg, job: Job) -> Path:
+    """Where a cell is: this study's ``runs/<name>``, or a finished one in the study ``runs_from`` names for its method."""
+    own = Path(cfg.output_dir) / "runs" / job.name
+    if (own / RESULTS_FILE).is_file() or not (cfg.reuse or cfg.report_only):
+        return own
+    source = cfg.runs_from.get(job.method)
+    if source and (Path(source) / "runs" / job.name / RESULTS_FILE).is_file():
+        return Path(source) / "runs" / job.name
+    return own
+
+
+def run_job(cfg, study, job: Job) -> dict | None:
+    """A cell's all_results: read when finished, else made (under ``report_only``: None).
+
+    A fine-tuning cell is a recipe subprocess; a baseline gets the config a run of the same k and
+    seed reads, so it fits on exactly the rows that run trains on, and its scores are saved as a run.
+    """
+    folder = run_folder(cfg, job)
+    if (cfg.reuse or cfg.report_only) and (folder / RESULTS_FILE).is_file():
+        return read_results(folder)
+    if cfg.report_only:
+        return None
+    args = job_args(cfg, study, job)
+    baseline = study.methods[job.method].baseline
+    if baseline is None:
+        return run_recipe(study.recipe, args, folder, cfg.reuse)
+    start = time.perf_counter()
+    scores = baseline(parse_config(study.config_class, args, default_yaml=recipe_yaml(study.recipe)))
+    results = {**scores, "train_runtime_s": time.perf_counter() - start, "baseline": job.method}
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / RESULTS_FILE, results)
+    return results
+
+
+def run_jobs(cfg, study, jobs: list[Job]) -> None:
+    """Baselines here, one after another; fine-tuning runs ``cfg.workers`` at a time. The first failure
+    stops the study (runs already started finish or stop with it) with that run's error."""
+    if cfg.report_only:
+        return
+    for job in jobs:
+        if study.methods[job.method].baseline is not None:
+            _report(job, run_job(cfg, study, job))
+    tuned = [job for job in jobs if study.methods[job.method].baseline is None]
+    # Several runs at once share the cores: each gets its part, unless the user chose a thread count.
+    share = cfg.workers > 1 and "OMP_NUM_THREADS" not in os.environ
+    if share:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // cfg.workers))
+    try:
+        with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
+            futures = {pool.submit(run_job, cfg, study, job): job for job in tuned}
+            try:
+                for future in as_completed(futures):
+                    _report(futures[future], future.result())
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    finally:
+        if share:
+            os.environ.pop("OMP_NUM_THREADS", None)
+
+
+def _report(job: Job, results: dict) -> None:
+    print(f"[study] {job.name}: test accuracy {100 * results['test_accuracy']:.2f}%", flush=True)
+
+
+# ---------------------------------------------------------------------------------- run files
+
+
+def read_results(folder: Path) -> dict | None:
+    path = Path(folder) / RESULTS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def read_history(folder: Path) -> list[dict]:
+    path = Path(folder) / HISTORY_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
 
 

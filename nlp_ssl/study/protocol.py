@@ -1,8 +1,9 @@
-"""The vision study's protocol: paired seeds, equal fixed budgets, a learning-rate grid per initialisation
-chosen on validation, a flattening check, baselines on the same split, and a learning-speed curve.
+"""The rate-grid plan (the vision study's protocol): paired seeds, equal fixed budgets, a learning-rate grid
+per initialisation chosen on validation, a flattening check, baselines on the same split, and a
+learning-speed curve with a compute-matched point.
 
-What runs, in order (every fine-tuning run a subprocess of the recipe, reused when finished and
-continued when not, as in :mod:`nlp_ssl.study.runs`):
+What runs, in order (every cell a run folder of :mod:`nlp_ssl.study.runs`, reused when finished and
+continued when not):
 
 1. for each k: every method on every seed (the same labelled draw for every method of a seed), each
    fine-tuned method at every rate of ``learning_rates``; the rate with the best mean validation
@@ -13,32 +14,30 @@ continued when not, as in :mod:`nlp_ssl.study.runs`):
    ``speed_steps`` (test accuracy against fine-tuning steps), and scratch once more with the
    ``compute_matched`` method's pretraining time added as extra fine-tuning steps.
 
-Baselines run once per k and seed; their scores are written beside the runs, so the report
-(:mod:`nlp_ssl.study.vision_report`) is a function of ``output_dir/runs`` alone and
-``report_only=true`` rebuilds it without running anything.
+The report is a function of the run folders alone, so ``report_only=true`` rebuilds it without
+running anything; its tables are :mod:`nlp_ssl.study.report`'s.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from nlp_ssl.atomic import write_json
-from nlp_ssl.config import check_ranges, parse_config, save_config
+from nlp_ssl.config import check_ranges, parse_config, save_config, to_dict
 from nlp_ssl.errors import ConfigError
-from nlp_ssl.study.grid import Study, StudyConfig, check_methods
-from nlp_ssl.study.runs import RESULTS_FILE, read_history, recipe_yaml, run_recipe, summarise_history
+from nlp_ssl.study import plots, report
+from nlp_ssl.study.grid import Study, StudyConfig, check_arguments, check_methods, runnable
+from nlp_ssl.study.report import mean_std
+from nlp_ssl.study.runs import Job, read_history, read_results, recipe_yaml, run_folder, run_jobs, summarise_history
 
 COMPUTE_MATCHED_FILE = "compute_matched.json"
 
 
 @dataclass
-class VisionProtocolConfig(StudyConfig):
+class ProtocolConfig(StudyConfig):
     output_dir: str = "results/vision_study"
     k_per_class: list[int] = field(default_factory=lambda: [1, 5, 10, 100])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
@@ -66,25 +65,23 @@ class VisionProtocolConfig(StudyConfig):
     speed_methods: list[str] = field(default_factory=lambda: ["scratch", "rotation", "mim"])
     #: The method whose pretraining time scratch gets as extra fine-tuning steps at speed_k (null: none).
     compute_matched: str | None = None
-    #: Fine-tuning runs at once (subprocesses, each with cores / workers threads unless OMP_NUM_THREADS is set).
-    workers: int = 1
-    #: Rebuild results.* and the plots from the runs in output_dir; run nothing.
-    report_only: bool = False
 
     def __post_init__(self):
         super().__post_init__()
-        check_ranges(self, flat_window="(0, 0.5]", flat_tolerance="[0, inf)", speed_k="(0, inf)", workers="(0, inf)")
+        check_ranges(self, flat_window="(0, 0.5]", flat_tolerance="[0, inf)", speed_k="(0, inf)")
         self.k_seeds = {_k_key("k_seeds", k): list(v) for k, v in self.k_seeds.items()}
         self.k_args = {_k_key("k_args", k): v for k, v in self.k_args.items()}
         for k, args in self.k_args.items():
-            if not isinstance(args, list) or any(not isinstance(a, str) or "=" not in a for a in args):
-                raise ConfigError(f"k_args.{k}: {args!r} is not a list of key=value")
+            check_arguments(f"k_args.{k}", args)
         if not self.learning_rates or any(not isinstance(r, (int, float)) or r <= 0 for r in self.learning_rates):
             raise ConfigError(f"learning_rates: {self.learning_rates!r} must list positive rates")
         self.learning_rates = sorted(float(r) for r in self.learning_rates)
         bad = [s for s in self.speed_steps if not isinstance(s, int) or s <= 0]
         if bad:
             raise ConfigError(f"speed_steps: {bad[0]!r} is not a positive number of steps")
+
+    def k_arguments(self, k: int) -> list[str]:
+        return self.k_args.get(k, [])
 
     def seeds_for(self, k: int) -> list[int]:
         return self.k_seeds.get(k, self.seeds)
@@ -102,94 +99,17 @@ def _k_key(name: str, key) -> int:
 
 
 @dataclass
-class VisionStudy(Study):
+class ProtocolStudy(Study):
     #: Seconds each pretrained method's checkpoint took to pretrain (for the compute-matched point).
     pretrain_seconds: dict[str, float] = field(default_factory=dict)
+    #: Gains are reported over each of these methods, seed by seed.
+    references: tuple[str, ...] = ("scratch", "pixels_logreg")
 
 
-# ------------------------------------------------------------------------------------------ runs
-
-
-@dataclass(frozen=True)
-class Job:
-    method: str
-    k: int
-    seed: int
-    learning_rate: float | None = None  # None for a baseline
-    steps: int | None = None  # None: the main budget of k
-
-    @property
-    def name(self) -> str:
-        name = f"{self.method}_k{self.k}_s{self.seed}"
-        if self.learning_rate is not None:
-            name += f"_lr{self.learning_rate:g}"
-        return name + (f"_steps{self.steps}" if self.steps is not None else "")
-
-
-def job_args(cfg: VisionProtocolConfig, study: VisionStudy, job: Job) -> list[str]:
-    args = [*cfg.finetune_args, *cfg.k_args.get(job.k, []), *study.methods[job.method].args,
-            *cfg.method_overrides.get(job.method, [])]
-    if job.learning_rate is not None:
-        args.append(f"learning_rate={job.learning_rate}")
-    if job.steps is not None:
-        args.append(f"max_steps={job.steps}")
-    return [*args, f"data.k_per_class={job.k}", f"seed={job.seed}"]
-
-
-def main_steps(cfg: VisionProtocolConfig, study: VisionStudy, k: int) -> int:
+def main_steps(cfg: ProtocolConfig, study: ProtocolStudy, k: int) -> int:
     """The fine-tuning budget every method gets at k, read from the arguments as the recipe reads them."""
-    args = [*cfg.finetune_args, *cfg.k_args.get(k, [])]
+    args = [*cfg.finetune_args, *cfg.k_arguments(k)]
     return parse_config(study.config_class, args, default_yaml=recipe_yaml(study.recipe)).max_steps
-
-
-def runs_dir(cfg: VisionProtocolConfig) -> Path:
-    return Path(cfg.output_dir) / "runs"
-
-
-def run_job(cfg: VisionProtocolConfig, study: VisionStudy, job: Job) -> dict:
-    """One cell: a fine-tuning subprocess, or a baseline fitted here and saved like a run."""
-    out = runs_dir(cfg) / job.name
-    args = job_args(cfg, study, job)
-    spec = study.methods[job.method]
-    if spec.baseline is None:
-        return run_recipe(study.recipe, args, out, cfg.reuse)
-    results_file = out / RESULTS_FILE
-    if cfg.reuse and results_file.is_file():
-        return json.loads(results_file.read_text(encoding="utf-8"))
-    start = time.perf_counter()
-    scores = spec.baseline(parse_config(study.config_class, args, default_yaml=recipe_yaml(study.recipe)))
-    results = {**scores, "train_runtime_s": time.perf_counter() - start, "baseline": job.method}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(results_file, results)
-    return results
-
-
-def run_jobs(cfg: VisionProtocolConfig, study: VisionStudy, jobs: list[Job]) -> None:
-    """Baselines here, one after another; fine-tuning runs ``cfg.workers`` at a time. The first failure
-    stops the study (runs already started finish or stop with it) with that run's error."""
-    for job in jobs:
-        if study.methods[job.method].baseline is not None:
-            print(f"[study] {job.name}", flush=True)
-            run_job(cfg, study, job)
-    tuned = [job for job in jobs if study.methods[job.method].baseline is None]
-    # Several runs at once share the cores: each gets its part, unless the user chose a thread count.
-    share = cfg.workers > 1 and "OMP_NUM_THREADS" not in os.environ
-    if share:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // cfg.workers))
-    try:
-        with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-            futures = {pool.submit(run_job, cfg, study, job): job for job in tuned}
-            try:
-                for future in as_completed(futures):
-                    result = future.result()
-                    print(f"[study] {futures[future].name}: test accuracy {100 * result['test_accuracy']:.2f}%", flush=True)
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-    finally:
-        if share:
-            os.environ.pop("OMP_NUM_THREADS", None)
 
 
 # ------------------------------------------------------------------------------------ records
@@ -219,14 +139,13 @@ def flattening(history: list[dict], window: float, tolerance: float) -> dict:
             "loss_last": last_mean, "relative_drop": drop / before_mean if before_mean else 0.0}
 
 
-def record(cfg: VisionProtocolConfig, study: VisionStudy, job: Job, main: int) -> dict | None:
+def record(cfg: ProtocolConfig, study: ProtocolStudy, job: Job, main: int) -> dict | None:
     """What the report needs of one cell, read from its folder; None when it has not finished."""
-    out = runs_dir(cfg) / job.name
-    path = out / RESULTS_FILE
-    if not path.is_file():
+    folder = run_folder(cfg, job)
+    results = read_results(folder)
+    if results is None:
         return None
-    results = json.loads(path.read_text(encoding="utf-8"))
-    rec = {"run": job.name, "method": job.method, "k_per_class": job.k, "seed": job.seed,
+    rec = {**job.identity(),
            "learning_rate": job.learning_rate, "steps": job.steps or main, "budget": "speed" if job.steps else "main",
            "test_examples": results.get("test_examples", results.get("test_images")),
            "train_runtime_s": results.get("train_runtime_s")}
@@ -235,7 +154,7 @@ def record(cfg: VisionProtocolConfig, study: VisionStudy, job: Job, main: int) -
         return {**rec, "baseline": True, "test_accuracy_last": accuracy, "test_accuracy_best": accuracy,
                 "test_macro_f1": results.get("test_macro_f1")}
     best_and_last = "last_test_accuracy" in results  # load_best_at_end: both models were scored
-    history = read_history(out)
+    history = read_history(folder)
     summary = summarise_history(history)
     return {
         **rec, "baseline": False,
@@ -249,7 +168,7 @@ def record(cfg: VisionProtocolConfig, study: VisionStudy, job: Job, main: int) -
     }
 
 
-def choose_rates(cfg: VisionProtocolConfig, study: VisionStudy, records: list[dict]) -> dict:
+def choose_rates(cfg: ProtocolConfig, study: ProtocolStudy, records: list[dict]) -> dict:
     """``{method: {k: {"rate", "by_rate": {rate: mean validation accuracy}, "from"?}}}`` for the fine-tuned
     methods: the grid's best by mean validation accuracy over the searching seeds (ties: the lower rate)."""
     key = f"val_accuracy_{cfg.select_on}"
@@ -275,10 +194,10 @@ def choose_rates(cfg: VisionProtocolConfig, study: VisionStudy, records: list[di
     return chosen
 
 
-# ------------------------------------------------------------------------------------------ grid
+# ------------------------------------------------------------------------------------------ jobs
 
 
-def grid_jobs(cfg: VisionProtocolConfig, study: VisionStudy, k: int, chosen: dict | None) -> list[Job]:
+def grid_jobs(cfg: ProtocolConfig, study: ProtocolStudy, k: int, chosen: dict | None) -> list[Job]:
     """The main-budget cells of k: the baselines and the searching seeds' grid (``chosen`` None), or every
     other cell at its chosen rate (the ``lr_from`` methods, and the seeds that did not search)."""
     jobs = []
@@ -298,7 +217,7 @@ def grid_jobs(cfg: VisionProtocolConfig, study: VisionStudy, k: int, chosen: dic
     return jobs
 
 
-def speed_jobs(cfg: VisionProtocolConfig, chosen: dict, main: int, matched: dict | None) -> list[Job]:
+def speed_jobs(cfg: ProtocolConfig, chosen: dict, main: int, matched: dict | None) -> list[Job]:
     k = cfg.speed_k
     jobs = []
     for method in cfg.speed_methods:
@@ -314,14 +233,14 @@ def speed_jobs(cfg: VisionProtocolConfig, chosen: dict, main: int, matched: dict
     return list(dict.fromkeys(jobs))  # a compute-matched budget may also be one of speed_steps
 
 
-def all_jobs(cfg: VisionProtocolConfig, study: VisionStudy, chosen: dict, matched: dict | None) -> list[Job]:
+def all_jobs(cfg: ProtocolConfig, study: ProtocolStudy, chosen: dict, matched: dict | None) -> list[Job]:
     jobs = [job for k in cfg.k_per_class for job in grid_jobs(cfg, study, k, None) + grid_jobs(cfg, study, k, chosen)]
     if cfg.speed_k in cfg.k_per_class:
         jobs += speed_jobs(cfg, chosen, main_steps(cfg, study, cfg.speed_k), matched)
     return jobs
 
 
-def compute_matched_steps(cfg: VisionProtocolConfig, study: VisionStudy, chosen: dict, records: list[dict]) -> dict | None:
+def compute_matched_steps(cfg: ProtocolConfig, study: ProtocolStudy, chosen: dict, records: list[dict]) -> dict | None:
     """Scratch's extra steps worth the ``compute_matched`` method's pretraining time, from scratch's own
     seconds per step (wall clock, evaluation included, like the pretraining's) at speed_k."""
     method, k = cfg.compute_matched, cfg.speed_k
@@ -340,8 +259,8 @@ def compute_matched_steps(cfg: VisionProtocolConfig, study: VisionStudy, chosen:
             "main_steps": runs[0]["steps"], "extra_steps": extra, "steps": runs[0]["steps"] + extra}
 
 
-def collect(cfg: VisionProtocolConfig, study: VisionStudy) -> tuple[list[dict], dict, dict | None]:
-    """(every finished cell's record, the chosen rates, the compute-matched decision) from output_dir."""
+def collect(cfg: ProtocolConfig, study: ProtocolStudy) -> tuple[list[dict], dict, dict | None]:
+    """(every finished cell's record, the chosen rates, the compute-matched decision) from the run folders."""
     mains = {k: main_steps(cfg, study, k) for k in cfg.k_per_class}
     grid = [job for k in cfg.k_per_class for job in grid_jobs(cfg, study, k, None)]
     records = [r for r in (record(cfg, study, job, mains[job.k]) for job in grid) if r]
@@ -358,7 +277,7 @@ def collect(cfg: VisionProtocolConfig, study: VisionStudy) -> tuple[list[dict], 
     return records, chosen, matched
 
 
-def check_protocol(cfg: VisionProtocolConfig, study: VisionStudy) -> None:
+def check_protocol(cfg: ProtocolConfig, study: ProtocolStudy) -> None:
     check_methods(cfg, study)
     for method, source in cfg.lr_from.items():
         for name in (method, source):
@@ -385,24 +304,153 @@ def check_protocol(cfg: VisionProtocolConfig, study: VisionStudy) -> None:
             raise ConfigError(f"lr_seeds: {cfg.lr_seeds!r} holds none of the seeds of k={k} {cfg.seeds_for(k)}")
 
 
-def run_protocol(cfg: VisionProtocolConfig, study: VisionStudy, write_report) -> dict:
-    """Run (or reuse) every cell in protocol order, calling ``write_report(records, chosen, matched)``
-    after each k and at the end; ``report_only``: just the report, from what is on disk."""
+def run_protocol(cfg: ProtocolConfig, study: ProtocolStudy) -> dict:
+    """Run (or reuse) every cell in protocol order, writing the report after each k and at the end;
+    ``report_only``: just the report, from what is on disk."""
     check_protocol(cfg, study)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     # The config beside the report is the study it describes, runnable as it stands.
-    save_config(replace(cfg, report_only=False), out / "study_config.yaml")
+    save_config(runnable(cfg), out / "study_config.yaml")
     if not cfg.report_only:
         for k in cfg.k_per_class:
             run_jobs(cfg, study, grid_jobs(cfg, study, k, None))
             _, chosen, _ = collect(cfg, study)
             run_jobs(cfg, study, grid_jobs(cfg, study, k, chosen))
-            write_report(*collect(cfg, study))
+            write_report(cfg, study, *collect(cfg, study))
         if cfg.speed_k in cfg.k_per_class and (cfg.speed_steps or cfg.compute_matched):
             records, chosen, matched = collect(cfg, study)
             if matched is None and cfg.compute_matched:
                 matched = compute_matched_steps(cfg, study, chosen, records)
                 write_json(out / COMPUTE_MATCHED_FILE, matched)
             run_jobs(cfg, study, speed_jobs(cfg, chosen, main_steps(cfg, study, cfg.speed_k), matched))
-    return write_report(*collect(cfg, study))
+    return write_report(cfg, study, *collect(cfg, study))
+
+
+# ------------------------------------------------------------------------------------ results
+
+
+def chosen_runs(records: list[dict], chosen: dict, method: str, k: int) -> list[dict]:
+    """The main-budget runs of ``method`` at k with its chosen rate (a baseline: its runs), in seed order."""
+    rate = chosen.get(method, {}).get(k, {}).get("rate")
+    return sorted((r for r in records if r["method"] == method and r["k_per_class"] == k and r["budget"] == "main"
+                   and (r["baseline"] or r["learning_rate"] == rate)), key=lambda r: r["seed"])
+
+
+def summary(cfg: ProtocolConfig, records: list[dict], chosen: dict) -> dict:
+    """Per method and k: the chosen rate, the seeds, and the last, best and headline test accuracy over them."""
+    runs = [r for m in cfg.methods for k in cfg.k_per_class for r in chosen_runs(records, chosen, m, k)]
+    cells = report.summarise(runs, {"last": "test_accuracy_last", "best": "test_accuracy_best"})
+    out: dict = {}
+    for method, by_k in cells.items():
+        for k, cell in by_k.items():
+            seeds = [r["seed"] for r in chosen_runs(records, chosen, method, int(k))]
+            cell = {"rate": chosen.get(method, {}).get(int(k), {}).get("rate"), "seeds": seeds, **cell}
+            if cfg.headline in cell:
+                cell["headline"] = cell[cfg.headline]
+            out.setdefault(method, {})[k] = cell
+    return out
+
+
+def flattening_summary(cfg: ProtocolConfig, records: list[dict], chosen: dict) -> dict:
+    out: dict = {}
+    for method in cfg.methods:
+        for k in cfg.k_per_class:
+            runs = [r for r in chosen_runs(records, chosen, method, k) if not r["baseline"]]
+            checked = [r for r in runs if r["flattening"]["flattened"] is not None]
+            if checked:
+                mids = [r["flattening"]["loss_mid"] for r in checked if r["flattening"].get("loss_mid")]
+                out.setdefault(method, {})[str(k)] = {
+                    "flattened": sum(r["flattening"]["flattened"] for r in checked), "runs": len(checked),
+                    "not_flattened": [r["run"] for r in checked if not r["flattening"]["flattened"]],
+                    "loss_mid": mean_std(mids) if mids else None,
+                    "loss_before": mean_std([r["flattening"]["loss_before"] for r in checked]),
+                    "loss_last": mean_std([r["flattening"]["loss_last"] for r in checked]),
+                }
+    return out
+
+
+def speed(cfg: ProtocolConfig, study: ProtocolStudy, records: list[dict], chosen: dict, matched: dict | None) -> dict | None:
+    """Test accuracy against fine-tuning steps at speed_k, and the compute-matched point."""
+    k = cfg.speed_k
+    if k not in cfg.k_per_class or not (cfg.speed_steps or matched):
+        return None
+    key = f"test_accuracy_{cfg.headline}"
+    main = main_steps(cfg, study, k)
+    curves: dict = {}
+    for method in cfg.speed_methods:
+        rate = chosen.get(method, {}).get(k, {}).get("rate")
+        for steps in sorted({*cfg.speed_steps, main}):
+            values = [r[key] for r in records if r["method"] == method and r["k_per_class"] == k
+                      and r["learning_rate"] == rate and r["steps"] == steps and r.get(key) is not None
+                      and (r["budget"] == "main") == (steps == main)]
+            if values:
+                curves.setdefault(method, {})[str(steps)] = mean_std(values)
+    result = {"k": k, "main_steps": main, "curves": curves, "compute_matched": matched}
+    if matched and matched.get("steps"):
+        rate = chosen.get("scratch", {}).get(k, {}).get("rate")
+        values = [r[key] for r in records if r["method"] == "scratch" and r["k_per_class"] == k
+                  and r["budget"] == "speed" and r["steps"] == matched["steps"] and r["learning_rate"] == rate]
+        if values:
+            result["compute_matched"] = {**matched, "accuracy": mean_std(values)}
+    return result
+
+
+def _rates_cell(cell: dict) -> dict:
+    """JSON keys are strings: the rates tried, as written in the run names."""
+    if "by_rate" not in cell:
+        return dict(cell)
+    return {**cell, "by_rate": {f"{rate:g}": value for rate, value in cell["by_rate"].items()}}
+
+
+def _mean_of(records: list[dict], key: str) -> dict | None:
+    values = [r[key] for r in records if r.get(key)]
+    return mean_std(values) if values else None
+
+
+def build(cfg: ProtocolConfig, study: ProtocolStudy, records: list[dict], chosen: dict, matched: dict | None) -> dict:
+    tuned = [r for r in records if not r["baseline"]]
+    headline = f"test_accuracy_{cfg.headline}"
+    # Gains pair each method's chosen runs with the reference's, k by k, seed by seed.
+    paired = [r for k in cfg.k_per_class for m in cfg.methods for r in chosen_runs(records, chosen, m, k)]
+    return {
+        "title": study.title,
+        "config": to_dict(runnable(cfg)),
+        "headline": cfg.headline,
+        "why_headline": report.WHY_LAST if cfg.headline == "last" else report.WHY_BEST,
+        "select_on": cfg.select_on,
+        "steps": {str(k): main_steps(cfg, study, k) for k in cfg.k_per_class},
+        "learning_rates": {m: {str(k): _rates_cell(c) for k, c in by_k.items()} for m, by_k in chosen.items()},
+        "summary": summary(cfg, records, chosen),
+        "gains": {reference: report.gains(paired, reference, headline) for reference in study.references},
+        "flattening": flattening_summary(cfg, records, chosen),
+        "speed": speed(cfg, study, records, chosen, matched),
+        "throughput": {"train_patches_per_s": _mean_of(tuned, "train_tokens_per_s"), "train_mfu": _mean_of(tuned, "train_mfu")},
+        "runs": records,
+        **study.extra,
+    }
+
+
+def write_report(cfg: ProtocolConfig, study: ProtocolStudy, records: list[dict], chosen: dict, matched: dict | None) -> dict:
+    """results.json, results.md, accuracy_vs_labels.png, learning_speed.png and curves/k*.png."""
+    out = Path(cfg.output_dir)
+    results = report.write(out, build(cfg, study, records, chosen, matched), report.protocol_markdown, cfg, study)
+    labels = {m: study.methods[m].label for m in cfg.methods}
+    plot_summary = {m: {k: {"test_accuracy": c["headline"]} for k, c in by_k.items() if "headline" in c}
+                    for m, by_k in results["summary"].items()}
+    plots.plot_accuracy(plot_summary, labels, cfg.k_per_class, out / "accuracy_vs_labels.png",
+                        f"{study.title}, {cfg.headline} checkpoint")
+    if results["speed"] and results["speed"]["curves"]:
+        reference = results["summary"].get("pixels_logreg", {}).get(str(cfg.speed_k), {}).get("headline")
+        plots.plot_speed(results["speed"], labels, out / "learning_speed.png",
+                         f"Learning speed, k={cfg.speed_k} per class (mean ± std over seeds)", reference)
+    (out / "curves").mkdir(exist_ok=True)
+    for k in cfg.k_per_class:
+        first = cfg.seeds_for(k)[0]
+        histories = {r["run"]: read_history(run_folder(cfg, Job(r["method"], k, first, r["learning_rate"])))
+                     for m in cfg.methods for r in chosen_runs(records, chosen, m, k)
+                     if not r["baseline"] and r["seed"] == first}
+        histories = {name: h for name, h in histories.items() if h}
+        if histories:
+            plots.plot_curves(histories, out / "curves" / f"k{k}.png", f"{study.title}: k={k}, seed {first}, chosen rates")
+    return results
