@@ -22,7 +22,7 @@ from nlp_ssl.cli import run
 from nlp_ssl.config import parse_config
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.finetune_text import FinetuneTextConfig
-from nlp_ssl.study import Method, Study, StudyConfig, corpus_size, run_study
+from nlp_ssl.study import Method, Study, StudyConfig, corpus_size, provenance, run_study
 from nlp_ssl.study.grid import check_arguments
 from nlp_ssl.study.pretraining import pretrain_step, section
 
@@ -58,7 +58,7 @@ def main(argv=None):
     cfg = parse_config(StudyCorpusSizeConfig, argv,
                        default_yaml=Path(__file__).parent / "configs" / "study_corpus_size.yaml")
     out = Path(cfg.output_dir)
-    points = []
+    command, points = provenance.command_line(__file__, argv), []
     for name in cfg.corpora:
         where = out / corpus_size.folder_name(name)
         corpus = corpus_size.write_corpus(name, out / "data", cfg.corpus_seed)
@@ -74,12 +74,13 @@ def main(argv=None):
             methods[f"pretrained_{steps}"] = Method(f"pretrained {steps} steps on {name}, fine-tuned",
                                                     [f"model.name_or_path={folder}"])
         study = Study(f"Few-label topic classification after pretraining on {name}", "finetune_text",
-                      FinetuneTextConfig, methods, sections={"Checkpoints": section(runs)}, extra={"pretraining": runs})
+                      FinetuneTextConfig, methods, sections={"Checkpoints": section(runs)}, extra={"pretraining": runs},
+                      command=command)
         results = run_study(replace(cfg, output_dir=str(where)), study)
         documents, tokens = corpus_size.count_tokens(corpus, first)
         points.append({"corpus": name, "documents": documents, "tokens": tokens, "pretraining": runs, "results": results})
 
-    rows = {}
+    rows, made = {}, provenance.record(command)
     for k in cfg.k_per_class:
         rows[k] = corpus_size.curve_rows(points, k, cfg.pretrain_steps)
         refs = corpus_size.references(cfg.reference_studies, k)
@@ -87,12 +88,13 @@ def main(argv=None):
         settings = [f"- pretraining: `recipes/pretrain_mlm.py data.train_file=<corpus> {' '.join(cfg.pretrain_args)} "
                     f"max_steps=<steps>`, steps in {cfg.pretrain_steps}",
                     f"- fine-tuning: `recipes/finetune_text.py {' '.join(cfg.finetune_args)}`",
-                    f"- corpora drawn with corpus_seed={cfg.corpus_seed}; each corpus's studies are in its folder"]
+                    f"- corpora drawn with corpus_seed={cfg.corpus_seed}; each corpus's studies are in its folder",
+                    provenance.line(made)]
         write_text(out / f"curve{suffix}.md", corpus_size.markdown(rows[k], refs, k, cfg.seeds, settings))
         corpus_size.plot(rows[k], refs, k, out / f"gain_vs_tokens{suffix}.png")
     write_json(out / "curve.json", {"config": {"corpora": cfg.corpora, "seeds": cfg.seeds, "pretrain_steps": cfg.pretrain_steps,
                                                "pretrain_args": cfg.pretrain_args, "finetune_args": cfg.finetune_args},
-                                    "rows": {str(k): r for k, r in rows.items()}})
+                                    "rows": {str(k): r for k, r in rows.items()}, "provenance": made})
     print((out / ("curve.md" if len(cfg.k_per_class) == 1 else f"curve_k{cfg.k_per_class[0]}.md")).read_text(encoding="utf-8"))
     return rows
 

@@ -28,7 +28,7 @@ from nlp_ssl.config import parse_config
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.finetune_text import FinetuneTextConfig, load_splits, split_pool
 from nlp_ssl.models.builders import resolve_model_path
-from nlp_ssl.study import Method, Study, StudyConfig, run_study
+from nlp_ssl.study import Method, Study, StudyConfig, provenance, run_study
 from nlp_ssl.study.grid import check_arguments, check_methods
 from nlp_ssl.study.pretraining import check_test_unseen, corpus_args, pretrain_step, section
 from nlp_ssl.study.runs import recipe_yaml
@@ -96,7 +96,8 @@ def main(argv=None):
         "checkpoint_continued": Method(f"checkpoint ({cfg.checkpoint}) + continued pretraining, fine-tuned",
                                        [f"model.name_or_path={continued}"]),
     }
-    study = Study("Few-label text classification", "finetune_text", FinetuneTextConfig, methods)
+    study = Study("Few-label text classification", "finetune_text", FinetuneTextConfig, methods,
+                  command=provenance.command_line(__file__, argv))
     check_methods(cfg, study)
     # The pretraining corpus: the task's pool as the fine-tuning runs read it (finetune_args), test file excluded.
     task = parse_config(FinetuneTextConfig, cfg.finetune_args, default_yaml=recipe_yaml("finetune_text"))

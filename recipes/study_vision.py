@@ -23,7 +23,7 @@ from pathlib import Path
 from nlp_ssl.cli import run
 from nlp_ssl.config import parse_config
 from nlp_ssl.errors import ConfigError
-from nlp_ssl.study import Method, run_recipe
+from nlp_ssl.study import Method, provenance, run_recipe
 from nlp_ssl.study.grid import check_arguments
 from nlp_ssl.study.protocol import ProtocolConfig, ProtocolStudy, check_protocol, run_protocol
 from nlp_ssl.vision.baselines import frozen_probe, knn_on_pixels, logreg_on_pixels
@@ -107,7 +107,8 @@ def main(argv=None):
            for task in PRETEXTS for pool, pooled in POOLING.items()},
     }
     uses = {task: [m for m in cfg.methods if m.startswith((task, f"probe_{task}"))] for task in PRETEXTS}
-    study = ProtocolStudy("Few-label image classification (Fashion-MNIST)", "finetune_vision", FinetuneVisionConfig, methods)
+    study = ProtocolStudy("Few-label image classification (Fashion-MNIST)", "finetune_vision", FinetuneVisionConfig, methods,
+                          command=provenance.command_line(__file__, argv))
     check_protocol(cfg, study)  # before any pretraining
     pretraining = {task: pretrain(cfg, task) for task in PRETEXTS if uses[task] or cfg.compute_matched == task}
     study.pretrain_seconds = {m: info["train_runtime_s"] for task, info in pretraining.items()

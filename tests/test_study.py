@@ -466,3 +466,56 @@ def test_the_pretraining_corpus_is_the_pool_plus_unlabelled_files_never_the_test
                                          r"\(the first is text 2\)"):
         check_test_unseen(["the first test text", "the second test text"], [str(lines)], "body")
 
+
+
+# ------------------------------------------------------------------- what made a results file
+
+
+def test_result_files_record_the_command_and_the_commit_that_made_them(tmp_path, recipes):
+    import subprocess
+
+    from nlp_ssl.study import provenance
+
+    study = make_study(tmp_path)
+    study.command = provenance.command_line(str(recipes / "fake_study.py"), ["k_per_class=[4]", "methods=[scratch, linear]"])
+    results = run_study(config(tmp_path, k_per_class=[4], seeds=[0], methods=["scratch", "linear"]), study)
+    git = ["git", "-C", str(provenance.CHECKOUT), "rev-parse", "HEAD"]
+    head = subprocess.run(git, capture_output=True, text=True).stdout.strip()
+    saved = json.loads((tmp_path / "study" / "results.json").read_text())["provenance"]
+    assert saved == results["provenance"] and saved["commit"] == head and isinstance(saved["dirty"], bool)
+    assert saved["command"] == f"python {recipes / 'fake_study.py'} 'k_per_class=[4]' 'methods=[scratch, linear]'"
+    dirty = " with uncommitted changes to the code" if saved["dirty"] else ""
+    line = f"- written by `{saved['command']}` at commit {head[:12]}{dirty}"
+    assert line in (tmp_path / "study" / "results.md").read_text().splitlines()
+
+
+def test_the_commit_is_the_code_checkouts_and_dirty_means_its_code_changed(tmp_path, monkeypatch):
+    import subprocess
+
+    from nlp_ssl.study import provenance
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    for path in ("nlp_ssl/study/x.py", "recipes/study_x.py", "results/x/results.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("0\n")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    monkeypatch.setattr(provenance, "CHECKOUT", tmp_path.resolve())
+    assert provenance.code_state() == {"commit": git("rev-parse", "HEAD"), "dirty": False}
+    (tmp_path / "results" / "x" / "results.md").write_text("rewritten by the study\n")
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert provenance.code_state()["dirty"] is False  # a study rewriting its results is not a code change
+    (tmp_path / "recipes" / "study_x.py").write_text("1\n")
+    assert provenance.code_state()["dirty"] is True
+    # A package installed into some other repository's folder has no commit of its own.
+    monkeypatch.setattr(provenance, "CHECKOUT", (tmp_path / "nlp_ssl").resolve())
+    assert provenance.code_state() == {"commit": None, "dirty": None}
+    assert provenance.line({"command": "python x.py", "commit": None, "dirty": None}) == (
+        "- written by `python x.py`, code not in a git checkout")
+    monkeypatch.chdir(tmp_path)
+    assert provenance.command_line(str(tmp_path / "recipes" / "study_x.py"), ["seeds=[0, 1]", "reuse=false"]) == (
+        "python recipes/study_x.py 'seeds=[0, 1]' reuse=false")

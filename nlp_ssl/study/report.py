@@ -5,7 +5,8 @@ over seeds, std with ddof=1, 0 for one seed) and ``gains`` (a method's test accu
 reference method's on the same seed, so the labels drawn are the same on both sides: ``per_seed``,
 mean ± std, ``min`` and how many seeds are ``positive``). ``results.md`` shows the same numbers as
 tables, in percent: the plain plan's layout (:func:`grid_markdown`) or the protocol's
-(:func:`protocol_markdown`), both built from the same cells and tables.
+(:func:`protocol_markdown`), both built from the same cells and tables. Both files record the command
+and the commit that wrote them (``provenance``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from nlp_ssl.atomic import write_json, write_text
+from nlp_ssl.study import provenance
 
 WHY_LAST = (
     "The headline uses the **last** checkpoint: every budget is fixed in advance and long enough for "
@@ -98,19 +100,21 @@ def gain_section(title: str, gained: dict, methods: list[str], label: dict, ks: 
             "", "<details><summary>per seed</summary>", "", *per_seed, "", "</details>"]
 
 
-def settings(cfg, study, methods: list[str], k_args: dict) -> list[str]:
-    """How the fine-tuning runs were called: the study's arguments, each k's, and each method's."""
+def settings(cfg, study, results: dict, methods: list[str], k_args: dict) -> list[str]:
+    """How the fine-tuning runs were called (the study's arguments, each k's, each method's), and what wrote the report."""
     label = {m: spec.label for m, spec in study.methods.items()}
     args = " ".join(cfg.finetune_args) or "(defaults)"
     lines = ["", "## Settings", "", f"- fine-tuning: `recipes/{study.recipe}.py` with `{args}`"]
     lines += [f"- k={k} also: `{' '.join(a)}`" for k, a in k_args.items()]
     lines += [f"- {label[m]} also: `{' '.join(a)}`" for m, a in cfg.method_overrides.items() if m in methods and a]
     lines += [f"- {label[m]}: `{' '.join(study.methods[m].args)}`" for m in methods if study.methods[m].args]
-    return lines
+    return lines + ([provenance.line(results["provenance"])] if "provenance" in results else [])
 
 
 def write(out: Path, results: dict, layout, cfg, study) -> dict:
-    """``results.json`` and ``results.md`` (``layout(cfg, study, results)``) in ``out``; returns the results."""
+    """``results.json`` and ``results.md`` (``layout(cfg, study, results)``) in ``out``, each with the command and
+    the commit that made it; returns the results."""
+    results = {**results, "provenance": provenance.record(study.command)}
     write_json(Path(out) / "results.json", results)
     write_text(Path(out) / "results.md", layout(cfg, study, results))
     return results
@@ -140,7 +144,7 @@ def grid_markdown(cfg, study, results: dict) -> str:
     lines += _best_vs_last(results["runs"])
     for heading, body in study.sections.items():
         lines += ["", f"## {heading}", "", *body]
-    lines += settings(cfg, study, methods, {})
+    lines += settings(cfg, study, results, methods, {})
     lines += ["", "![accuracy vs labels](accuracy_vs_labels.png)", "", *[f"![curves k={k}](curves/k{k}.png)" for k in ks], ""]
     return "\n".join(lines)
 
@@ -215,7 +219,7 @@ def protocol_markdown(cfg, study, results: dict) -> str:
                   f"Fine-tuning runs averaged {throughput['train_patches_per_s']['mean']:.0f} patches/s"
                   + (f" at {100 * throughput['train_mfu']['mean']:.1f}% MFU (against the trainer's peak: the "
                      "datasheet figure on known GPUs, a matmul it times on a CPU)" if throughput["train_mfu"] else "") + "."]
-    lines += settings(cfg, study, methods, cfg.k_args)
+    lines += settings(cfg, study, results, methods, cfg.k_args)
     lines += ["", "![accuracy vs labels](accuracy_vs_labels.png)", ""]
     if results.get("speed"):
         lines += ["![learning speed](learning_speed.png)", ""]
