@@ -11,11 +11,11 @@ from pathlib import Path
 from nlp_ssl.cli import run
 from nlp_ssl.config import parse_config
 from nlp_ssl.data.card import data_card
-from nlp_ssl.data.text import TextDataConfig, corpus_name, load_text_splits, tokenize_and_pack
+from nlp_ssl.data.text import TextCorpus, TextDataConfig, corpus_name
 from nlp_ssl.models import ModelConfig, check_block_size
 from nlp_ssl.objectives.registry import TextSetup, find_objective, objective_settings, with_objective_settings
 from nlp_ssl.reporting import RunDescription
-from nlp_ssl.tokenizer_setup import TokenizerConfig, load_or_train_tokenizer
+from nlp_ssl.tokenizer_setup import TokenizerConfig
 from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
 
 
@@ -38,15 +38,11 @@ def main(argv=None):
     accelerator = make_accelerator(cfg)
 
     with accelerator.main_process_first():
-        raw = load_text_splits(cfg.data, seed=cfg.seed)
-        tokenizer = load_or_train_tokenizer(cfg.tokenizer, raw["train"], cfg.data.text_column, cfg.data.cache_dir, cfg.model)
+        corpus = TextCorpus(cfg.data, seed=cfg.seed)  # the text, or a store from `nlp-ssl prepare` (data.prepared)
+        tokenizer = corpus.tokenizer(cfg.tokenizer, cfg.model)
         parts = objective.parts(settings, TextSetup(tokenizer, cfg.model, cfg.seed, cfg.learning_rate))
         check_block_size(cfg.data.block_size, parts.model.config)
-        data = cfg.data
-        blocks = {
-            split: tokenize_and_pack(ds, tokenizer, data.text_column, data.block_size, parts.word_ids, data.num_proc)
-            for split, ds in raw.items()
-        }
+        blocks = parts.examples(corpus, tokenizer) if parts.examples else corpus.blocks(tokenizer, word_ids=parts.word_ids)
 
     description = RunDescription(
         objective=parts.summary, data=corpus_name(cfg.data), pipeline_tag=parts.pipeline_tag,

@@ -195,8 +195,8 @@ def prepared_store(tmp_path: Path, corpus: Path, tokenizer: str, *extra: str) ->
                            "data.block_size=64", "data.validation_split=0.1", f"tokenizer.name_or_path={TOKENIZERS / tokenizer}",
                            *extra], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert re.search(r"^prepared .*: train \d+ blocks, validation \d+ blocks of 64 uint16 tokens, 2\.00 bytes/token", proc.stdout,
-                     re.M), proc.stdout
+    summary = r"^prepared .*: train [\d,]+ blocks, validation [\d,]+ blocks of 64 uint16 tokens, 2\.00 bytes/token"
+    assert re.search(summary, proc.stdout, re.M), proc.stdout
     return out
 
 
@@ -207,7 +207,7 @@ def prepared_store(tmp_path: Path, corpus: Path, tokenizer: str, *extra: str) ->
 ])
 def test_a_run_from_a_store_has_the_first_losses_of_a_run_that_tokenizes(tmp_path, wiki_jsonl, recipe, tokenizer, extra):
     store = prepared_store(tmp_path, wiki_jsonl, tokenizer, *(["word_ids=true"] if extra else []))
-    losses = {}
+    losses, results = {}, {}
     for name, data in {"text": [f"data.train_file={wiki_jsonl}", "data.validation_split=0.1",
                                 f"tokenizer.name_or_path={TOKENIZERS / tokenizer}"],
                        "store": [f"data.prepared={store}"]}.items():
@@ -215,7 +215,12 @@ def test_a_run_from_a_store_has_the_first_losses_of_a_run_that_tokenizes(tmp_pat
         proc = run_recipe(recipe, f"output_dir={out}", *RUN, "max_steps=4", *data, *extra)
         assert proc.returncode == 0, proc.stderr[-3000:]
         losses[name] = first_losses(out)
+        results[name] = json.loads((out / "all_results.json").read_text())
     assert len(losses["store"]) == 4 and losses["store"] == losses["text"]
+    assert results["store"]["eval_loss"] == results["text"]["eval_loss"]
+    # The MLM's unigram floor counts the store's tokens from its memory map: the same count.
+    baseline = "eval_unigram_baseline_accuracy"
+    assert results["store"].get(baseline) == results["text"].get(baseline) and (baseline in results["text"]) == bool(extra)
 
 
 @pytest.mark.slow
@@ -223,7 +228,8 @@ def test_a_run_from_a_store_killed_and_resumed_ends_with_the_weights_of_an_unint
     from safetensors.torch import load_file
 
     store = prepared_store(tmp_path, wiki_jsonl, "wordpiece")
-    run = [f"data.prepared={store}", *RUN, "max_steps=12", "save_every=4"]
+    run = [f"data.prepared={store}", *[a for a in RUN if not a.startswith("eval_every")], "max_steps=12", "save_every=4",
+           "eval_every=1"]  # a "step N:" line each step, to kill the run at
     straight = tmp_path / "straight"
     assert run_recipe("pretrain_mlm.py", f"output_dir={straight}", *run).returncode == 0
 

@@ -259,6 +259,7 @@ def prepare(cfg: PrepareConfig) -> Path:
         os.chmod(tmp, atomic.file_mode() | (atomic.file_mode() & 0o444) >> 2)  # a folder as mkdir makes it: 0755
         atomic.publish_dir(tmp, root / "tokenizer")
     packer = ArrayPacker(tokenizer, cfg.data.block_size, cfg.word_ids, dtype)
+    loaded = time.perf_counter()
     batches = _Batches(packer, cfg.data.num_proc)
     try:
         splits = {split: _write_split(root, split, raw[split].select_columns([cfg.data.text_column]), cfg, batches)
@@ -266,11 +267,13 @@ def prepare(cfg: PrepareConfig) -> Path:
     finally:
         batches.close()
     tokens = sum(s["tokens"] for s in splits.values())
-    manifest = {**key, "splits": splits, "seconds": round(time.perf_counter() - start, 1)}
-    atomic.write_json(root / "manifest.json", manifest)
+    # Of the last session only, when an interrupted preparation was continued.
+    seconds = {"loading": round(loaded - start, 2), "packing": round(time.perf_counter() - loaded, 2)}
+    atomic.write_json(root / "manifest.json", {**key, "splits": splits, "seconds": seconds})
     for split, info in splits.items():
         logger.info("%s %s: %d documents, %d blocks, %d tokens", root, split, info["documents"], info["blocks"], info["tokens"])
-    logger.info("%s: %.2f bytes per token on disk", root, store_bytes(root) / max(tokens, 1))
+    logger.info("%s: %.2f bytes per token on disk; packed %.0f tokens/s", root, store_bytes(root) / max(tokens, 1),
+                tokens / max(seconds["packing"], 1e-9))
     return root
 
 

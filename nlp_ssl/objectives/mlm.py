@@ -115,14 +115,17 @@ def unigram_baseline_accuracy(train_blocks, eval_blocks, collator: MLMCollator, 
 
     The floor an MLM must clear to have learnt anything beyond token frequencies.
     """
-    train_ids = np.asarray(train_blocks.with_format("numpy")["input_ids"]).ravel()
-    counts = np.bincount(train_ids, minlength=len(collator.is_special))
+    vocab = len(collator.is_special)
+    if hasattr(train_blocks, "token_counts"):  # a prepared store counts its memory map a chunk at a time
+        counts = train_blocks.token_counts(vocab)
+    else:
+        counts = np.bincount(np.asarray(train_blocks.with_format("numpy")["input_ids"]).ravel(), minlength=vocab)
     counts[collator.is_special] = 0
     guess = int(np.argmax(counts))
     hits = total = 0
     for start in range(0, len(eval_blocks), batch_size):
-        rows = eval_blocks.select(range(start, min(start + batch_size, len(eval_blocks))))
-        labels = collator(list(rows))["labels"].numpy()
+        rows = [eval_blocks[i] for i in range(start, min(start + batch_size, len(eval_blocks)))]
+        labels = collator(rows)["labels"].numpy()
         labels = labels[labels != -100]
         hits += int((labels == guess).sum())
         total += labels.size
