@@ -25,7 +25,7 @@ from nlp_ssl.config import parse_config
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.study import Method, provenance, run_recipe
 from nlp_ssl.study.grid import check_arguments
-from nlp_ssl.study.protocol import ProtocolConfig, ProtocolStudy, check_protocol, run_protocol
+from nlp_ssl.study.protocol import ProtocolConfig, ProtocolStudy, check_protocol, pending_methods, run_protocol
 from nlp_ssl.vision.baselines import frozen_probe, knn_on_pixels, logreg_on_pixels
 from nlp_ssl.vision.finetuning import FinetuneVisionConfig
 
@@ -39,6 +39,7 @@ PRETEXTS = {
     "mim": ("ViT pretrained: masked image modelling (SimMIM)", "SimMIM-pretrained + auxiliary SimMIM loss"),
 }
 POOLING = {"cls": "[CLS]", "mean": "mean-pooled"}
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 @dataclass
@@ -81,6 +82,20 @@ def pretrain(cfg: StudyVisionConfig, task: str) -> dict:
     return {"checkpoint": str(path), "how": "given as input" if given else f"pretrained here with `{' '.join(args)}`", **info}
 
 
+def check_weights(cfg: StudyVisionConfig, study: ProtocolStudy, pretraining: dict) -> None:
+    """A checkpoint folder kept without its weights (git keeps a study's checkpoint config and results only)
+    serves the report and the finished runs; a run still to come from it is refused before anything runs."""
+    missing = [task for task, info in pretraining.items()
+               if not any((Path(info["checkpoint"]) / name).is_file() for name in WEIGHTS)]
+    if not missing or cfg.report_only:
+        return
+    pending = pending_methods(cfg, study)
+    for task in missing:
+        if any(m == task or m.startswith((f"{task}_", f"probe_{task}_")) for m in pending):
+            raise ConfigError(f"{task} checkpoint {checkpoint(cfg, task)}: no weights ({WEIGHTS[0]}), and runs from it are "
+                              f"still to come; pretrain it again (move the folder away) or set {task}_checkpoint")
+
+
 def describe(task: str, info: dict) -> str:
     runtime = info.get("train_runtime_s")
     return (
@@ -115,6 +130,7 @@ def main(argv=None):
                               for m in methods if m.startswith(task) and info.get("train_runtime_s")}
     study.sections = {"Pretraining": [describe(t, info) for t, info in pretraining.items()]} if pretraining else {}
     study.extra = {"pretraining": pretraining}
+    check_weights(cfg, study, pretraining)
     results = run_protocol(cfg, study)
     print((Path(cfg.output_dir) / "results.md").read_text(encoding="utf-8"))
     return results

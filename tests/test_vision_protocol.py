@@ -247,3 +247,31 @@ def test_a_baseline_is_fitted_once_and_saved_like_a_run(tmp_path):
 def test_bad_protocol_settings_are_refused_before_anything_runs(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         check_protocol(protocol_config(tmp_path, **changes), study())
+
+
+def test_a_checkpoint_kept_without_its_weights_serves_the_report_but_no_new_run(tmp_path):
+    """git keeps a study's checkpoint config and results, not its weights: the report and the finished runs
+    still work from it, and a run still to come from it is refused with one line before anything runs."""
+    from types import SimpleNamespace
+
+    import recipes.study_vision as study_vision
+
+    checkpoint = tmp_path / "pretrain_rotation"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    (checkpoint / "all_results.json").write_text(json.dumps({"steps": 5, "train_runtime_s": 60.0}))
+    out = tmp_path / "study"
+    args = [f"output_dir={out}", f"rotation_checkpoint={checkpoint}", "k_per_class=[10]", "seeds=[0]", "k_seeds={}",
+            "k_args={}", "methods=[scratch, rotation]", "learning_rates=[1e-3]", "lr_from={}", "speed_methods=[]",
+            "compute_matched=null", f"finetune_args=[max_steps={STEPS}]", "workers=1"]
+    runs = SimpleNamespace(output_dir=str(out))
+    fake_run(runs, Job("scratch", 10, 0, 1e-3), last=0.5, best=0.5, val_last=0.5)
+    with pytest.raises(ConfigError, match=f"^rotation checkpoint {checkpoint}: no weights \\(model.safetensors\\), and runs "
+                                          "from it are still to come"):
+        study_vision.main(args)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["scratch_k10_s0_lr0.001"]  # nothing ran
+    study_vision.main([*args, "report_only=true"])
+    assert "| ViT from scratch | 50.0 (n=1) |" in (out / "results.md").read_text()
+    fake_run(runs, Job("rotation", 10, 0, 1e-3), last=0.6, best=0.6, val_last=0.6)
+    results = study_vision.main(args)  # every run finished: nothing needs the weights
+    assert results["summary"]["rotation"]["10"]["headline"]["mean"] == pytest.approx(0.6)

@@ -277,6 +277,13 @@ def collect(cfg: ProtocolConfig, study: ProtocolStudy) -> tuple[list[dict], dict
     return records, chosen, matched
 
 
+def pending_methods(cfg: ProtocolConfig, study: ProtocolStudy) -> set[str]:
+    """The methods with a cell still to run, of those known now (the chosen-rate cells once their grid is done)."""
+    records, chosen, matched = collect(cfg, study)
+    done = {r["run"] for r in records}
+    return {job.method for job in all_jobs(cfg, study, chosen, matched) if job.name not in done}
+
+
 def check_protocol(cfg: ProtocolConfig, study: ProtocolStudy) -> None:
     check_methods(cfg, study)
     for method, source in cfg.lr_from.items():
