@@ -14,6 +14,7 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
 import sys
 import time
 from collections import deque
@@ -293,7 +294,10 @@ def _write_split(root: Path, split: str, documents, cfg: PrepareConfig, batches:
         for index, start, stop in todo:
             for batch in range(start, stop, DOCUMENTS_PER_BATCH):
                 end = min(batch + DOCUMENTS_PER_BATCH, stop)
-                yield (index, end == stop), documents[batch:end][column]
+                # Each batch through a memory map of its own (a pickle round trip reopens the Arrow files):
+                # pages a map has read stay resident while it lives, and the held-out split's shuffled
+                # order reads from all over the corpus, so one map would end up holding all of it.
+                yield (index, end == stop), pickle.loads(pickle.dumps(documents))[batch:end][column]
 
     writer = None
     for (index, last), (tokens, words) in batches.map(jobs()):
