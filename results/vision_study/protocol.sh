@@ -3,7 +3,8 @@
 # thread each, and the report: results.md, results.json, accuracy_vs_labels.png, learning_speed.png,
 # curves/. With recipes/configs/study_vision.yaml as it is (RotNet rows, the rate grid on seed 0), a k=10
 # run costs about 400 CPU-seconds and an auxiliary-loss run about 2.8× that. Finished runs are reused (their
-# records and the RotNet checkpoint are committed): rerun to continue.
+# records are committed): rerun to continue. Git keeps the RotNet checkpoint's config and results, not its weights:
+# a new run from it is refused until it is pretrained again (move results/vision_study/pretrain_rotation away).
 #   bash results/vision_study/protocol.sh                    # everything
 #   REPORT_ONLY=true bash results/vision_study/protocol.sh   # tables and plots again from runs/, nothing run
 #   bash results/vision_study/protocol.sh "k_per_class=[1, 5, 10]"   # extra key=value arguments go last
