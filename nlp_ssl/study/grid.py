@@ -18,7 +18,7 @@ from pathlib import Path
 from nlp_ssl.config import check_ranges, save_config, to_dict
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.study import plots, report
-from nlp_ssl.study.runs import Job, read_history, read_results, run_folder, run_jobs, summarise_history
+from nlp_ssl.study.runs import HISTORY_FILE, Job, read_history, read_results, run_folder, run_jobs, summarise_history
 
 #: What a fine-tuning run's all_results.json contributes to its record.
 RESULT_KEYS = ("test_accuracy", "test_macro_f1", "last_test_accuracy", "best_step", "steps", "train_runtime_s")
@@ -162,11 +162,14 @@ def write_report(cfg: StudyConfig, study: Study) -> dict:
     plots.plot_accuracy(results["summary"], labels, cfg.k_per_class, out / "accuracy_vs_labels.png", study.title)
     by_k: dict = {}
     for rec in records:
-        history = read_history(run_folder(cfg, Job(rec["method"], rec["k_per_class"], rec["seed"])))
+        folder = run_folder(cfg, Job(rec["method"], rec["k_per_class"], rec["seed"]))
+        history = read_history(folder)
         if history:
             by_k.setdefault(rec["k_per_class"], {})[rec["run"]] = history
-            title = f"{study.methods[rec['method']].label}, k={rec['k_per_class']}, seed {rec['seed']}"
-            plots.plot_curves({rec["run"]: history}, out / "curves" / f"{rec['run']}.png", title)
+            png = out / "curves" / f"{rec['run']}.png"
+            if not png.is_file() or png.stat().st_mtime < (folder / HISTORY_FILE).stat().st_mtime:  # drawn once per run
+                title = f"{study.methods[rec['method']].label}, k={rec['k_per_class']}, seed {rec['seed']}"
+                plots.plot_curves({rec["run"]: history}, png, title)
     for k, runs in by_k.items():
         plots.plot_curves(runs, out / "curves" / f"k{k}.png", f"{study.title}: fine-tuning with {k} labels per class")
     return results
