@@ -1,0 +1,148 @@
+"""What a run is told (``TrainConfig``, every recipe's top-level keys) and what it keeps as it goes
+(``TrainerState``, saved in every checkpoint)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from nlp_ssl.config import check_ranges
+from nlp_ssl.errors import ConfigError
+from nlp_ssl.hub import HubConfig
+
+
+@dataclass
+class TrainConfig(HubConfig):
+    output_dir: str = "outputs/run"
+    seed: int = 42
+    max_steps: int = 1000
+    #: Examples per optimizer step, over all processes and accumulation.
+    global_batch_size: int = 32
+    #: Examples per forward pass on one process. ``auto``: global_batch_size / processes, one forward
+    #: pass per optimizer step; a number caps it and the rest is accumulated. ``make_accelerator``
+    #: replaces ``auto`` by the number it stands for, so code after it reads an int.
+    micro_batch_size: int | str = "auto"
+    eval_batch_size: int | None = None
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    #: Layer-wise learning-rate decay for fine-tuning (BEiT, MAE): block i of n learns at
+    #: ``layer_decay ** (n - i)`` of the rate, embeddings at ``layer_decay ** (n + 1)``; 1.0 is off.
+    layer_decay: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_epsilon: float = 1e-6
+    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: int = 0
+    #: Used when warmup_steps is 0.
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    #: ``auto``: bf16 where the hardware has it, else full precision.
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    log_every: int = 10
+    eval_every: int = 200
+    #: Cap on evaluation batches per process (None: the whole validation set).
+    eval_batches: int | None = None
+    save_every: int = 500
+    #: Checkpoints kept under output_dir/checkpoints (the best model is kept apart).
+    save_total_limit: int = 2
+    #: ``auto`` (latest checkpoint in output_dir, or a fresh start), a checkpoint path, or empty.
+    resume: str | None = None
+    metric_for_best: str = "loss"
+    #: None: lower is better for loss and perplexity, higher for anything else.
+    greater_is_better: bool | None = None
+    #: Stop after this many evaluations without improvement (0: never).
+    early_stopping_patience: int = 0
+    #: Leave the best model (by metric_for_best), not the last one, in output_dir.
+    load_best_at_end: bool = False
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    num_workers: int = 0
+    #: Batches each DataLoader worker prepares ahead (only with num_workers > 0; None: PyTorch's 2).
+    prefetch_factor: int | None = None
+    #: Stop after this much wall-clock training (seconds, or a number with s, m or h: ``30m``, ``2h``),
+    #: summed over resumes; the run then evaluates and saves as at max_steps. None: no budget.
+    time_budget: str | None = None
+    #: torch.compile the task (model and loss); saved folders and checkpoints are the same as without.
+    compile: bool = False
+    #: TF32 matmuls and convolutions on CUDA GPUs of compute capability 8.0 and later; ignored elsewhere.
+    allow_tf32: bool = True
+    progress_bar: bool = True
+    #: Hardware peak FLOP/s for MFU (None: looked up for known GPUs, else measured by a short matmul probe).
+    peak_flops: float | None = None
+    # The Hub options (push_to_hub, hub_model_id, hub_strategy ...) are inherited from HubConfig.
+    #: Stop (exit 3) after this many optimizer steps in a row with a non-finite loss or gradient
+    #: norm; each such step is skipped, as fp16 loss scaling skips an overflow.
+    max_bad_steps: int = 10
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.micro_batch_size, float) and self.micro_batch_size.is_integer():
+            self.micro_batch_size = int(self.micro_batch_size)
+        if self.micro_batch_size != "auto":
+            if not isinstance(self.micro_batch_size, int) or isinstance(self.micro_batch_size, bool):
+                raise ConfigError(f"micro_batch_size must be an integer or auto, got {self.micro_batch_size!r}")
+            check_ranges(self, micro_batch_size="(0, inf)")
+        if self.time_budget is not None:
+            self.time_budget = str(self.time_budget)
+            parse_duration(self.time_budget)
+        check_ranges(
+            self, max_steps="(0, inf)", global_batch_size="(0, inf)",
+            eval_batch_size="(0, inf)", learning_rate="(0, inf)", weight_decay="[0, inf)", layer_decay="(0, 1]",
+            adam_beta1="[0, 1)", adam_beta2="[0, 1)", adam_epsilon="(0, inf)", warmup_steps="[0, inf)",
+            warmup_ratio="[0, 1)", max_grad_norm="[0, inf)", log_every="(0, inf)", eval_every="(0, inf)",
+            eval_batches="(0, inf)", save_every="(0, inf)", save_total_limit="[0, inf)",
+            early_stopping_patience="[0, inf)", num_workers="[0, inf)", peak_flops="(0, inf)",
+            max_bad_steps="(0, inf)", prefetch_factor="(0, inf)",
+        )
+
+    @property
+    def time_budget_s(self) -> float | None:
+        return None if self.time_budget is None else parse_duration(self.time_budget)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(value) -> float:
+    """Seconds from ``1800``, ``90s``, ``30m``, ``1.5h``; anything else (or not > 0) is a ConfigError."""
+    text = str(value).strip().lower()
+    scale = _DURATION_UNITS.get(text[-1:]) if text else None
+    try:
+        seconds = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ConfigError(f"time_budget must be a positive number of seconds or a number with s, m or h "
+                          f"(e.g. 1800, 30m, 2h), got {value!r}")
+    return seconds
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    train_tokens: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    #: Optimizer steps skipped for a non-finite loss or gradient norm: in all, and the current streak.
+    skipped_steps: int = 0
+    bad_steps_in_row: int = 0
+    #: Wall-clock seconds in the training loop, summed over resumes (what ``time_budget`` counts).
+    train_time_s: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+def flat_hparams(config: dict, prefix: str = "") -> dict:
+    """A nested config as flat ``section.key`` scalars, as trackers take hyperparameters."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_hparams(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)):
+            out[name] = value
+        elif value is not None:
+            out[name] = str(value)
+    return out
