@@ -103,13 +103,62 @@ def apply_timeout(seconds: float) -> None:
     from huggingface_hub import close_session, set_client_factory
     from huggingface_hub.utils import _http
 
+    timeout = httpx2.Timeout(seconds, connect=min(seconds, 10.0))
+
+    def bound(request):
+        """Callers pass their own timeouts: ``None`` (``HfApi.model_info``, which transformers calls to
+        resolve a revision), which httpx takes as "wait forever", or a longer one (10 s for a file's
+        metadata): every request waits at most the run's timeout."""
+        given = request.extensions.get("timeout", {})
+        request.extensions["timeout"] = {
+            name: limit if given.get(name) is None else min(given[name], limit) for name, limit in timeout.as_dict().items()
+        }
+
     def client_factory():
         client = _http.default_client_factory()
-        client.timeout = httpx2.Timeout(seconds, connect=min(seconds, 10.0))
+        client.timeout = timeout
+        client.event_hooks["request"].append(bound)
         return client
 
     set_client_factory(client_factory)
     close_session()  # the next request builds a client with the timeouts
+    _applied_timeout[0] = seconds
+
+
+_applied_timeout = [HubConfig.hub_timeout]
+_known_repos: set[tuple[str, str]] = set()  # names the Hub confirmed in this process
+
+
+def check_hub_repo(name: str, repo_type: Literal["model", "dataset"], key: str) -> None:
+    """Ask the Hub about ``name`` once, before a loader does: a Hub that does not answer, or a name it
+    does not know, is then one line naming ``key`` after at most ``hub_timeout`` seconds (the loaders
+    retry each file for minutes, then raise). Offline (``HF_HUB_OFFLINE=1``) nothing is asked: the
+    loaders read the local cache."""
+    import httpx2
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ConfigError(f"{key} {name}: no such folder (nor a Hub name: those look like user/name)") from None
+    if constants.HF_HUB_OFFLINE or (name, repo_type) in _known_repos:
+        return
+    try:
+        HfApi().repo_info(name, repo_type=repo_type)
+        _known_repos.add((name, repo_type))
+    except GatedRepoError:
+        raise ConfigError(f"{key} {name}: a gated {repo_type}: accept its terms on the Hub and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f"{key} {name}: not a local folder, and no {repo_type} of that name on the Hub "
+                          f"(a private one needs HF_TOKEN)") from None
+    except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as e:
+        raise HubError(f"{key} {name}: the Hub at {constants.ENDPOINT} did not answer within hub_timeout="
+                       f"{_applied_timeout[0]:g}s ({type(e).__name__}); try again later, or set HF_HUB_OFFLINE=1 "
+                       f"to use a copy in the local cache") from None
+    except HfHubHTTPError as e:
+        raise HubError(f"{key} {name}: the Hub answered {_http_status(e)}: {_first_line(e)}") from None
 
 
 @dataclass

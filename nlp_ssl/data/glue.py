@@ -136,6 +136,9 @@ def load_hub_task(name: str, task: GlueTask) -> tuple[dict[str, Dataset], str]:
     """The same splits from the Hub dataset (``nyu-mll/glue``), where the Hub is reachable."""
     import datasets
 
+    from nlp_ssl.hub import check_hub_repo
+
+    check_hub_repo(name, "dataset", "glue.data_dir")
     try:
         loaded = datasets.load_dataset(name, task.name)
     except Exception as error:  # noqa: BLE001 - offline, missing, gated: all mean "cannot use it"

@@ -299,6 +299,9 @@ def load_image_dataset(
         return _standardise_columns(load_image_folder(path), source, image_column, label_column)
     if source.startswith((".", "/", "~")):
         raise DataError(f"image dataset {source}: no such folder")
+    from nlp_ssl.hub import check_hub_repo
+
+    check_hub_repo(source, "dataset", "image dataset")
     try:
         dataset = datasets.load_dataset(source, split=split, cache_dir=None if cache_dir is None else str(cache_dir))
     except Exception as err:  # the Hub raises many types; the user needs the name and the reason

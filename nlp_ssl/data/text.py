@@ -182,6 +182,38 @@ def corpus_name(cfg: TextDataConfig) -> str:
     return " + ".join([cfg.train_file or cfg.source, *cfg.extra_train_files])
 
 
+def load_source(source: str, config_name: str | None, cache_dir: str | None, streaming: bool = False, key: str = "data.source"):
+    """A folder that ``save_to_disk`` wrote (a stream of its train split when ``streaming``), or a Hub
+    dataset (its train split when ``streaming``); anything else is one line naming ``key``."""
+    where = f"{key} {source}"
+    if os.path.isdir(source):
+        try:
+            loaded = load_from_disk(source)
+        except FileNotFoundError:
+            raise DataError(f"{where}: a folder, but not a dataset written by save_to_disk (no dataset_info.json "
+                            f"or dataset_dict.json); for text files use data.train_file") from None
+        if not streaming:
+            return loaded
+        if isinstance(loaded, DatasetDict) and "train" not in loaded:
+            raise DataError(f"{where}: no 'train' split (splits: {', '.join(loaded)})")
+        return (loaded["train"] if isinstance(loaded, DatasetDict) else loaded).to_iterable_dataset()
+    from huggingface_hub import constants
+
+    from nlp_ssl.hub import check_hub_repo
+
+    check_hub_repo(source, "dataset", key)
+    try:
+        return load_dataset(source, config_name, split="train" if streaming else None, streaming=streaming,
+                            cache_dir=cache_dir)
+    except ConnectionError as e:
+        if constants.HF_HUB_OFFLINE:
+            raise DataError(f"{where}: not a local folder, and HF_HUB_OFFLINE=1 is set with no copy of it in the "
+                            f"datasets cache") from None
+        raise DataError(f"{where}: {str(e).splitlines()[0][:200]}") from None
+    except (FileNotFoundError, ValueError) as e:  # no such dataset, config or split; files it cannot read
+        raise DataError(f"{where}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+
+
 def _builtin(cfg: TextDataConfig) -> Dataset:
     from nlp_ssl.data.wiki import load_wiki_corpus
 
@@ -207,10 +239,7 @@ def load_text_splits(cfg: TextDataConfig, seed: int = 0) -> DatasetDict | dict[s
     elif cfg.source.startswith(BUILTIN_PREFIX):
         splits = hold_out(with_extra_files(_builtin(cfg), cfg), cfg.validation_split, seed, f"data.source {cfg.source}")
     else:
-        if os.path.isdir(cfg.source):
-            loaded = load_from_disk(cfg.source)
-        else:
-            loaded = load_dataset(cfg.source, cfg.dataset_config, cache_dir=cfg.cache_dir)
+        loaded = load_source(cfg.source, cfg.dataset_config, cfg.cache_dir)
         if isinstance(loaded, Dataset):
             splits = hold_out(with_extra_files(loaded, cfg), cfg.validation_split, seed, f"data.source {cfg.source}")
         elif "train" not in loaded:
@@ -237,7 +266,7 @@ def _load_streaming(cfg: TextDataConfig, seed: int) -> dict[str, IterableDataset
     elif cfg.source.startswith(BUILTIN_PREFIX):
         stream = _builtin(cfg).to_iterable_dataset()
     else:
-        stream = load_dataset(cfg.source, cfg.dataset_config, split="train", streaming=True, cache_dir=cfg.cache_dir)
+        stream = load_source(cfg.source, cfg.dataset_config, cfg.cache_dir, streaming=True)
     if cfg.validation_file:
         validation = _load_file(check_text_file(cfg.validation_file, "data.validation_file"), "data.validation_file", cfg, True)
         train = stream

@@ -70,9 +70,14 @@ class ModelConfig:
 BUILTIN_MODELS = ("builtin:minilm",)
 
 
-def resolve_model_path(name: str) -> str:
-    """The folder of a built-in checkpoint name (fetched on first use, so configs stay as written), or ``name``."""
+def resolve_model_path(name: str, key: str = "model.name_or_path") -> str:
+    """The folder of a built-in checkpoint name (fetched on first use, so configs stay as written), or
+    ``name``: a local folder, or a Hub name that the Hub knows (asked once, within ``hub_timeout``)."""
     if not name.startswith("builtin:"):
+        if not Path(name).exists():
+            from nlp_ssl.hub import check_hub_repo  # the Hub's answers as one line, like the pushes'
+
+            check_hub_repo(name, "model", key)
         return name
     if name not in BUILTIN_MODELS:
         raise ConfigError(f"model.name_or_path {name!r}: unknown built-in model; choose one of {list(BUILTIN_MODELS)}")
