@@ -134,7 +134,7 @@ def vit_with_pooler(model: ModelConfig, image: ImageConfig, pooler_width: int | 
     from transformers import ViTModel
 
     fields = {**vit_fields(image), "pooler_act": "gelu"}
-    classifier = build_model(model, "image_classification", ignore_mismatched_sizes=True, **fields)
+    classifier = build_model(model, "image_classification", **fields)
     config = classifier.config
     config.pooler_output_size = pooler_width or config.hidden_size
     vit = ViTModel(config)
