@@ -27,12 +27,14 @@ from typing import Any, Literal
 from nlp_ssl.config import build_section
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.models import special_token_fields
-from nlp_ssl.models.architectures import is_causal
+from nlp_ssl.models.architectures import is_causal, mlm_parts
 from nlp_ssl.models.continued import build_pretraining_model
 from nlp_ssl.objectives.clm import CLMCollator, CLMConfig, clm_aux_keys
 from nlp_ssl.objectives.mlm import MLMAuxKeys, MLMCollator, MLMConfig, unigram_baseline_accuracy
+from nlp_ssl.objectives.simcse import SimCSECollator, SimCSEConfig, whole_texts
 from nlp_ssl.tasks.causal_lm import CausalLMAux, CausalLMTask, causal_lm_head
 from nlp_ssl.tasks.masked_lm import MaskedLMAux, MaskedLMTask, masked_lm_head
+from nlp_ssl.tasks.sentence_embedding import SentenceEmbeddingTask
 
 Modality = Literal["text", "image"]
 
@@ -82,6 +84,9 @@ class Parts:
     word_ids: bool = False
     #: ``(train, validation) -> dict`` of reference results for ``all_results.json`` (e.g. a baseline).
     baseline: Callable | None = None
+    #: Text: ``(corpus, tokenizer) -> {"train", "validation"}`` when the examples are not packed
+    #: ``block_size`` blocks (``data.text.TextCorpus.blocks``), e.g. whole texts truncated (SimCSE).
+    examples: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,26 @@ def _clm_parts(settings: CLMConfig, setup: TextSetup) -> Parts:
                  pipeline_tag="text-generation")
 
 
+def _simcse_parts(settings: SimCSEConfig, setup: TextSetup) -> Parts:
+    tokenizer = setup.tokenizer
+    # The bare encoder of the masked LM that the checkpoint (or a preset) builds: every parameter is in
+    # the loss (DDP needs that), and the saved folder loads under any head of the architecture.
+    masked_lm = build_pretraining_model(setup.model, "masked_lm", tokenizer, learning_rate=setup.learning_rate,
+                                        **special_token_fields(tokenizer))
+    found = None if is_causal(masked_lm.config) else mlm_parts(masked_lm)
+    if found is None:
+        raise ConfigError(f"objective simcse trains a bidirectional encoder; {masked_lm.config.model_type} has none "
+                          "that nlp_ssl knows (models/architectures.py: mlm_encoder)")
+    encoder = found[0]
+    return Parts(
+        encoder, SentenceEmbeddingTask(encoder, settings.temperature, settings.pooling),
+        SimCSECollator(tokenizer, settings.pad_to_multiple_of), pipeline_tag="feature-extraction",
+        summary=(f"unsupervised SimCSE (each text twice under dropout, in-batch negatives, temperature "
+                 f"{settings.temperature}, {settings.pooling} pooling)"),
+        examples=whole_texts,
+    )
+
+
 def _causal_lm_aux(classifier, pretrained):
     if not is_causal(classifier.config):
         raise ConfigError(f"aux_lm 'clm' needs a causal model; {classifier.config.model_type} is bidirectional: "
@@ -169,6 +194,10 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in [
         "clm", "text", _clm_parts, CLMConfig, "causal language modelling (GPT), optionally document-aware",
         head="causal_lm", causal=True,
         aux=Aux(loss=_causal_lm_aux, batch_keys=lambda **_: clm_aux_keys),
+    ),
+    Objective(
+        "simcse", "text", _simcse_parts, SimCSEConfig,
+        "unsupervised SimCSE: a text and itself under two dropout masks are positives, the batch's other texts negatives",
     ),
 ]}
 
