@@ -6,7 +6,10 @@ Unknown keys are errors that list the valid ones, so a typo never silently falls
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
+import os
 import re
 import sys
 import types
@@ -19,6 +22,8 @@ import yaml
 from nlp_ssl.errors import ConfigError
 
 T = TypeVar("T")
+
+logger = logging.getLogger("nlp_ssl.config")
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -180,6 +185,7 @@ def load_config(cls: type[T], yaml_path: str | Path | None = None, overrides: li
             raise ConfigError(f"config file {path}: not valid YAML ({e})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
+        loaded = _move_keys(cls, loaded, f"config file {path}")
         _check_keys(cls, loaded, "", f"config file {path}")
         tree = _merge(tree, loaded)
     for item in overrides:
@@ -190,9 +196,47 @@ def load_config(cls: type[T], yaml_path: str | Path | None = None, overrides: li
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        key = _moved_key(cls, key, "command line")
         _check_keys(cls, _nest(key, value), "", "command line")
         _set_dotted(tree, key, value)
     return _build(cls, tree)
+
+
+def moved_keys(cls) -> dict[str, str]:
+    """A config's renamed keys, old dotted name -> new (``MOVED_KEYS`` on the class and its bases)."""
+    moved: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        moved.update(getattr(klass, "MOVED_KEYS", {}) or {})
+    return moved
+
+
+def _moved_key(cls, key: str, source: str) -> str:
+    """The key's current name; an old name still works, with a one-line warning that names the new one."""
+    moved = moved_keys(cls)
+    head = next((old for old in moved if key == old or key.startswith(old + ".")), None)
+    if head is None:
+        return key
+    new = moved[head] + key[len(head):]
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # once per machine, not once per process
+        logger.warning("%s: config key %r is deprecated and will be removed; use %r", source, key, new)
+    return new
+
+
+def _move_keys(cls, tree: dict, source: str) -> dict:
+    """A YAML mapping with each old key (``learning_rate``, ``finetune.mlm_probability``) moved to its new place."""
+    out = copy.deepcopy(tree)
+    for old in moved_keys(cls):
+        *parents, leaf = old.split(".")
+        chain = [out]
+        for name in parents:
+            chain.append(chain[-1].get(name) if isinstance(chain[-1], dict) else None)
+        if isinstance(chain[-1], dict) and leaf in chain[-1]:
+            value = chain[-1].pop(leaf)
+            for parent, name, node in reversed(list(zip(chain, parents, chain[1:]))):
+                if not node:  # an old section left empty goes too
+                    del parent[name]
+            _set_dotted(out, _moved_key(cls, old, source), value)
+    return out
 
 
 def _nest(dotted: str, value: Any) -> dict:
@@ -243,16 +287,22 @@ def parse_config(cls: type[T], argv: list[str] | None = None, default_yaml: str 
 
 
 def describe(cls, prefix: str = "") -> str:
-    """Every key with its type and default, for ``--help``."""
-    lines = []
+    """Every key with its default, for ``--help``: the top-level keys, then each section under a
+    header with the first line of its docstring (what is learned, how it runs, evaluation, the Hub ...)."""
+    lines, sections = [], []
     default = cls()
     for f in dataclasses.fields(cls):
         value = getattr(default, f.name)
         if dataclasses.is_dataclass(value):
-            lines.append(describe(type(value), f"{prefix}{f.name}."))
+            sections.append((f.name, type(value)))
         else:
             lines.append(f"  {prefix}{f.name} = {value!r}")
-    return "\n".join(lines)
+    for name, section in sections:
+        doc = (section.__doc__ or "").strip().splitlines()
+        about = doc[0] if doc and not doc[0].startswith(section.__name__ + "(") else ""
+        lines.append(f"\n{prefix}{name}:{' ' + about if about else ''}")
+        lines.append(describe(section, f"{prefix}{name}."))
+    return "\n".join(line for line in lines if line)
 
 
 def save_config(cfg, path: str | Path) -> None:

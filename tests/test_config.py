@@ -72,3 +72,46 @@ def test_model_config_overrides_reject_fields_the_hf_config_lacks(tmp_path):
     fine.save_pretrained(tmp_path / "vit")
     with pytest.raises(ConfigError, match=r"\['hidden_sise'\] is not a field of ViTConfig"):
         build_model(ModelConfig(name_or_path=str(tmp_path / "vit"), config_overrides={"hidden_sise": 8}), "image_classification")
+
+
+@dataclass
+class Optim:
+    """What is learned: the optimizer."""
+
+    learning_rate: float = 1e-3
+    warmup: int = 0
+
+
+@dataclass
+class Grouped:
+    MOVED_KEYS = {"learning_rate": "optim.learning_rate", "warmup_steps": "optim.warmup", "old.size": "inner.size"}
+    output_dir: str = "out"
+    optim: Optim = field(default_factory=Optim)
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_an_old_flat_key_still_works_with_one_warning_that_names_the_new_key(tmp_path, caplog):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 0.5\nold:\n  size: 4\noptim:\n  warmup: 3\n")
+    with caplog.at_level("WARNING", logger="nlp_ssl.config"):
+        cfg = load_config(Grouped, path, ["warmup_steps=9"])
+    assert (cfg.optim.learning_rate, cfg.optim.warmup, cfg.inner.size) == (0.5, 9, 4)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("'learning_rate' is deprecated and will be removed; use 'optim.learning_rate'" in m for m in messages)
+    assert any("command line: config key 'warmup_steps' is deprecated" in m and "'optim.warmup'" in m for m in messages)
+    assert any("'old.size' is deprecated" in m and "'inner.size'" in m for m in messages)
+    assert len(messages) == 3
+    # The new keys give the same config, silently; an unknown key is still an error.
+    caplog.clear()
+    assert load_config(Grouped, None, ["optim.learning_rate=0.5"]).optim.learning_rate == 0.5 and not caplog.records
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(Grouped, None, ["learning_rat=1"])
+
+
+def test_help_prints_the_groups_with_what_each_is_for(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Grouped, ["--help"])
+    text = capsys.readouterr().out
+    assert "optim: What is learned: the optimizer." in text
+    assert text.index("output_dir") < text.index("optim:") < text.index("optim.learning_rate = 0.001")
+    assert "\ninner:\n" in text and "inner.size = 1" in text
