@@ -19,6 +19,7 @@ import numpy as np
 
 from nlp_ssl.data.labels import drop_classes, few_label_split, load_labeled_dataset
 from nlp_ssl.errors import ConfigError, DataError
+from nlp_ssl.finetune_contrastive import ContrastiveFinetuneConfig, contrastive_parts, describe
 from nlp_ssl.metrics import SCORES, compute_scores
 from nlp_ssl.models import ModelConfig, build_model, special_token_fields
 from nlp_ssl.models.architectures import is_causal
@@ -76,6 +77,9 @@ class FinetuneConfig:
     #: Test-set scores (``accuracy``, ``f1``, ``macro_f1``, ``matthews_correlation``, ``pearsonr``,
     #: ``spearmanr``); empty: accuracy and macro-F1, or Pearson and Spearman for regression.
     metrics: list[str] = field(default_factory=list)
+    #: ``contrastive``: + a contrastive loss that pulls examples of one class together (``contrastive``).
+    mode: Literal["standard", "contrastive"] = "standard"
+    contrastive: ContrastiveFinetuneConfig = field(default_factory=ContrastiveFinetuneConfig)
 
     def __post_init__(self):
         choices = ["none", "auto", *registry.names("text", aux=True)]
@@ -319,12 +323,16 @@ def finetune(cfg: FinetuneTextConfig, data: tuple[dict, list[str] | None, str] |
         )
     aux_keys = aux.aux.batch_keys(tokenizer=tokenizer, finetune=cfg.finetune, seed=cfg.seed) if aux else None
     collator = ClassificationCollator(tokenizer, aux_keys, regression=regression)
+    eval_collator = None
+    if cfg.finetune.mode == "contrastive":
+        task, collator, eval_collator = contrastive_parts(cfg.finetune.contrastive, task, collator, train, validation, cfg.seed)
     test_collator = ClassificationCollator(tokenizer, regression=regression)
     description = description or RunDescription()
     kind = "regression" if regression else f"text classification ({len(names)} classes)"
     pairs = " of sentence pairs" if "text_pair" in train_raw.column_names else ""
     description.objective = description.objective or (
         kind + pairs + (f" + auxiliary {aux.name.upper()} loss (λ={cfg.finetune.aux_weight})" if aux else "")
+        + (describe(cfg.finetune.contrastive) if cfg.finetune.mode == "contrastive" else "")
     )
     per_class = f"{cfg.data.k_per_class or 'all'} labelled examples per class, " if not regression else ""
     description.data = description.data or f"{where}, {per_class}{len(train)} training examples"
@@ -345,7 +353,7 @@ def finetune(cfg: FinetuneTextConfig, data: tuple[dict, list[str] | None, str] |
             out.update({test_prefix(split) + k: v for k, v in found.items()})
         return out
 
-    trainer = Trainer(cfg, task, train, collator, eval_dataset=validation, processor=tokenizer,
+    trainer = Trainer(cfg, task, train, collator, eval_dataset=validation, eval_collator=eval_collator, processor=tokenizer,
                       accelerator=accelerator, description=description, run_config=cfg)
     extra = {"train_examples": len(train), "num_labels": 1 if regression else len(names), "aux_lm": aux.name if aux else "none",
              "problem_type": cfg.finetune.problem_type}
