@@ -5,17 +5,19 @@ as jsonl) at two or more sizes, every case in a subprocess of its own:
 
 - ``bare tokenizer``: the fast tokenizer's ``encode_batch_fast`` on batches of 1,000 documents, timed
   around the calls alone (no reading, no packing, nothing written): the ceiling;
-- ``nlp-ssl prepare``: tokenize, pack and write the store (its packing phase; loading the jsonl into
-  Arrow is timed apart), with 1 and with N worker processes;
+- ``nlp-ssl prepare``: tokenize, pack and write the store, with 1 and with N worker processes;
 - ``run_mlm``: transformers' example recipe, ``datasets.map`` of ``tokenizer(..., return_special_tokens_mask=True)``
   then ``group_texts`` into blocks, with ``num_proc`` as ``preprocessing_num_workers``;
 - ``tokenize_and_pack``: nlp_ssl's own path without a store (``datasets.map``, Arrow ``int32`` lists).
 
-It prints tokens/s per process, bytes on disk per token (the written files, over the tokens they
-hold) and peak RSS (the largest resident set of the case's main process, and of its largest
-worker), then the resume timing of a store: the first batch after skipping to an early and to a
-late step, through the trainer's own loader (accelerate's seeded sampler and ``skip_first_batches``).
-One core per process (``RAYON_NUM_THREADS=1``) so that rates are per process.
+Loading the jsonl into 🤗 datasets' Arrow cache, which every case but the bare one starts with, happens
+before the clock and the memory peak. It prints tokens per CPU second (all the case's processes: what
+each process gives with a core of its own, less moved by other jobs than wall time) and per wall
+second, bytes on disk per token (the written files, over the tokens they hold) and peak RSS (the
+largest resident set of the case's main process during its step, and of its largest worker), then
+the resume timing of a store: the first batch after skipping to an early and to a late step, through
+the trainer's own loader (accelerate's seeded sampler and ``skip_first_batches``). One thread per
+process (``RAYON_NUM_THREADS=1``).
 
     python benchmarks/bench_data.py [--mb 75 300] [--num_proc 2] [--workdir DIR]
     python benchmarks/bench_data.py --mb 20 80      # a quick run
@@ -81,6 +83,12 @@ def documents(corpus: Path):
         yield batch
 
 
+def reset_peak_rss() -> None:
+    """Start this process's peak resident set afresh (Linux: write 5 to clear_refs), so that a case's
+    peak is its step's, not that of loading the jsonl into Arrow before it (the same for every case)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 class Clock:
     """Wall seconds and CPU seconds of this process and its finished children (workers, once joined):
     CPU seconds count only the work done, however busy the machine is with other jobs."""
@@ -105,6 +113,7 @@ def case_bare(corpus: Path, tokenizer_dir: Path, work: Path, num_proc: int) -> d
     backend = AutoTokenizer.from_pretrained(tokenizer_dir).backend_tokenizer
     backend.no_truncation()
     tokens, wall, cpu = 0, 0.0, 0.0
+    reset_peak_rss()
     for texts in documents(corpus):
         with Clock() as clock:
             encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
@@ -122,6 +131,7 @@ def case_prepare(corpus: Path, tokenizer_dir: Path, work: Path, num_proc: int) -
     data = TextDataConfig(train_file=str(corpus), block_size=BLOCK, cache_dir=str(work / "cache"),
                           num_proc=num_proc if num_proc > 1 else None)
     load_text_splits(data)  # the jsonl into Arrow, as the other cases' load_dataset, before the clock
+    reset_peak_rss()
     with Clock() as clock:
         store = prepare(PrepareConfig(output_dir=str(work / "store"), data=data,
                                       tokenizer=TokenizerConfig(name_or_path=str(tokenizer_dir))))
@@ -137,6 +147,7 @@ def case_run_mlm(corpus: Path, tokenizer_dir: Path, work: Path, num_proc: int) -
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     raw = load_dataset("json", data_files={"train": str(corpus)}, cache_dir=str(work / "cache"))
+    reset_peak_rss()
     clock = Clock().__enter__()
     column_names = raw["train"].column_names
 
@@ -169,6 +180,7 @@ def case_tokenize_and_pack(corpus: Path, tokenizer_dir: Path, work: Path, num_pr
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     raw = load_dataset("json", data_files={"train": str(corpus)}, split="train", cache_dir=str(work / "cache"))
+    reset_peak_rss()
     with Clock() as clock:
         blocks = tokenize_and_pack(raw, tokenizer, "text", BLOCK, num_proc=num_proc if num_proc > 1 else None)
     files = {f["filename"] for f in blocks.cache_files}
