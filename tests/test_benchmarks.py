@@ -10,6 +10,7 @@ from tests.helpers import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_data  # noqa: E402
+import bench_fewlabel  # noqa: E402
 import bench_trainer  # noqa: E402
 import gpu_check  # noqa: E402
 
@@ -75,3 +76,54 @@ def test_bench_data_measures_each_way_of_preparing_the_same_text(tmp_path, capsy
     assert re.search(r"nlp-ssl prepare \(uint16 memmap\) +1 +[\d,]+ +[\d,]+ +\d+% +[\d,]+ +2\.00 ", table), table
     (skip_early, early), (skip_late, late) = bench_data.resume_timing(tmp_path / "prepare" / "store", tokenizer, batch_size=4)
     assert skip_early == 10 and skip_late > skip_early and early > 0 and late > 0
+
+
+@pytest.mark.slow
+def test_bench_fewlabel_runs_setfit_and_both_finetunings_on_the_same_rows_and_reuses_finished_cells(tmp_path, capsys):
+    """A tiny real run (pair task of 80 training pairs, k=8, 2 steps each): every method trains on the
+    rows nlp_ssl's split draws, the scores are those of the predictions, and a rerun reuses the cells."""
+    pytest.importorskip("setfit")
+    import json
+
+    from nlp_ssl.config import parse_config
+    from nlp_ssl.data.wiki import load_wiki_corpus
+    from nlp_ssl.data.wiki_pairs import LABELS, topic_pairs
+    from nlp_ssl.finetune_text import FinetuneTextConfig, load_splits, split_pool
+    from tests.helpers import write_jsonl
+
+    data = tmp_path / "data" / "wikipairs"
+    data.mkdir(parents=True)
+    corpus = load_wiki_corpus()
+    for split, source, n in (("train", "en_train", 80), ("test", "en_test", 24)):
+        write_jsonl(data / f"{split}.jsonl", [{"text": r["text"], "text_pair": r["text_pair"], "label": LABELS[r["label"]]}
+                                              for r in topic_pairs(corpus[source], n, seed=0)])
+    argv = ["--tasks", "wikipairs", "--k", "8", "--seeds", "0", "--methods", "setfit,standard,contrastive", "--max_steps", "2",
+            "--setfit_max_steps", "2", "--out", str(tmp_path)]
+    bench_fewlabel.main(argv)  # each cell is a subprocess, as in a real run
+    assert capsys.readouterr().out.count("(ran)") == 3
+    results = json.loads((tmp_path / "results.json").read_text())
+    cells = {c["method"]: c for c in results["cells"]}
+    assert set(cells) == {"setfit", "standard", "contrastive"}
+    assert all(c["train_examples"] == 16 and c["cpu_s"] > 1 and c["settings"]["max_steps"] == 2 for c in cells.values())
+    assert "finetune.mode=contrastive" in cells["contrastive"]["command"] and "max_steps=2" in cells["standard"]["command"]
+
+    # setfit trained on the very rows the nlp_ssl runs of this k and seed train on, and is scored on its predictions.
+    args = [f"data.train_file={data / 'train.jsonl'}", "data.text_pair_column=text_pair", "data.k_per_class=8", "seed=0"]
+    cfg = parse_config(FinetuneTextConfig, args, default_yaml=ROOT / "recipes" / "configs" / "finetune_text.yaml")
+    splits, names, where = load_splits(cfg.data)
+    train, _ = split_pool(splits["pool"], names, cfg.data, cfg.seed, where)
+    folder = tmp_path / "runs" / "wikipairs" / "k8_s0" / "setfit"
+    written = [json.loads(line) for line in (folder / "split" / "train.jsonl").read_text().splitlines()]
+    expected = list(zip(train["text"], train["text_pair"], train["label"]))
+    assert [(r["text"], r["text_pair"], r["label"]) for r in written] == expected
+    labels = [json.loads(line)["label"] for line in (folder / "split" / "test.jsonl").read_text().splitlines()]
+    predicted = json.loads((folder / "setfit" / "predictions.json").read_text())
+    assert len(predicted) == len(labels) == 24
+    assert cells["setfit"]["accuracy"] == pytest.approx(sum(p == t for p, t in zip(predicted, labels)) / 24)
+    table = (tmp_path / "results.md").read_text()
+    assert "| setfit |" in table and "| contrastive |" in table and results["commit"] in table
+
+    stamps = {m: (tmp_path / "runs" / "wikipairs" / "k8_s0" / m / "cell.json").stat().st_mtime_ns for m in cells}
+    bench_fewlabel.main(argv)
+    assert capsys.readouterr().out.count("(reused)") == 3
+    assert stamps == {m: (tmp_path / "runs" / "wikipairs" / "k8_s0" / m / "cell.json").stat().st_mtime_ns for m in cells}
