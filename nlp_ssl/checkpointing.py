@@ -33,6 +33,12 @@ def checkpoint_dir(root: Path, step: int) -> Path:
     return root / f"step_{step:08d}"
 
 
+def checkpoint_step(folder: Path) -> int:
+    """The step of a checkpoint folder named by :func:`checkpoint_dir` (0 for another name)."""
+    m = _NAME.match(folder.name)
+    return int(m.group(1)) if m else 0
+
+
 def temporary_dir(final: Path) -> Path:
     return final.parent / f".tmp-{final.name}"
 

@@ -7,13 +7,15 @@ import ast
 import importlib
 import importlib.util
 import logging
+import signal
 import sys
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nlp_ssl import atomic, run_lock
-from nlp_ssl.errors import EXIT_INTERRUPTED, ConfigError, NlpSslError, RunEnded
+from nlp_ssl.errors import EXIT_INTERRUPTED, ConfigError, NlpSslError, PreemptedBeforeTraining, RunEnded
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -23,18 +25,28 @@ def run(main) -> None:
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     for noisy in ("httpx", "httpx2", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    def preempted(signum, frame):
+        raise PreemptedBeforeTraining("SIGTERM before the run was set up: nothing was lost; continue with resume=auto")
+
+    # Until the run is set up (make_accelerator takes over), SIGTERM loses nothing: exit 75, requeue.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, preempted) if main_thread else None
     try:
         main()
     except NlpSslError as e:
         run_lock.release_all()
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
-    except RunEnded as e:
+    except (RunEnded, PreemptedBeforeTraining) as e:
         print(str(e) if e.exit_code == 0 else f"stopped: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:  # before training: there is nothing to save yet
         print("interrupted before training started; nothing was saved", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ from "requeue me" (``nlp_ssl.cli.run`` turns the exception into one line and the
 2     bad input (config value, data file, checkpoint path), reported before training
 3     diverged: ``max_bad_steps`` optimizer steps in a row had a non-finite loss or gradient
 74    a checkpoint could not be written (disk full, I/O error); the previous one is intact
-75    stopped by SIGTERM or SIGINT after saving a checkpoint: requeue with ``resume=auto``
-130   interrupted (Ctrl-C) before training started; nothing to save
+75    stopped by SIGTERM or SIGINT after saving a checkpoint, or by SIGTERM before training started
+      (nothing lost): requeue with ``resume=auto``
+130   interrupted (Ctrl-C) before training started, or a second Ctrl-C; nothing saved
 ====  ===========================================================================================
 """
 
@@ -60,4 +61,14 @@ class CheckpointWriteFailed(RunEnded):
 
 
 class Preempted(RunEnded):
+    exit_code = EXIT_PREEMPTED
+
+
+class PreemptedBeforeTraining(BaseException):
+    """SIGTERM while the run is set up (data, model): nothing is lost, requeue with ``resume=auto``.
+
+    Raised from the signal handler, so it is a BaseException, as KeyboardInterrupt is: no library's
+    ``except Exception`` around the interrupted code swallows it.
+    """
+
     exit_code = EXIT_PREEMPTED

@@ -30,8 +30,11 @@ def acquire(output_dir: str | os.PathLike) -> None:
     if str(folder) in _HELD:
         return
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:  # a read-only file system, no permission, a file in the way
+        raise ConfigError(f"output_dir {output_dir} cannot be written: {e.strerror or e}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -1,11 +1,10 @@
 """One Accelerate trainer for every objective and modality: the training loop, read top to bottom.
 
-Steps are optimizer steps. A global batch and a per-process micro batch give the gradient
-accumulation; the LR schedule is sized in optimizer steps and stepped once per optimizer step, so
-it is right under accumulation and with N processes (the transformers ``no_trainer`` examples let
-Accelerate step it N times). Losses are normalised by the items in the whole optimizer step, which
-makes one process and N processes agree at the same global batch. Every other job of a run has a
-room in :mod:`nlp_ssl.training`; the names recipes import from here are imported from there.
+Steps are optimizer steps. A global batch and a per-process micro batch give the gradient accumulation;
+the LR schedule is sized in optimizer steps and stepped once per optimizer step, so it is right under
+accumulation and with N processes (the transformers ``no_trainer`` examples let Accelerate step it N
+times). Losses are normalised by the items in the whole optimizer step, which makes one process and N
+processes agree at the same global batch. Every other job of a run has a room in :mod:`nlp_ssl.training`.
 """
 
 from __future__ import annotations
@@ -60,10 +59,9 @@ class Trainer:
         self.config = config
         self.accelerator = acc = accelerator or make_accelerator(config)
         run = setup.take_run_setup(config, acc)  # the lock, the batch arithmetic and a local resume point
-        self.output_dir = Path(config.output_dir)
-        self.checkpoint_root = self.output_dir / "checkpoints"
+        self.output_dir, self.checkpoint_root = Path(config.output_dir), Path(config.output_dir) / "checkpoints"
         self.resume_from = setup.hub_resume_point(config, acc) if setup.is_hub_resume(config.resume) else run.resume_from
-        self.accumulation = run.accumulation
+        self.accumulation, self.signals = run.accumulation, run.signals
         self.task, self.processor, self.train_collator, self.batch_sampler = task, processor, collator, batch_sampler
         self.description = description or RunDescription()
         self.run_config = to_dict(run_config) if run_config is not None else to_dict(config)
@@ -83,6 +81,8 @@ class Trainer:
         if self.eval_loader is not None:
             self.eval_loader = acc.prepare(self.eval_loader)
         acc.register_for_checkpointing(self.scheduler)  # stepped by hand once per optimizer step, saved with the state
+        if eval_dataset is not None:  # an unknown metric_for_best fails now, not at the first evaluation
+            evaluation.check_metric_for_best(config, acc, self.model, task, eval_dataset, eval_collator or collator)
         self._peak = throughput.peak_flops(config.peak_flops, acc.device, acc.mixed_precision)
         #: Process-wide settings held for the run (until fit returns).
         self._run_settings = contextlib.ExitStack()
@@ -201,7 +201,7 @@ class Trainer:
         acc.init_trackers("tensorboard", config=flat_hparams(self.run_config))
         with guard.reported(self._write_status, lambda: self.state.step):
             try:
-                with guard.StopSignals() as signals:
+                with self.signals as signals:
                     yield signals
             finally:
                 self._run_settings.close()

@@ -7,14 +7,27 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from accelerate.utils import LoggerType
+
 from nlp_ssl.config import check_ranges
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.hub import HubConfig
 
+#: Settings that a resume must find as the checkpoint's run had them: each changes the order of the
+#: data or the learning-rate schedule (``resume_changed`` lets named ones differ).
+RESUME_SETTINGS = ("seed", "global_batch_size", "micro_batch_size", "lr_schedule", "warmup_steps", "warmup_ratio")
+
+#: ``report_to`` values: accelerate's trackers, or none.
+TRACKERS = tuple(sorted(t.value for t in LoggerType if t.value != "all")) + ("all", "none")
+
 
 @dataclass
 class TrainConfig(HubConfig):
+    #: A new or empty folder, or one of an earlier nlp_ssl run (to continue it); never the current
+    #: directory unless ``write_into_cwd`` says so.
     output_dir: str = "outputs/run"
+    #: Let ``output_dir`` be the current directory (it must still be empty or hold an nlp_ssl run).
+    write_into_cwd: bool = False
     seed: int = 42
     max_steps: int = 1000
     #: Examples per optimizer step, over all processes and accumulation.
@@ -48,6 +61,9 @@ class TrainConfig(HubConfig):
     save_total_limit: int = 2
     #: ``auto`` (latest checkpoint in output_dir, or a fresh start), a checkpoint path, or empty.
     resume: str | None = None
+    #: Settings of RESUME_SETTINGS that may differ from the checkpoint's run (e.g. ``[global_batch_size]``):
+    #: a resume that finds another value is refused unless the setting is named here.
+    resume_changed: list[str] = field(default_factory=list)
     metric_for_best: str = "loss"
     #: None: lower is better for loss and perplexity, higher for anything else.
     greater_is_better: bool | None = None
@@ -92,8 +108,21 @@ class TrainConfig(HubConfig):
             warmup_ratio="[0, 1)", max_grad_norm="[0, inf)", log_every="(0, inf)", eval_every="(0, inf)",
             eval_batches="(0, inf)", save_every="(0, inf)", save_total_limit="[0, inf)",
             early_stopping_patience="[0, inf)", num_workers="[0, inf)", peak_flops="(0, inf)",
-            max_bad_steps="(0, inf)", prefetch_factor="(0, inf)",
+            max_bad_steps="(0, inf)", prefetch_factor="(0, inf)", seed="[0, 4294967295]",
         )
+        if not str(self.output_dir).strip():
+            raise ConfigError("output_dir is empty (an unset variable in a job script?): name the folder the run writes to")
+        unknown = [t for t in self.report_to if t and t not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"report_to: unknown tracker {unknown[0]!r}; choose from {', '.join(TRACKERS)} "
+                              "(or report_to=[] for none)")
+        if self.warmup_steps and self.warmup_steps >= self.max_steps:
+            raise ConfigError(f"warmup_steps {self.warmup_steps} is not below max_steps {self.max_steps}: the learning "
+                              "rate would never leave its warmup; lower warmup_steps (or use warmup_ratio)")
+        unknown = [s for s in self.resume_changed if s not in RESUME_SETTINGS]
+        if unknown:
+            raise ConfigError(f"resume_changed: {unknown[0]!r} is not one of the settings a resume checks "
+                              f"({', '.join(RESUME_SETTINGS)})")
 
     @property
     def time_budget_s(self) -> float | None:

@@ -8,6 +8,7 @@ import math
 import torch
 
 from nlp_ssl.errors import ConfigError
+from nlp_ssl.training.compiling import first_examples
 
 logger = logging.getLogger("nlp_ssl.trainer")
 
@@ -49,6 +50,27 @@ def evaluate(accelerator, model, task, loader, eval_batches: int | None, step: i
     if acc.is_local_main_process:
         logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in result.items()))
     return result
+
+
+def check_metric_for_best(config, accelerator, model, task, dataset, collator) -> None:
+    """Refuse an unknown ``metric_for_best`` before training, not at the first evaluation: the names
+    a task reports are its losses' (known) and its metrics', read from one batch of validation data
+    (eval mode, no gradients, the RNG untouched)."""
+    metric_for_best, batch_size = config.metric_for_best, config.eval_batch_size or config.micro_batch_size
+    name = metric_for_best.removeprefix("eval_")
+    reported = {"loss"} | ({"perplexity"} if task.reports_perplexity else set())
+    if len(task.loss_weights) > 1:
+        reported |= {f"{n}_loss" for n in task.loss_weights}
+    if name in reported:
+        return
+    batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v
+             for k, v in collator(first_examples(dataset, batch_size)).items()}
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices, device_type=accelerator.device.type):
+        model.eval()
+        reported |= set(model(**batch).get("metrics", {}))
+    if name not in reported:
+        raise ConfigError(f"metric_for_best {metric_for_best!r} is not reported; choose one of {sorted(reported)}")
 
 
 def greater_is_better(config) -> bool:

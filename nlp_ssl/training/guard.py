@@ -24,17 +24,19 @@ from nlp_ssl import atomic, backends
 from nlp_ssl import checkpointing as ckpt
 from nlp_ssl.errors import (
     EXIT_INTERRUPTED,
+    EXIT_PREEMPTED,
     CheckpointWriteFailed,
     Diverged,
     NlpSslError,
     Preempted,
+    PreemptedBeforeTraining,
     RunEnded,
 )
 
 logger = logging.getLogger("nlp_ssl.trainer")
 
 #: How the run ended: ``running``, ``finished``, ``preempted``, ``diverged``, ``write_failed``,
-#: ``bad_input`` (exit 2) or ``crashed`` (exit 1, a bug).
+#: ``bad_input`` (exit 2), ``interrupted`` (Ctrl-C, exit 130) or ``crashed`` (exit 1, a bug).
 STATUS_FILE = "run_status.json"
 STATUS_NAMES = {Preempted: "preempted", Diverged: "diverged", CheckpointWriteFailed: "write_failed"}
 
@@ -43,35 +45,67 @@ PREEMPT_HUB_WAIT_S = 20.0
 
 
 class StopSignals:
-    """SIGTERM and SIGINT ask the run to stop after the current optimizer step, with a checkpoint.
+    """SIGTERM and SIGINT, from the moment the run is set up (the lock taken) to the end of ``fit``.
 
-    A second SIGINT aborts at once without saving (for a user who really means Ctrl-C). Handlers are
-    installed only around the training loop, and only from the main thread (signals reach no other).
+    During setup (data, model, compile) a run has nothing to lose: SIGTERM ends it at once as
+    preempted (:class:`PreemptedBeforeTraining`, exit 75) and SIGINT as a KeyboardInterrupt, each
+    with ``run_status.json`` saying so, for a requeue loop. In the training loop (``with signals:``)
+    they ask the run to stop after the current optimizer step, with a checkpoint; a second SIGINT
+    aborts at once without saving. Handlers can only be installed from the main thread (signals reach
+    no other); elsewhere nothing is installed.
     """
 
-    def __init__(self):
+    def __init__(self, status_dir: Path | None = None, step: int = 0):
         self.received: str | None = None
+        self.training = False
+        #: Where ``run_status.json`` goes (the main process's output_dir; None: write none), and at which step.
+        self._status_dir, self._step = status_dir, step
         self._previous = {}
 
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+    def install(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread() and not self._previous:
             for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
+                previous = signal.getsignal(sig)
+                earlier = getattr(previous, "__self__", None)
+                if isinstance(earlier, StopSignals):  # a run set up earlier in this process that never trained
+                    previous = earlier._previous.get(sig, previous)
+                self._previous[sig] = previous
+                signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc):
+    def uninstall(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
 
+    def __enter__(self):
+        self.training = True
+        return self.install()
+
+    def __exit__(self, *exc):
+        self.training = False
+        self.uninstall()
+
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
+        if not self.training:
+            if signum == signal.SIGINT:
+                self._record("interrupted", EXIT_INTERRUPTED, "SIGINT before training started; nothing was saved")
+                raise KeyboardInterrupt
+            message = f"{name} before training started: nothing was lost; continue with resume=auto"
+            self._record("preempted", EXIT_PREEMPTED, message)
+            raise PreemptedBeforeTraining(message)
         if self.received is not None and signum == signal.SIGINT:
             print("second SIGINT: aborting without saving", file=sys.stderr, flush=True)
+            self._record("interrupted", EXIT_INTERRUPTED, "second SIGINT: aborted without saving")
             os._exit(EXIT_INTERRUPTED)
         if self.received is None:
             self.received = name
             logger.warning("received %s: finishing this optimizer step, then saving a checkpoint and stopping", name)
+
+    def _record(self, status: str, exit_code: int, message: str) -> None:
+        if self._status_dir is not None:
+            write_status(self._status_dir, status, exit_code, self._step, message)
 
 
 def write_status(output_dir: Path, status: str, exit_code: int | None, step: int, message: str) -> None:

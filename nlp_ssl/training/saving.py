@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
+import transformers
 
 from nlp_ssl import atomic
 from nlp_ssl import checkpointing as ckpt
@@ -23,6 +24,22 @@ from nlp_ssl.training.loaders import StreamPosition
 from nlp_ssl.training.throughput import averages
 
 logger = logging.getLogger("nlp_ssl.trainer")
+
+
+@contextlib.contextmanager
+def quietly(level: int = logging.ERROR):
+    """Without accelerate's line per saved or loaded file (and its warning that tied weights are saved
+    once) and transformers' shard bar: a checkpoint is one line of the run's log, not nine."""
+    accelerate_log = logging.getLogger("accelerate")
+    was, bars = accelerate_log.level, transformers.utils.logging.is_progress_bar_enabled()
+    accelerate_log.setLevel(level)
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        accelerate_log.setLevel(was)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
 
 
 @contextlib.contextmanager
@@ -51,7 +68,7 @@ def save_checkpoint(accelerator, model, processor, state: TrainerState, run_conf
     tmp = ckpt.temporary_dir(final)
     previous = ckpt.latest_checkpoint(root)
     intact = f"checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
-    with writing(f"checkpoint step {state.step}", tmp, intact):
+    with writing(f"checkpoint step {state.step}", tmp, intact), quietly():
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -72,7 +89,8 @@ def save_checkpoint(accelerator, model, processor, state: TrainerState, run_conf
 def load_checkpoint(accelerator, path: Path, stream: StreamPosition, train_loader) -> TrainerState:
     """Model, optimizer, scheduler, RNG and stream position from a verified checkpoint; its trainer state."""
     try:
-        accelerator.load_state(str(path))
+        with quietly(logging.WARNING):
+            accelerator.load_state(str(path))
         saved = json.loads((path / ckpt.STATE_FILE).read_text(encoding="utf-8"))
         stream.restore(train_loader, path)
     except (OSError, RuntimeError, ValueError, KeyError, EOFError) as e:  # verified, yet it does not fit
@@ -97,7 +115,7 @@ def save_model(accelerator, model, processor, folder: Path, what: str | None = N
         inner = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         tmp = folder.parent / f".tmp-{folder.name}"
         with writing(what or str(folder), tmp,
-                     f"the previous {folder.name} is intact" if folder.exists() else "nothing was replaced"):
+                     f"the previous {folder.name} is intact" if folder.exists() else "nothing was replaced"), quietly():
             shutil.rmtree(tmp, ignore_errors=True)
             hf_model.save_pretrained(tmp, state_dict=inner, safe_serialization=True)
             if processor is not None:
@@ -108,7 +126,8 @@ def save_model(accelerator, model, processor, folder: Path, what: str | None = N
 
 def load_best(model, best_dir: Path) -> None:
     """Put the best saved weights back into the HF model (from_pretrained handles tied weights)."""
-    best = type(model).from_pretrained(best_dir)
+    with quietly():
+        best = type(model).from_pretrained(best_dir)
     model.load_state_dict(best.state_dict())
 
 

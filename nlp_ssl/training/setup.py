@@ -8,12 +8,16 @@ prepared, and leaves what it resolved on the accelerator (a :class:`RunSetup`), 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
+import huggingface_hub
 import torch
+import transformers
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list, set_seed
 
@@ -21,7 +25,8 @@ from nlp_ssl import backends, machine, run_lock
 from nlp_ssl import checkpointing as ckpt
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.hub import apply_timeout, resolve_hub_resume
-from nlp_ssl.training.config import TrainConfig
+from nlp_ssl.training import guard
+from nlp_ssl.training.config import RESUME_SETTINGS, TrainConfig
 
 logger = logging.getLogger("nlp_ssl.trainer")
 
@@ -31,7 +36,8 @@ _SETUP_ATTRIBUTE = "_nlp_ssl_run_setup"
 
 @dataclass(frozen=True)
 class RunSetup:
-    """What setting up resolved: the locked ``output_dir``, the batch arithmetic and the resume point."""
+    """What setting up resolved: the locked ``output_dir``, the batch arithmetic, the resume point and
+    the run's stop signals."""
 
     output_dir: Path
     #: ``resume`` as configured, to tell whether this setup still fits the config that uses it.
@@ -41,6 +47,9 @@ class RunSetup:
     #: A verified local checkpoint to resume from; None for a fresh start or a Hub resume (resolved
     #: by :func:`hub_resume_point` once the data is prepared).
     resume_from: Path | None
+    #: SIGTERM and SIGINT from now on: during setup they end the run at once (nothing to lose),
+    #: in the training loop they stop it after a checkpoint.
+    signals: guard.StopSignals
 
     def fits(self, config: TrainConfig) -> bool:
         return self.output_dir == Path(config.output_dir).resolve() and self.resume == config.resume
@@ -49,19 +58,30 @@ class RunSetup:
 def make_accelerator(config: TrainConfig) -> Accelerator:
     """The run's Accelerator; create it first so data preparation can use ``main_process_first``.
 
-    It also locks ``output_dir`` for this run and checks ``resume`` (a finished run, a damaged
-    checkpoint) and the batch sizes, so that those fail before any data is prepared, and gives every
-    Hub request of the run (models, datasets, pushes) the ``hub_timeout``. It settles
-    ``micro_batch_size: auto`` to a number, and sets up the machine: on CPU each process takes its
-    share of the cores (unless the user set OMP_NUM_THREADS), TF32 on Ampere and later GPUs.
+    It also checks and locks ``output_dir`` for this run and checks ``resume`` (a finished run, a
+    damaged checkpoint, a changed setting) and the batch sizes, so that those fail before any data is
+    prepared, and gives every Hub request of the run (models, datasets, pushes) the ``hub_timeout``.
+    It settles ``micro_batch_size: auto`` to a number, and sets up the machine: on CPU each process
+    takes its share of the cores (unless the user set OMP_NUM_THREADS), TF32 on Ampere and later
+    GPUs, fp32 (said in a warning) where fp16 was asked for on a CPU. From then on SIGTERM and SIGINT
+    are the run's (:class:`nlp_ssl.training.guard.StopSignals`).
     """
     apply_timeout(config.hub_timeout)
+    if not config.progress_bar:
+        quiet_progress_bars()
     trackers = [t for t in config.report_to if t and t != "none"]
+    # `accelerate launch --multi_gpu` on a machine without GPUs: run real DDP over gloo on CPU
+    # instead of N independent copies of the run.
+    cpu = _launched_distributed() and not torch.cuda.is_available()
+    precision = resolve_mixed_precision(config.mixed_precision)
+    if precision == "fp16" and (cpu or not torch.accelerator.is_available()):
+        # accelerate accepts it and then runs fp32 without a word (fp16 autocast needs a GPU).
+        logger.warning("mixed_precision=fp16 needs a GPU: this run trains in fp32 on the CPU (mixed_precision=bf16 "
+                       "gives reduced precision on a CPU)")
+        precision = "no"
     accelerator = Accelerator(
-        # `accelerate launch --multi_gpu` on a machine without GPUs: run real DDP over gloo on CPU
-        # instead of N independent copies of the run.
-        cpu=_launched_distributed() and not torch.cuda.is_available(),
-        mixed_precision=resolve_mixed_precision(config.mixed_precision),
+        cpu=cpu,
+        mixed_precision=precision,
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed, even_batches=False),
@@ -80,16 +100,29 @@ def take_run_setup(config: TrainConfig, accelerator: Accelerator) -> RunSetup:
 
 
 def set_up_run(config: TrainConfig, accelerator: Accelerator) -> RunSetup:
-    """Batch arithmetic, machine, backend, lock and local resume point, in that order (each can fail)."""
+    """Batch arithmetic, machine, backend, lock, local resume point and stop signals, in that order
+    (each but the last can fail)."""
     config.micro_batch_size = resolve_micro_batch_size(config, accelerator.num_processes)
     accumulation = gradient_accumulation_steps(config, accelerator.num_processes)
-    set_up_machine(config, accelerator, accumulation)
+    threads = set_up_machine(config, accelerator)
     backends.configure(accelerator, config.micro_batch_size, accumulation, config.max_grad_norm)
-    lock_output_dir(accelerator, config.output_dir)
+    lock_output_dir(accelerator, config.output_dir, config.write_into_cwd)
     resume_from = None
     if not is_hub_resume(config.resume):
         resume_from = ckpt.resolve_resume(config.resume, Path(config.output_dir) / "checkpoints", config.max_steps)
-    return RunSetup(Path(config.output_dir).resolve(), config.resume, config.micro_batch_size, accumulation, resume_from)
+        if resume_from is not None:
+            check_resume_settings(config, resume_from)
+    output_dir = Path(config.output_dir)
+    step = ckpt.checkpoint_step(resume_from) if resume_from is not None else 0
+    status_dir = output_dir if accelerator.is_main_process else None
+    if status_dir is not None and (output_dir / guard.STATUS_FILE).is_file():
+        # An earlier run's status ("preempted") must not outlive this run's setup: if it fails, a
+        # requeue loop would start it again and again.
+        guard.write_status(output_dir, "running", None, step, "setting up (data, model)")
+    signals = guard.StopSignals(status_dir, step).install()
+    if accelerator.is_local_main_process:
+        log_machine(config, accelerator, accumulation, *threads)
+    return RunSetup(output_dir.resolve(), config.resume, config.micro_batch_size, accumulation, resume_from, signals)
 
 
 def hub_resume_point(config: TrainConfig, accelerator: Accelerator) -> Path | None:
@@ -99,25 +132,50 @@ def hub_resume_point(config: TrainConfig, accelerator: Accelerator) -> Path | No
         path = resolve_hub_resume(config.resume, output_dir / ".hub_resume", config, output_dir)
     if path is not None:
         ckpt.verify_checkpoint(path)
+        check_resume_settings(config, path)
     return path
 
 
-def set_up_machine(config: TrainConfig, accelerator: Accelerator, accumulation: int) -> None:
-    """CPU threads and TF32, and one log line with what the run uses."""
+def check_resume_settings(config: TrainConfig, checkpoint: Path) -> None:
+    """Refuse to resume a run whose data order or schedule would change (RESUME_SETTINGS), unless the
+    user named the setting in ``resume_changed``; a new ``max_steps`` (to extend a run) is said in a warning."""
+    try:
+        saved = json.loads((checkpoint / ckpt.STATE_FILE).read_text(encoding="utf-8")).get("run_config") or {}
+    except (OSError, ValueError):
+        return  # verified already; a checkpoint without its run's config has nothing to compare
+    changed = [f"{key} {saved[key]!r} → {getattr(config, key)!r}" for key in RESUME_SETTINGS
+               if key in saved and key not in config.resume_changed and saved[key] != getattr(config, key)]
+    if changed:
+        names = ",".join(c.split()[0] for c in changed)
+        raise ConfigError(
+            f"resume={config.resume}: {'; '.join(changed)} since checkpoint {checkpoint}, which changes the data order or "
+            f"the learning-rate schedule of the run; go back to the checkpoint's values, or pass resume_changed=[{names}] "
+            "to resume with the new ones")
+    if saved.get("max_steps") not in (None, config.max_steps) and config.lr_schedule != "constant":
+        logger.warning("resuming with max_steps %d (the checkpoint's run had %d): the %s schedule is now sized to %d steps",
+                       config.max_steps, saved["max_steps"], config.lr_schedule, config.max_steps)
+
+
+def set_up_machine(config: TrainConfig, accelerator: Accelerator) -> tuple[int, str, bool]:
+    """CPU threads and TF32: the threads each process uses, why, and whether TF32 is on."""
     device = accelerator.device
     threads, why = torch.get_num_threads(), "PyTorch's default"
     if device.type == "cpu":
         threads, why = machine.set_cpu_threads(machine.local_world_size(accelerator.num_processes))
-    tf32 = machine.set_tf32(config.allow_tf32, device)
-    if accelerator.is_local_main_process:
-        precision = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(accelerator.mixed_precision,
-                                                                                       accelerator.mixed_precision)
-        logger.info(
-            "%s, %d process(es), %d CPU thread(s) each (%s); precision %s%s (mixed_precision=%s); compile %s; "
-            "micro-batch %d × %d accumulation × %d process(es) = %d", device, accelerator.num_processes, threads, why,
-            precision, " + TF32" if tf32 else "", config.mixed_precision, "on" if config.compile else "off",
-            config.micro_batch_size, accumulation, accelerator.num_processes, config.global_batch_size,
-        )
+    return threads, why, machine.set_tf32(config.allow_tf32, device)
+
+
+def log_machine(config: TrainConfig, accelerator: Accelerator, accumulation: int, threads: int, why: str,
+                tf32: bool) -> None:
+    """One log line with what the run uses; it also says that the run is set up."""
+    precision = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(accelerator.mixed_precision,
+                                                                                   accelerator.mixed_precision)
+    logger.info(
+        "%s, %d process(es), %d CPU thread(s) each (%s); precision %s%s (mixed_precision=%s); compile %s; "
+        "micro-batch %d × %d accumulation × %d process(es) = %d", accelerator.device, accelerator.num_processes, threads,
+        why, precision, " + TF32" if tf32 else "", config.mixed_precision, "on" if config.compile else "off",
+        config.micro_batch_size, accumulation, accelerator.num_processes, config.global_batch_size,
+    )
 
 
 def resolve_mixed_precision(choice: str) -> str:
@@ -147,11 +205,12 @@ def gradient_accumulation_steps(config: TrainConfig, num_processes: int) -> int:
     return config.global_batch_size // per_step
 
 
-def lock_output_dir(accelerator: Accelerator, output_dir: str) -> None:
-    """The main process locks ``output_dir``; every process raises the same one-line error if it can't."""
+def lock_output_dir(accelerator: Accelerator, output_dir: str, write_into_cwd: bool = False) -> None:
+    """The main process checks and locks ``output_dir``; every process raises the same one-line error if it can't."""
     error = None
     if accelerator.is_main_process:
         try:
+            check_output_dir(output_dir, write_into_cwd)
             run_lock.acquire(output_dir)
         except ConfigError as e:
             error = str(e)
@@ -161,6 +220,37 @@ def lock_output_dir(accelerator: Accelerator, output_dir: str) -> None:
         error = shared[0]
     if error is not None:
         raise ConfigError(error)
+
+
+#: What an nlp_ssl run leaves in its output_dir: a folder holding one of them is a run's to continue.
+RUN_MARKERS = (run_lock.LOCK_FILE, guard.STATUS_FILE, "checkpoints", ckpt.RESULTS_FILE)
+
+
+def check_output_dir(output_dir: str, write_into_cwd: bool) -> None:
+    """A folder the run may write into: not a file or under one, not the current directory unless
+    ``write_into_cwd`` says so, and new, empty or an nlp_ssl run's, so that nothing the run writes
+    (README.md, config.json, model files) replaces a file it did not create."""
+    path = Path(output_dir).absolute()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output_dir {output_dir} is a file, not a folder; choose another output_dir")
+    above = next(p for p in path.parents if p.exists())
+    if not above.is_dir():
+        raise ConfigError(f"output_dir {output_dir} is under {above}, which is a file, not a folder")
+    if path.resolve() == Path.cwd().resolve() and not write_into_cwd:
+        raise ConfigError(f"output_dir {output_dir} is the current directory, where the run's files would mix with "
+                          "yours: choose a subfolder, or pass write_into_cwd=true if you mean it")
+    names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if names and not any(name in RUN_MARKERS for name in names):
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ConfigError(f"output_dir {output_dir} holds files of something else ({shown}), which a run's README.md, "
+                          "config.json and model files could replace: choose a new or empty folder")
+
+
+def quiet_progress_bars() -> None:
+    """``progress_bar=false``: no bar at all, the data's, the Hub's and saving's included."""
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
 
 
 def is_hub_resume(resume: str | None) -> bool:
