@@ -100,9 +100,11 @@ def write_model_card(
 ) -> Path:
     """``README.md`` with YAML front matter, so the Hub renders it; states data, objective, steps, metrics.
 
-    ``repo_id`` (where the model is pushed) names the model in the card; else the folder does.
+    ``repo_id`` (where the model is pushed) names the model in the card; else the folder does, and
+    the load snippet names it by its absolute path, which works from wherever the reader stands.
     """
     name = repo_id or Path(output_dir).name
+    location = repo_id or str(Path(output_dir).resolve())
     meta = card_metadata(description, results, name)
     lines = [
         "---",
@@ -139,7 +141,7 @@ def write_model_card(
         "## How to load",
         "",
         "```python",
-        *_load_lines(description.pipeline_tag, name),
+        *_load_lines(description.pipeline_tag, location),
         "```",
         "",
     ]
@@ -152,3 +154,24 @@ def _load_lines(pipeline_tag: str | None, name: str) -> list[str]:
     if pipeline_tag:
         return ["from transformers import pipeline", f'model = pipeline("{pipeline_tag}", model="{name}")']
     return ["from transformers import AutoModel", f'model = AutoModel.from_pretrained("{name}")']
+
+
+def run_summary(results: dict, output_dir: str | Path, keys=()) -> str:
+    """What a finished run says last: how far it trained, the ``keys`` of its results that it has, and
+    where the model, its card, the loss plot and all the results are."""
+    out = Path(output_dir)
+    numbers = ", ".join(f"{k} {_number(results[k])}" for k in keys if k != "steps" and results.get(k) is not None)
+    stopped = f" (stopped early: {results['stop_reason']})" if results.get("stopped_early") else ""
+    took = f" in {results['train_runtime_s']:.0f} s" if isinstance(results.get("train_runtime_s"), (int, float)) else ""
+    lines = [f"finished {results.get('steps', '?')} steps{took}{stopped}" + (f": {numbers}" if numbers else ""),
+             f"  model:       {out}/ (a plain Hugging Face folder; its README.md is the model card)"]
+    if (out / "loss_curves.png").is_file():
+        lines.append(f"  loss plot:   {out / 'loss_curves.png'}")
+    if (out / "best_model").is_dir():
+        lines.append(f"  best model:  {out / 'best_model'}/")
+    lines.append(f"  all results: {out / 'all_results.json'}")
+    return "\n".join(lines)
+
+
+def _number(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -11,7 +11,6 @@ optional auxiliary LM loss (``finetune.aux_lm``; GPT-1 §3.2). The work is done 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from nlp_ssl.cli import run
@@ -25,7 +24,7 @@ from nlp_ssl.finetune_text import (  # noqa: F401 - re-exported for study_text.p
     load_splits,
     split_pool,
 )
-from nlp_ssl.reporting import RunDescription
+from nlp_ssl.reporting import RunDescription, run_summary
 
 
 def main(argv=None):
@@ -37,7 +36,7 @@ def main(argv=None):
     if results is not None:
         keys = ("steps", "best_step", "eval_accuracy", "eval_loss")
         shown = [k for k in results if k in keys or k.startswith(("test_", "last_test_"))]
-        print(json.dumps({k: results[k] for k in shown}))
+        print(run_summary(results, cfg.output_dir, shown))
     return results
 
 

@@ -24,7 +24,7 @@ from nlp_ssl.data.card import data_card
 from nlp_ssl.data.image_splits import labelled_splits, validation_per_class
 from nlp_ssl.metrics import compute_classification_metrics
 from nlp_ssl.prediction import predict
-from nlp_ssl.reporting import RunDescription
+from nlp_ssl.reporting import RunDescription, run_summary
 from nlp_ssl.trainer import Trainer, make_accelerator
 from nlp_ssl.vision.finetuning import FinetuneVisionConfig, build_classifier, check_aux, finetuning_parts
 from nlp_ssl.vision.image import check_image_config, make_processor
@@ -76,7 +76,7 @@ def main(argv=None):
     }
     results = trainer.fit(extra_results=extra, score_model=score_test)
     if accelerator.is_main_process:
-        print({k: results[k] for k in ("steps", "best_step", "eval_accuracy", "test_accuracy") if k in results})
+        print(run_summary(results, cfg.output_dir, ("steps", "best_step", "eval_accuracy", "test_accuracy")))
     accelerator.wait_for_everyone()
     return results
 

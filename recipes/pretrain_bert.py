@@ -16,7 +16,7 @@ from nlp_ssl.data.documents import DocumentDataConfig, document_texts, load_docu
 from nlp_ssl.data.nsp_pairs import build_nsp_dataset
 from nlp_ssl.models import ModelConfig, build_model, check_block_size
 from nlp_ssl.objectives import NSPCollator
-from nlp_ssl.reporting import RunDescription
+from nlp_ssl.reporting import RunDescription, run_summary
 from nlp_ssl.tasks.bert_pretraining import BertPretrainingTask
 from nlp_ssl.tokenizer_setup import TokenizerConfig, load_or_train_tokenizer
 from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
@@ -79,7 +79,7 @@ def main(argv=None):
     results = trainer.fit()
     if accelerator.is_main_process:
         keys = ("steps", "eval_loss", "eval_mlm_loss", "eval_nsp_loss", "eval_mlm_accuracy", "eval_nsp_accuracy")
-        print({k: results[k] for k in keys if k in results})
+        print(run_summary(results, cfg.output_dir, keys))
     return results
 
 

@@ -13,7 +13,7 @@ from nlp_ssl.data.card import data_card
 from nlp_ssl.data.text import TextCorpus, TextDataConfig, corpus_name
 from nlp_ssl.models import ModelConfig, check_block_size
 from nlp_ssl.objectives.registry import TextSetup, find_objective, objective_settings, with_objective_settings
-from nlp_ssl.reporting import RunDescription
+from nlp_ssl.reporting import RunDescription, run_summary
 from nlp_ssl.tokenizer_setup import TokenizerConfig
 from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
 
@@ -54,7 +54,7 @@ def main(argv=None):
     )
     results = trainer.fit()
     if accelerator.is_main_process:
-        print({k: results[k] for k in ("steps", "eval_loss", "eval_accuracy", "eval_perplexity") if k in results})
+        print(run_summary(results, cfg.output_dir, ("steps", "eval_loss", "eval_accuracy", "eval_perplexity")))
     return results
 
 

@@ -21,7 +21,7 @@ from nlp_ssl.config import parse_config
 from nlp_ssl.data.card import data_card
 from nlp_ssl.data.image_splits import ImagePoolConfig, load_image_pool
 from nlp_ssl.models import ModelConfig
-from nlp_ssl.reporting import RunDescription
+from nlp_ssl.reporting import RunDescription, run_summary
 from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
 from nlp_ssl.vision.image import ImageConfig, check_image_config, make_processor
 from nlp_ssl.vision.pretraining import (
@@ -86,7 +86,7 @@ def main(argv=None):
     )
     results = trainer.fit()
     if accelerator.is_main_process:
-        print({k: results[k] for k in ("steps", "eval_loss", "eval_accuracy", "eval_retrieval_accuracy") if k in results})
+        print(run_summary(results, cfg.output_dir, ("steps", "eval_loss", "eval_accuracy", "eval_retrieval_accuracy")))
     return results
 
 

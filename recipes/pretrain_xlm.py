@@ -28,7 +28,7 @@ from nlp_ssl.models import ModelConfig, build_model, check_block_size
 from nlp_ssl.models.builders import xlm_fields
 from nlp_ssl.objectives import TLMCollator
 from nlp_ssl.objectives.registry import find_objective
-from nlp_ssl.reporting import RunDescription
+from nlp_ssl.reporting import RunDescription, run_summary
 from nlp_ssl.tasks.causal_lm import CausalLMTask
 from nlp_ssl.tasks.xlm import XLMMaskedLMTask
 from nlp_ssl.tokenizer_setup import TokenizerConfig, load_or_train_tokenizer
@@ -104,7 +104,7 @@ def main(argv=None):
     )
     results = trainer.fit()
     if accelerator.is_main_process:
-        print({k: results[k] for k in ("steps", "eval_loss", "eval_accuracy", "eval_perplexity") if k in results})
+        print(run_summary(results, cfg.output_dir, ("steps", "eval_loss", "eval_accuracy", "eval_perplexity")))
     return results
 
 

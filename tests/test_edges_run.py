@@ -235,6 +235,32 @@ def test_a_second_ctrl_c_aborts_and_says_so_in_the_run_status(tmp_path, corpus):
 # ----------------------------------------------------------------------------------- what a run says
 
 
+def test_a_run_ends_with_a_summary_says_what_precision_ran_and_saves_quietly(tmp_path, corpus):
+    from transformers import pipeline
+
+    out = tmp_path / "run"
+    proc = recipe(f"data.train_file={corpus}", f"output_dir={out}", "max_steps=4", "save_every=2", "eval_every=2",
+                  "mixed_precision=fp16", "progress_bar=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mixed_precision=fp16 needs a GPU: this run trains in fp32 on the CPU" in proc.stderr
+    assert json.loads((out / "all_results.json").read_text())["mixed_precision"] == "no"
+    assert "precision fp32 (mixed_precision=fp16)" in proc.stderr
+    # A checkpoint and each model save are quiet: no line per file from accelerate, no shard bar.
+    assert (out / "checkpoints" / "step_00000002").is_dir()
+    for noise in ("accelerate.checkpointing", "Saving current state", "Removed shared tensor", "Writing model shards"):
+        assert noise not in proc.stderr, noise
+    # The last words are a summary for people, not a dict.
+    summary = proc.stdout.strip().splitlines()
+    assert re.match(r"^finished 4 steps in \d+ s: eval_loss \d\.\d+, eval_perplexity \d+\.?\d*, eval_accuracy 0\.\d+", summary[0])
+    assert f"  model:       {out}/ (a plain Hugging Face folder; its README.md is the model card)" in summary
+    assert f"  loss plot:   {out}/loss_curves.png" in summary and f"  all results: {out}/all_results.json" in summary
+    # The card's load snippet works from wherever the reader stands.
+    line = next(x for x in (out / "README.md").read_text().splitlines() if x.startswith("model = pipeline("))
+    assert line == f'model = pipeline("fill-mask", model="{out.resolve()}")'
+    fill = pipeline("fill-mask", model=re.search(r'model="([^"]+)"', line).group(1))
+    assert len(fill(f"the cat {fill.tokenizer.mask_token} on a mat.")) == 5
+
+
 def test_progress_bar_false_silences_every_bar(tmp_path, corpus):
     proc = recipe(f"data.train_file={corpus}", f"output_dir={tmp_path / 'run'}", "max_steps=2", "save_every=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
