@@ -17,13 +17,15 @@ from typing import Literal
 
 import numpy as np
 
+from nlp_ssl.config import check_ranges
 from nlp_ssl.data.labels import drop_classes, few_label_split, load_labeled_dataset
 from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.finetune_contrastive import ContrastiveFinetuneConfig, contrastive_parts, describe
 from nlp_ssl.metrics import SCORES, compute_scores
 from nlp_ssl.models import ModelConfig, build_model, special_token_fields
 from nlp_ssl.models.architectures import is_causal
-from nlp_ssl.models.builders import max_positions, resolve_model_path
+from nlp_ssl.models.builders import loads_checkpoint, max_positions, resolve_model_path
+from nlp_ssl.models.continued import check_vocabulary
 from nlp_ssl.objectives import registry
 from nlp_ssl.objectives.classification import ClassificationCollator
 from nlp_ssl.prediction import predict
@@ -62,6 +64,9 @@ class ClassificationDataConfig:
     validation_seed: int = 1234
     max_length: int = 128
     cache_dir: str | None = None
+
+    def __post_init__(self):
+        check_ranges(self, max_length="(0, inf)")
 
 
 @dataclass
@@ -237,6 +242,14 @@ def load_tokenizer(cfg: FinetuneTextConfig):
     return tokenizer
 
 
+def check_room_for_text(tokenizer, max_length: int, pairs: bool) -> None:
+    """A length that the special tokens fill would train on inputs with no text in them."""
+    specials = tokenizer.num_special_tokens_to_add(pair=pairs)
+    if max_length <= specials + pairs:
+        raise ConfigError(f"data.max_length {max_length} leaves no room for text: the tokenizer adds {specials} special "
+                          f"tokens to each {'pair' if pairs else 'text'}")
+
+
 def build_task(cfg: FinetuneTextConfig, tokenizer, names: list[str] | None):
     """(task, the objective whose auxiliary loss runs, or None). ``names`` None: a one-output regression head."""
     if names is None:
@@ -253,6 +266,8 @@ def build_task(cfg: FinetuneTextConfig, tokenizer, names: list[str] | None):
         model = build_model(cfg.model, "sequence_classification", **fields)
     except OSError as error:  # not a local folder and not reachable on the Hub
         raise ConfigError(f"model.name_or_path {path}: cannot load it ({error})") from None
+    if path and loads_checkpoint(cfg.model):  # its embeddings are indexed by the tokenizer's ids
+        check_vocabulary(tokenizer, model, path, key="tokenizer_name_or_path")
     model.config.problem_type = cfg.finetune.problem_type
     added = prepare_pair_layout(tokenizer, model.config)
     if added:  # GPT-1's start/delimiter/extract tokens get embeddings of their own
@@ -309,6 +324,7 @@ def finetune(cfg: FinetuneTextConfig, data: tuple[dict, list[str] | None, str] |
         config = task.model.config
         limit = max_positions(config)
         max_length = min(cfg.data.max_length, limit) if limit else cfg.data.max_length
+        check_room_for_text(tokenizer, max_length, pairs=cfg.data.text_pair_column is not None)
         types = uses_token_types(config)
         if not types and "token_type_ids" in tokenizer.model_input_names:
             # Saved with the model, so pipeline() does not hand segment ids to a model without them.

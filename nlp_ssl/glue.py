@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from nlp_ssl import atomic
-from nlp_ssl.config import load_config, save_config
+from nlp_ssl.config import check_ranges, load_config, save_config
 from nlp_ssl.data.glue import (
     HUB_NAME,
     find_layout,
@@ -57,6 +57,9 @@ class GlueSettings:
     save_models: bool = False
     #: Per-task ``key=value`` overrides of the shared settings, e.g. ``{rte: [learning_rate=1e-4]}``.
     task_overrides: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_ranges(self, epochs="(0, inf)")  # 0 would still train one step per task
 
 
 @dataclass

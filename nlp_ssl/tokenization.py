@@ -27,7 +27,14 @@ SPECIALS: dict[str, dict[str, str]] = {
 }
 
 
+def check_kind(kind: str, key: str = "tokenizer.kind") -> None:
+    if kind not in SPECIALS:
+        raise ConfigError(f"{key} {kind!r} is not one of {list(SPECIALS)} (the kinds this project trains; a trained "
+                          f"SentencePiece or other tokenizer is loaded with tokenizer.name_or_path)")
+
+
 def _build(kind: str, vocab_size: int, lowercase: bool) -> tuple[Tokenizer, trainers.Trainer]:
+    check_kind(kind)
     specials = list(dict.fromkeys(SPECIALS[kind].values()))
     if kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -54,8 +61,6 @@ def _build(kind: str, vocab_size: int, lowercase: bool) -> tuple[Tokenizer, trai
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size, special_tokens=specials, min_frequency=2, end_of_word_suffix="</w>"
         )
-    else:
-        raise ConfigError(f"tokenizer kind {kind!r} is not one of {list(SPECIALS)}")
     return tok, trainer
 
 

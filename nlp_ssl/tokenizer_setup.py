@@ -13,7 +13,7 @@ from nlp_ssl.config import check_ranges
 from nlp_ssl.data.cache import cache_root
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.models.builders import ModelConfig, loads_checkpoint, resolve_model_path
-from nlp_ssl.tokenization import train_tokenizer
+from nlp_ssl.tokenization import check_kind, train_tokenizer
 
 
 @dataclass
@@ -29,6 +29,7 @@ class TokenizerConfig:
 
     def __post_init__(self):
         check_ranges(self, vocab_size="(0, inf)", max_training_documents="(0, inf)")
+        check_kind(self.kind)
 
 
 #: Files that make a folder a tokenizer folder (fast, WordPiece, BPE, SentencePiece).

@@ -208,12 +208,36 @@ def load_pair_splits(cfg: XLMDataConfig, seed: int) -> DatasetDict:
         from nlp_ssl.data.text import check_text_file
 
         path = check_text_file(cfg.pairs_file, "data.pairs_file")
+        check_pairs_file(path)
         pairs = load_dataset("json", data_files=str(path), split="train", cache_dir=cfg.cache_dir)
     else:
         pairs = load_sword_pairs(cfg.cache_dir)
     books = [ref.rsplit(" ", 1)[0] for ref in pairs["ref"]] if "ref" in pairs.column_names else None
     where = f"data.pairs_file {cfg.pairs_file}" if cfg.pairs_file else "verse pairs"
     return hold_out(pairs, cfg.validation_split, seed, where, cfg.max_documents, groups=books)
+
+
+def check_pairs_file(path: Path) -> None:
+    """Every line a JSON object whose ``translation`` maps languages to texts, or one line naming the
+    first that is not (``datasets`` would fail on it with a generic error, or read it as no pair)."""
+    import json
+
+    with Path(path).open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"data.pairs_file {path} line {number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: a JSON {type(row).__name__}, not an object like "
+                                f'{{"translation": {{"en": "...", "es": "..."}}}}')
+            translation = row.get("translation")
+            if not isinstance(translation, dict) or not all(isinstance(t, str) for t in translation.values()):
+                raise DataError(f'{where}: field "translation" must map languages to texts, like '
+                                f'{{"en": "...", "es": "..."}}; got {json.dumps(translation)[:60]}')
 
 
 def _pair_text(row: dict) -> dict:

@@ -19,7 +19,9 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset, Value, concatenate_datasets, load_dataset, load_from_disk
 
 from nlp_ssl.config import check_ranges
+from nlp_ssl.data.cache import cache_root
 from nlp_ssl.data.holdout import first_rows, hold_out
+from nlp_ssl.data.lines import check_streamed_file, raise_for_bad_line
 from nlp_ssl.errors import ConfigError, DataError
 
 BUILTIN_PREFIX = "builtin:"
@@ -116,6 +118,8 @@ def check_text_column(ds: Dataset, column: str, where: str, path: Path | None = 
         raise DataError(f"{where}: no column {column!r} (columns: {', '.join(ds.column_names)}); set data.text_column")
     arrow = ds.data.column(column)
     if not (pa.types.is_string(arrow.type) or pa.types.is_large_string(arrow.type)):
+        if path is not None:  # a number or a list among texts: the line that holds it
+            raise_for_bad_line(path, column, where)
         raise DataError(f"{where}: field {column!r} holds {arrow.type} values, not text; set data.text_column to a text column")
     if arrow.null_count:
         first = pc.index(pc.is_null(arrow), True).as_py()
@@ -133,9 +137,12 @@ def _load_file(path: Path, role: str, cfg: TextDataConfig, streaming: bool):
     builder = FILE_BUILDERS[path.suffix.lower()]
     if builder == "text" and cfg.text_column != "text":
         raise DataError(f"{role} {path}: a .txt file has one column, 'text', not {cfg.text_column!r}")
+    if streaming:  # a bad line would otherwise surface mid-run, deep in the tokenizer or the reader
+        check_streamed_file(path, cfg.text_column, f"{role} {path}", cache_root(cfg.cache_dir))
     try:
         ds = load_dataset(builder, data_files={"train": str(path)}, split="train", streaming=streaming, cache_dir=cfg.cache_dir)
-    except Exception as e:  # datasets' own parse errors are long; keep the cause, name the file
+    except Exception as e:  # datasets' own parse errors are long; name the file and the line
+        raise_for_bad_line(path, cfg.text_column, f"{role} {path}")
         raise DataError(f"{role} {path}: could not be read as {builder} ({type(e).__name__}: {str(e)[:200]})") from None
     if not streaming:
         check_text_column(ds, cfg.text_column, f"{role} {path}", path)
@@ -144,6 +151,8 @@ def _load_file(path: Path, role: str, cfg: TextDataConfig, streaming: bool):
     elif getattr((ds.features or {}).get(cfg.text_column), "dtype", "string") not in ("string", "large_string"):
         raise DataError(f"{role} {path}: field {cfg.text_column!r} holds {ds.features[cfg.text_column].dtype} values, not text; "
                         "set data.text_column to a text column")
+    else:  # a stream's other columns (a csv's labels) have no known names for the tokenizer's map to drop
+        ds = ds.select_columns([cfg.text_column])
     return ds
 
 
