@@ -102,7 +102,8 @@ def _load_recipe(name: str):
     if name.endswith(".py"):
         path = Path(name)
         if not path.is_file():
-            raise ConfigError(f"recipe file {name}: does not exist")
+            hint = f"; the installed recipe is run by name: nlp-ssl run {path.stem}" if path.stem in recipes() else ""
+            raise ConfigError(f"recipe file {name}: does not exist{hint}")
         spec = importlib.util.spec_from_file_location(f"nlp_ssl_recipe_{path.stem}", path)
         module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look themselves up there
         spec.loader.exec_module(module)

@@ -36,3 +36,18 @@ def test_each_capped_package_stops_at_the_minor_release_after_the_one_ci_passed(
     assert caps, f"{name} has no upper bound in pyproject.toml"
     assert Version(caps[0].version) == Version(f"{passed.major}.{passed.minor + 1}"), (name, str(spec), str(passed))
     assert spec.contains(passed)
+
+
+def test_the_readme_gives_a_pip_user_the_cpu_torch_that_setup_installs():
+    pin = re.search(r'pip install -q "(torch==[\d.]+)"', (ROOT / "scripts" / "setup.sh").read_text(encoding="utf-8")).group(1)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"pip install {pin} --index-url https://download.pytorch.org/whl/cpu" in readme
+    assert requirements()["torch"].specifier.contains(pin.split("==")[1])
+
+
+def test_data_scripts_are_not_said_to_install_with_the_package():
+    """setup.py installs nlp_ssl and the recipes; the README must not promise more."""
+    setup = (ROOT / "setup.py").read_text(encoding="utf-8")
+    assert "data_scripts" not in setup
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "`data_scripts/` are not installed" in readme
