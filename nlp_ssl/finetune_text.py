@@ -76,7 +76,6 @@ class FinetuneConfig:
     aux_lm: str = "none"
     #: λ in L = L_cls + λ·L_lm (GPT-1 uses 0.5); 0 is plain fine-tuning.
     aux_weight: float = 0.5
-    mlm_probability: float = 0.15
     #: ``regression``: float labels, one output, MSE loss (STS-B).
     problem_type: Literal["single_label_classification", "regression"] = "single_label_classification"
     #: Test-set scores (``accuracy``, ``f1``, ``macro_f1``, ``matthews_correlation``, ``pearsonr``,
@@ -93,12 +92,17 @@ class FinetuneConfig:
 
 
 @dataclass
-class FinetuneTextConfig(TrainConfig):
+class _FinetuneText(TrainConfig):
+    MOVED_KEYS = {"finetune.mlm_probability": "mlm.mlm_probability"}
     data: ClassificationDataConfig = field(default_factory=ClassificationDataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     #: Tokenizer folder; default: the one saved with ``model.name_or_path``.
     tokenizer_name_or_path: str | None = None
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+#: + a settings section per text objective: the auxiliary loss's (``mlm.mlm_probability`` masks its copies).
+FinetuneTextConfig = registry.with_objective_settings(_FinetuneText, "text")
 
 
 def is_regression(cfg: FinetuneTextConfig) -> bool:
@@ -272,7 +276,8 @@ def build_task(cfg: FinetuneTextConfig, tokenizer, names: list[str] | None):
     added = prepare_pair_layout(tokenizer, model.config)
     if added:  # GPT-1's start/delimiter/extract tokens get embeddings of their own
         model.resize_token_embeddings(len(tokenizer))
-    aux = registry.auxiliary_objective(cfg.finetune.aux_lm, is_causal(model.config)) if cfg.finetune.aux_weight > 0 else None
+    causal = is_causal(model.config)
+    aux = registry.auxiliary_objective(cfg.finetune.aux_lm, "text", causal=causal) if cfg.finetune.aux_weight > 0 else None
     aux_loss = None
     if aux is not None:
         # The checkpoint loaded with the objective's head gives the head's pretrained weights (for a
@@ -337,7 +342,7 @@ def finetune(cfg: FinetuneTextConfig, data: tuple[dict, list[str] | None, str] |
         raise ConfigError(
             f"{len(train)} training examples are fewer than micro_batch_size {cfg.micro_batch_size}; lower it"
         )
-    aux_keys = aux.aux.batch_keys(tokenizer=tokenizer, finetune=cfg.finetune, seed=cfg.seed) if aux else None
+    aux_keys = aux.aux.batch_keys(registry.objective_settings(cfg, aux), tokenizer=tokenizer, seed=cfg.seed) if aux else None
     collator = ClassificationCollator(tokenizer, aux_keys, regression=regression)
     eval_collator = None
     if cfg.finetune.mode == "contrastive":

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nlp_ssl.cli import run
-from nlp_ssl.config import check_ranges, parse_config
+from nlp_ssl.config import parse_config
 from nlp_ssl.data.card import data_card
 from nlp_ssl.data.documents import DocumentDataConfig, document_texts, load_document_splits
 from nlp_ssl.data.nsp_pairs import build_nsp_dataset
 from nlp_ssl.models import ModelConfig, build_model, check_block_size
 from nlp_ssl.objectives import NSPCollator
+from nlp_ssl.objectives.mlm import MLMConfig
 from nlp_ssl.reporting import RunDescription, run_summary
 from nlp_ssl.tasks.bert_pretraining import BertPretrainingTask
 from nlp_ssl.tokenizer_setup import TokenizerConfig, load_or_train_tokenizer
@@ -26,23 +27,22 @@ from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
 class BertObjectiveConfig:
     #: ALBERT's sentence order prediction instead of next sentence prediction.
     sop: bool = False
-    mlm_probability: float = 0.15
-    pad_to_multiple_of: int | None = None
-
-    def __post_init__(self):
-        check_ranges(self, mlm_probability="(0, 1)", pad_to_multiple_of="(0, inf)")
 
 
 @dataclass
 class PretrainBertConfig(TrainConfig):
+    MOVED_KEYS = {"bert.mlm_probability": "mlm.mlm_probability", "bert.pad_to_multiple_of": "mlm.pad_to_multiple_of"}
     data: DocumentDataConfig = field(default_factory=DocumentDataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     bert: BertObjectiveConfig = field(default_factory=BertObjectiveConfig)
+    #: The masking of the MLM half (BERT's 15%, 80/10/10).
+    mlm: MLMConfig = field(default_factory=MLMConfig)
 
 
 def main(argv=None):
     cfg = parse_config(PretrainBertConfig, argv, default_yaml=Path(__file__).parent / "configs" / "pretrain_bert.yaml")
+    cfg.mlm.check_supported("pretrain_bert", "mlm_probability", "mask_replace_prob", "random_replace_prob", "pad_to_multiple_of")
     accelerator = make_accelerator(cfg)
 
     with accelerator.main_process_first():
@@ -60,12 +60,13 @@ def main(argv=None):
             )
             for split, docs in documents.items()
         }
-        collator = NSPCollator(
-            tokenizer, mlm_probability=cfg.bert.mlm_probability, pad_to_multiple_of=cfg.bert.pad_to_multiple_of, seed=cfg.seed
-        )
+        mlm = cfg.mlm
+        collator = NSPCollator(tokenizer, mlm_probability=mlm.mlm_probability, mask_replace_prob=mlm.mask_replace_prob,
+                               random_replace_prob=mlm.random_replace_prob, pad_to_multiple_of=mlm.pad_to_multiple_of,
+                               seed=cfg.seed)
 
     description = RunDescription(
-        objective=f"masked language modelling ({cfg.bert.mlm_probability:.0%}) + "
+        objective=f"masked language modelling ({cfg.mlm.mlm_probability:.0%}) + "
         + ("sentence order prediction" if cfg.bert.sop else "next sentence prediction"),
         data=cfg.data.train_file or cfg.data.documents,
         pipeline_tag="fill-mask",

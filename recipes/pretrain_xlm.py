@@ -18,7 +18,7 @@ from datasets import concatenate_datasets
 from torch.utils.data import ConcatDataset, Subset
 
 from nlp_ssl.cli import run
-from nlp_ssl.config import check_ranges, parse_config
+from nlp_ssl.config import parse_config
 from nlp_ssl.data.card import data_card
 from nlp_ssl.data.mixing import AlternatingBatchSampler, interleaved_indices, parse_ratio, round_robin_schedule
 from nlp_ssl.data.parallel import XLMDataConfig, load_monolingual_splits, load_pair_splits, pair_texts, parse_direction
@@ -27,6 +27,7 @@ from nlp_ssl.errors import ConfigError
 from nlp_ssl.models import ModelConfig, build_model, check_block_size
 from nlp_ssl.models.builders import xlm_fields
 from nlp_ssl.objectives import TLMCollator
+from nlp_ssl.objectives.mlm import MLMConfig
 from nlp_ssl.objectives.registry import find_objective
 from nlp_ssl.reporting import RunDescription, run_summary
 from nlp_ssl.tasks.causal_lm import CausalLMTask
@@ -41,22 +42,22 @@ class XLMObjectiveConfig:
     #: Optimizer steps per round: ``mlm`` (or ``clm``) steps rotate over the languages, ``tlm`` steps
     #: over the pairs. Default: ``mlm:1,tlm:1``, or ``clm:1`` for the causal objective.
     schedule: str | None = None
-    mlm_probability: float = 0.15
-
-    def __post_init__(self):
-        check_ranges(self, mlm_probability="(0, 1)")
 
 
 @dataclass
 class PretrainXLMConfig(TrainConfig):
+    MOVED_KEYS = {"xlm.mlm_probability": "mlm.mlm_probability"}
     data: XLMDataConfig = field(default_factory=XLMDataConfig)
     tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(kind="bpe"))
     model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="xlm"))
     xlm: XLMObjectiveConfig = field(default_factory=XLMObjectiveConfig)
+    #: The masking of the MLM and TLM streams.
+    mlm: MLMConfig = field(default_factory=MLMConfig)
 
 
 def main(argv=None):
     cfg = parse_config(PretrainXLMConfig, argv, default_yaml=Path(__file__).parent / "configs" / "pretrain_xlm.yaml")
+    cfg.mlm.check_supported("pretrain_xlm", "mlm_probability", "mask_replace_prob", "random_replace_prob", "pad_to_multiple_of")
     accelerator = make_accelerator(cfg)
     monolingual, data = find_objective(cfg.xlm.objective, "text"), cfg.data  # its head and whether it is causal
     clm = monolingual.causal
@@ -77,8 +78,10 @@ def main(argv=None):
         model = build_model(cfg.model, monolingual.head, **xlm_fields(cfg.model, tokenizer, lang2id, clm))
         check_block_size(data.max_length, model.config)
         streams = xlm_streams(mono, pairs, directions, tokenizer, data.max_length, data.num_proc)
-        collator = TLMCollator(tokenizer, lang2id, mlm_probability=cfg.xlm.mlm_probability, max_length=data.max_length,
-                               seed=cfg.seed, causal=clm)
+        mlm = cfg.mlm
+        collator = TLMCollator(tokenizer, lang2id, mlm_probability=mlm.mlm_probability, mask_replace_prob=mlm.mask_replace_prob,
+                               random_replace_prob=mlm.random_replace_prob, max_length=data.max_length,
+                               pad_to_multiple_of=mlm.pad_to_multiple_of, seed=cfg.seed, causal=clm)
 
     names = list(streams["train"])
     sampler = AlternatingBatchSampler(

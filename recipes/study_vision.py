@@ -4,14 +4,15 @@
     python recipes/study_vision.py report_only=true     # tables and plots again, from the runs on disk
 
 For k ∈ {1, 5, 10, 100} labelled Fashion-MNIST images per class and several seeds (every method of
-a seed sees the same labelled images): a ViT from scratch, pretrained by rotation (RotNet) or by
-SimMIM, each also with the auxiliary pretext loss (``*_aux``), every one fine-tuned for the same
+a seed sees the same labelled images): a ViT from scratch, pretrained by any image objective of the
+registry (rotation, mim, simclr, jigsaw ...: the method named after it), those that lend one also
+with the auxiliary pretext loss (``<objective>_aux``), every one fine-tuned for the same
 fixed number of steps at the learning rate that it picks from a small grid on validation; and, on
 the same split, logistic regression and kNN on pixels and linear probes on the frozen pretrained
 features ([CLS] and mean-pooled). At k=100 also a learning-speed curve with one compute-matched
 point. The plan (order, rate choice, flattening check) is :mod:`nlp_ssl.study.protocol`, the
 runs and the report the other studies' (:mod:`nlp_ssl.study`). Checkpoints are inputs
-(``rotation_checkpoint``, ``mim_checkpoint``) or pretrained here with ``recipes/pretrain_vit.py``.
+(``checkpoints: {rotation: <folder>}``) or pretrained here with ``recipes/pretrain_vit.py``.
 """
 
 from __future__ import annotations
@@ -23,57 +24,60 @@ from pathlib import Path
 from nlp_ssl.cli import run
 from nlp_ssl.config import parse_config
 from nlp_ssl.errors import ConfigError
+from nlp_ssl.objectives import registry
 from nlp_ssl.study import Method, provenance, run_recipe
 from nlp_ssl.study.grid import check_arguments
 from nlp_ssl.study.protocol import ProtocolConfig, ProtocolStudy, check_protocol, pending_methods, run_protocol
 from nlp_ssl.vision.baselines import frozen_probe, knn_on_pixels, logreg_on_pixels
 from nlp_ssl.vision.finetuning import FinetuneVisionConfig
 
-#: The pretext tasks of recipes/pretrain_vit.py the study can pretrain with, one entry each: the labels of
-#: its rows ``<task>`` (fine-tuned from its checkpoint) and ``<task>_aux`` (+ its auxiliary loss, ``finetune.aux_task``;
-#: None where the fine-tuning recipe has none); ``probe_<task>_cls`` and ``probe_<task>_mean`` come with it.
-#: Its checkpoint is ``<task>_checkpoint`` where the config has that key, else pretrained here with
-#: ``pretrain_args`` (+ ``<task>_args``).
-PRETEXTS = {
-    "rotation": ("ViT pretrained: rotation (RotNet)", "RotNet-pretrained + auxiliary rotation loss"),
-    "mim": ("ViT pretrained: masked image modelling (SimMIM)", "SimMIM-pretrained + auxiliary SimMIM loss"),
-}
+#: The pretext tasks the study can pretrain with: every image objective of the registry. Each brings the rows
+#: ``<task>`` (fine-tuned from its checkpoint), ``<task>_aux`` (+ its auxiliary loss, where it lends one), and
+#: ``probe_<task>_cls``/``probe_<task>_mean``. Its checkpoint is ``checkpoints[<task>]`` when given, else
+#: pretrained here with ``pretrain_args`` (+ ``objective_pretrain_args[<task>]``).
+PRETEXTS = {name: registry.OBJECTIVES[name] for name in registry.names("image")}
 POOLING = {"cls": "[CLS]", "mean": "mean-pooled"}
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 @dataclass
 class StudyVisionConfig(ProtocolConfig):
+    MOVED_KEYS = {"rotation_checkpoint": "checkpoints.rotation", "mim_checkpoint": "checkpoints.mim",
+                  "rotation_args": "objective_pretrain_args.rotation", "mim_args": "objective_pretrain_args.mim"}
     methods: list[str] = field(default_factory=lambda: ["scratch", "rotation", "mim", "pixels_logreg"])
-    #: Pretrained checkpoints (pretrain_vit.py outputs); empty: pretrain one here.
-    rotation_checkpoint: str | None = None
-    mim_checkpoint: str | None = None
-    #: ``key=value`` arguments of recipes/pretrain_vit.py: for both pretraining runs, then for each.
+    #: Pretrained checkpoints (pretrain_vit.py outputs) by objective, e.g. ``{rotation: <folder>}``; the
+    #: others a method needs are pretrained here.
+    checkpoints: dict[str, str | None] = field(default_factory=dict)
+    #: ``key=value`` arguments of recipes/pretrain_vit.py: for every pretraining run, then for each objective's.
     pretrain_args: list[str] = field(default_factory=list)
-    rotation_args: list[str] = field(default_factory=list)
-    mim_args: list[str] = field(default_factory=list)
+    objective_pretrain_args: dict[str, list[str]] = field(default_factory=dict)
     #: Fine-tuning arguments of the auxiliary-loss methods (``*_aux``), after their ``finetune.aux_task``.
     aux_args: list[str] = field(default_factory=lambda: ["finetune.aux_weight=0.5"])
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("pretrain_args", "rotation_args", "mim_args", "aux_args"):
+        for name in ("pretrain_args", "aux_args"):
             check_arguments(name, getattr(self, name))
-        for task in PRETEXTS:
-            path = getattr(self, f"{task}_checkpoint", None)
+        for task in [*self.checkpoints, *self.objective_pretrain_args]:
+            if task not in PRETEXTS:
+                raise ConfigError(f"checkpoints/objective_pretrain_args: {task!r} is not an image objective; "
+                                  f"choose from {list(PRETEXTS)}")
+        for task, args in self.objective_pretrain_args.items():
+            check_arguments(f"objective_pretrain_args.{task}", args)
+        for task, path in self.checkpoints.items():
             if path and not (Path(path) / "config.json").is_file():
-                raise ConfigError(f"{task}_checkpoint {path}: not a model folder (no config.json)")
+                raise ConfigError(f"checkpoints.{task} {path}: not a model folder (no config.json)")
 
 
 def checkpoint(cfg: StudyVisionConfig, task: str) -> str:
     """The ``task`` checkpoint: given, or where this study pretrains it."""
-    return getattr(cfg, f"{task}_checkpoint", None) or str(Path(cfg.output_dir) / f"pretrain_{task}")
+    return cfg.checkpoints.get(task) or str(Path(cfg.output_dir) / f"pretrain_{task}")
 
 
 def pretrain(cfg: StudyVisionConfig, task: str) -> dict:
     """Pretrain the ``task`` checkpoint unless it is given or already done (or only reporting)."""
-    path, given = Path(checkpoint(cfg, task)), getattr(cfg, f"{task}_checkpoint", None)
-    args = [f"task={task}", *cfg.pretrain_args, *getattr(cfg, f"{task}_args", [])]
+    path, given = Path(checkpoint(cfg, task)), cfg.checkpoints.get(task)
+    args = [f"objective={task}", *cfg.pretrain_args, *cfg.objective_pretrain_args.get(task, [])]
     if not given and not cfg.report_only:
         return {"checkpoint": str(path), "how": f"pretrained here with `{' '.join(args)}`",
                 **run_recipe("pretrain_vit", args, path, cfg.reuse)}
@@ -93,7 +97,7 @@ def check_weights(cfg: StudyVisionConfig, study: ProtocolStudy, pretraining: dic
     for task in missing:
         if any(m == task or m.startswith((f"{task}_", f"probe_{task}_")) for m in pending):
             raise ConfigError(f"{task} checkpoint {checkpoint(cfg, task)}: no weights ({WEIGHTS[0]}), and runs from it are "
-                              f"still to come; pretrain it again (move the folder away) or set {task}_checkpoint")
+                              f"still to come; pretrain it again (move the folder away) or set checkpoints.{task}")
 
 
 def describe(task: str, info: dict) -> str:
@@ -109,12 +113,14 @@ def main(argv=None):
     cfg = parse_config(StudyVisionConfig, argv, default_yaml=Path(__file__).parent / "configs" / "study_vision.yaml")
     start = {task: [f"model.name_or_path={checkpoint(cfg, task)}"] for task in PRETEXTS}
     scratch = ["model.name_or_path="]
-    aux = {task: [f"finetune.aux_task={task}", *cfg.aux_args] for task in PRETEXTS}
+    aux = {task: [f"finetune.aux_task={task}", *cfg.aux_args] for task, o in PRETEXTS.items() if o.aux}
+    default_aux = next(iter(aux))  # what finetune.aux_task=auto gives a model from scratch
     methods = {
         "scratch": Method("ViT from scratch", scratch),
-        **{task: Method(label, start[task]) for task, (label, _) in PRETEXTS.items()},
-        "scratch_aux": Method("ViT from scratch + auxiliary rotation loss", [*scratch, *aux["rotation"]]),
-        **{f"{task}_aux": Method(label, [*start[task], *aux[task]]) for task, (_, label) in PRETEXTS.items() if label},
+        **{task: Method(f"ViT pretrained: {o.title}", start[task]) for task, o in PRETEXTS.items()},
+        "scratch_aux": Method(f"ViT from scratch + auxiliary {default_aux} loss", [*scratch, *aux[default_aux]]),
+        **{f"{task}_aux": Method(f"ViT pretrained: {PRETEXTS[task].title} + auxiliary {task} loss", [*start[task], *args])
+           for task, args in aux.items()},
         "pixels_logreg": Method("logistic regression on raw pixels", baseline=logreg_on_pixels),
         "pixels_knn": Method("kNN on raw pixels (neighbours chosen on validation)", baseline=knn_on_pixels),
         **{f"probe_{task}_{pool}": Method(f"linear probe on frozen {task} features ({pooled})",

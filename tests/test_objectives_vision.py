@@ -153,12 +153,14 @@ def aux_collator(aux):
     import datasets
 
     from nlp_ssl.objectives.image_classification import PretextAuxCollator
+    from nlp_ssl.objectives.mim import MaskedAuxViews
+    from nlp_ssl.objectives.rotation import RotationAuxViews
 
     pool = datasets.Dataset.from_dict({"image": [e["image"] for e in random_images(5, seed=4)]},
                                       features=datasets.Features({"image": datasets.Image()}))
-    masker = MaskedImageCollator(28, 4, 4, 0.5, num_channels=1) if aux == "mim" else None
+    views = MaskedAuxViews(MaskedImageCollator(28, 4, 4, 0.5, num_channels=1)) if aux == "mim" else RotationAuxViews()
     cls = ImageClassificationCollator(28, num_channels=1, seed=2, augment=True)
-    return PretextAuxCollator(cls, aux, masker, pool=pool, pool_per_image=2)
+    return PretextAuxCollator(cls, views, pool=pool, pool_per_image=2)
 
 
 COLLATORS = {  # name: (make collator, output rows per example of each key)

@@ -29,7 +29,7 @@ FINETUNE = [
 
 def pretrain(tmp_path_factory, task):
     out = tmp_path_factory.mktemp(task) / "run"
-    proc = run_recipe("pretrain_vit.py", f"task={task}", f"output_dir={out}", *PRETRAIN)
+    proc = run_recipe("pretrain_vit.py", f"objective={task}", f"output_dir={out}", *PRETRAIN)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -228,10 +228,10 @@ def test_checkpoint_encoders_load_and_heads_are_new(rotation_run, mim_run):
     "script, args, expected",
     [
         ("pretrain_vit.py", ["image.patch_size=5"], "image.patch_size 5 does not divide image.image_size 28"),
-        ("pretrain_vit.py", ["task=mim", "mim.mask_patch_size=6"], "mim: mask_patch_size 6 must divide image_size 28"),
+        ("pretrain_vit.py", ["objective=mim", "mim.mask_patch_size=6"], "mim: mask_patch_size 6 must divide image_size 28"),
         ("pretrain_vit.py", ["data.source={folder}"], "{folder}/notes.txt is not an image PIL can read"),
         ("finetune_vision.py", ["data.k_per_class=0"], "data.k_per_class must be > 0, got 0"),
-        ("study_vision.py", ["methods=[scratch, simclr]"], "methods: 'simclr' is not one of"),
+        ("study_vision.py", ["methods=[scratch, byol]"], "methods: 'byol' is not one of"),
     ],
 )
 def test_bad_input_fails_with_one_clear_line(tmp_path, script, args, expected):
@@ -264,7 +264,7 @@ def test_study_smoke_runs_the_protocol_and_report_only_rebuilds_it(tmp_path, rot
     results_file.write_text(json.dumps({**json.loads(results_file.read_text()), "train_runtime_s": 2.0}))
     finetune = "[" + ", ".join([*FINETUNE[1:], "report_to=none"]) + "]"  # k comes from the study
     args = [
-        f"output_dir={out}", f"rotation_checkpoint={checkpoint}", "k_per_class=[2]", "seeds=[0]", "k_seeds={}",
+        f"output_dir={out}", f"checkpoints.rotation={checkpoint}", "k_per_class=[2]", "seeds=[0]", "k_seeds={}",
         "k_args={}", "methods=[scratch, scratch_aux, pixels_logreg, pixels_knn, probe_rotation_cls]",
         "learning_rates=[1e-3]", "lr_from={}", f"finetune_args={finetune}", "aux_args=[finetune.aux_unlabelled=1]",
         "speed_k=2", "speed_steps=[3]", "speed_methods=[scratch]", "compute_matched=rotation", "workers=2",

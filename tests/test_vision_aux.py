@@ -9,8 +9,16 @@ from transformers import ViTConfig, ViTForImageClassification, ViTForMaskedImage
 
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.objectives.image_classification import ImageClassificationCollator, PretextAuxCollator
-from nlp_ssl.objectives.mim import MaskedImageCollator
-from nlp_ssl.tasks.vision import ImageClassificationTask, MaskedImageHead, PretextAuxTask, RotationHead
+from nlp_ssl.objectives.mim import MaskedAuxViews, MaskedImageCollator
+from nlp_ssl.objectives.rotation import RotationAuxViews
+from nlp_ssl.tasks.vision import (
+    ImageClassificationTask,
+    MaskedImageAux,
+    MaskedImageHead,
+    PretextAuxTask,
+    RotationAux,
+    RotationHead,
+)
 
 F = torch.nn.functional
 
@@ -40,10 +48,10 @@ def test_rotation_aux_loss_matches_hand_computation():
     # A RotNet checkpoint's classifier on the same encoder: its own transformers loss is the hand computation.
     rotnet = ViTForImageClassification(tiny_config(num_labels=4)).eval()
     rotnet.vit.load_state_dict(classifier.vit.state_dict())
-    task = PretextAuxTask(classifier, "rotation", aux_weight=0.3, head=RotationHead(rotnet.classifier))
+    task = PretextAuxTask(classifier, RotationAux(RotationHead(rotnet.classifier), 4), aux_weight=0.3)
     assert task.loss_weights == {"cls": 1.0, "rot": 0.3}
     cls_collator = ImageClassificationCollator(28, num_channels=1, augment=True, seed=1)
-    batch = PretextAuxCollator(cls_collator, "rotation", pool=pool(), pool_per_image=1)(labelled(3))
+    batch = PretextAuxCollator(cls_collator, RotationAuxViews(), pool=pool(), pool_per_image=1)(labelled(3))
     assert batch["aux_pixel_values"].shape == (6, 1, 28, 28) and batch["aux_labels"].shape == (6,)
     for i in range(3):  # row 2i is example i's own classification view, turned by its label
         k = int(batch["aux_labels"][2 * i])
@@ -73,9 +81,9 @@ def test_mim_aux_loss_matches_transformers_simmim():
     missing = simmim.vit.load_state_dict(classifier.vit.state_dict(), strict=False)
     assert missing.missing_keys == ["embeddings.mask_token"]
     head = MaskedImageHead(simmim.vit.embeddings.mask_token, simmim.decoder)
-    task = PretextAuxTask(classifier, "mim", aux_weight=0.5, head=head)
+    task = PretextAuxTask(classifier, MaskedImageAux(head, 4), aux_weight=0.5)
     masker = MaskedImageCollator(28, 4, 4, 0.5, num_channels=1)
-    batch = PretextAuxCollator(ImageClassificationCollator(28, num_channels=1), "mim", masker)(labelled(3))
+    batch = PretextAuxCollator(ImageClassificationCollator(28, num_channels=1), MaskedAuxViews(masker))(labelled(3))
     assert torch.equal(batch["aux_pixel_values"], batch["pixel_values"])
     with torch.no_grad():
         out = task(**batch)
@@ -114,16 +122,16 @@ def test_lambda_zero_is_plain_finetuning(tmp_path):
     plain_collator = collator()
     plain = _fit(tmp_path, "plain", ImageClassificationTask(model()), plain_collator)
     assert plain_collator.epoch == 1, "the trainer moves the collator to each new epoch (16 images, 8 per step, 4 steps)"
-    head = RotationHead(torch.nn.Linear(32, 4))
+    head = RotationAux(RotationHead(torch.nn.Linear(32, 4)), 4)
     m = model()
-    zero = PretextAuxTask(m, "rotation", aux_weight=0.0, head=head)
-    assert zero.head is None and zero.loss_weights == {"cls": 1.0}
+    zero = PretextAuxTask(m, head, aux_weight=0.0)
+    assert zero.aux is None and zero.loss_weights == {"cls": 1.0}
     assert sum(p.numel() for p in zero.parameters()) == sum(p.numel() for p in m.parameters())
-    got = _fit(tmp_path, "zero", zero, PretextAuxCollator(collator(), "rotation"))
+    got = _fit(tmp_path, "zero", zero, PretextAuxCollator(collator(), RotationAuxViews()))
     for name, value in plain.items():
         torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
     # Not vacuous: with λ > 0 the same steps end elsewhere.
-    other = _fit(tmp_path, "half", PretextAuxTask(model(), "rotation", 0.5, head), PretextAuxCollator(collator(), "rotation"))
+    other = _fit(tmp_path, "half", PretextAuxTask(model(), head, 0.5), PretextAuxCollator(collator(), RotationAuxViews()))
     assert any(not torch.allclose(other[n], v, atol=1e-5) for n, v in plain.items())
 
 
@@ -131,9 +139,10 @@ def test_aux_flops_and_patches_count_both_passes():
     torch.manual_seed(0)
     classifier = ViTForImageClassification(tiny_config(num_labels=3))
     plain = ImageClassificationTask(classifier)
-    collator = PretextAuxCollator(ImageClassificationCollator(28, num_channels=1), "rotation", pool=pool(), pool_per_image=2)
+    collator = PretextAuxCollator(ImageClassificationCollator(28, num_channels=1), RotationAuxViews(), pool=pool(),
+                                  pool_per_image=2)
     batch = collator(labelled(2))
-    task = PretextAuxTask(classifier, "rotation", 0.5, RotationHead(torch.nn.Linear(32, 4)))
+    task = PretextAuxTask(classifier, RotationAux(RotationHead(torch.nn.Linear(32, 4)), 4), 0.5)
     assert task.tokens_in(batch) == (2 + 6) * 49
     # The aux pass is the plain pass over 6 images with a 4-way instead of a 3-way head at [CLS].
     aux_only = {"pixel_values": batch["aux_pixel_values"]}
@@ -143,16 +152,16 @@ def test_aux_flops_and_patches_count_both_passes():
 
 def test_bad_aux_arguments_are_refused():
     model = ViTForImageClassification(tiny_config(num_labels=3))
-    with pytest.raises(ConfigError, match="needs a RotationHead"):
-        PretextAuxTask(model, "rotation", 0.5)
-    with pytest.raises(ConfigError, match="'jigsaw' is not one of"):
-        PretextAuxTask(model, "jigsaw", 0.5)
+    from nlp_ssl.vision.finetuning import VisionAuxConfig
+
+    with pytest.raises(ConfigError, match="a rotation head has 4 outputs"):
+        RotationHead(torch.nn.Linear(32, 3))
+    with pytest.raises(ConfigError, match=r"aux_task 'jigsaw' is not one of \['none', 'auto', 'rotation', 'mim'\]"):
+        VisionAuxConfig(aux_task="jigsaw")
     with pytest.raises(ConfigError, match="aux_weight must be >= 0"):
-        PretextAuxTask(model, "rotation", -1.0, RotationHead(torch.nn.Linear(32, 4)))
-    with pytest.raises(ConfigError, match="needs a masker"):
-        PretextAuxCollator(ImageClassificationCollator(28), "mim")
+        PretextAuxTask(model, RotationAux(RotationHead(torch.nn.Linear(32, 4)), 4), -1.0)
     with pytest.raises(ConfigError, match="non-empty unlabelled pool"):
-        PretextAuxCollator(ImageClassificationCollator(28), "rotation", pool_per_image=1)
+        PretextAuxCollator(ImageClassificationCollator(28), RotationAuxViews(), pool_per_image=1)
 
 
 def test_unlabelled_pool_leaves_out_the_validation_images_and_keeps_the_labelled_draw():

@@ -132,7 +132,7 @@ def build_model(cfg: ModelConfig, head: Head, *, ignore_mismatched_sizes: bool =
             if loading_info is not None:
                 loading_info.update(info)
             return model
-        return auto._from_config(config)
+        return auto.from_config(config) if hasattr(auto, "from_config") else auto._from_config(config)  # Auto or own class
     config = preset_config(cfg.arch, cfg.size, **fields)
     classes = ARCHITECTURES[cfg.arch].head_classes
     if head not in classes:

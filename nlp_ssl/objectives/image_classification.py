@@ -1,5 +1,5 @@
 """Supervised image classification batches, for fine-tuning and linear-probing a pretrained ViT, optionally
-with the batch of an auxiliary pretext task (rotation or SimMIM) beside them."""
+with the batch of an auxiliary pretext task (rotation, SimMIM ...) beside them."""
 
 from __future__ import annotations
 
@@ -10,13 +10,10 @@ import torch
 
 from nlp_ssl.data.images import ImageTransform, example_generator, images_of
 from nlp_ssl.errors import ConfigError, DataError
-from nlp_ssl.objectives.mim import MaskedImageCollator
-from nlp_ssl.objectives.rotation import quarter_turns, rotate
 
 #: Independent per-example draws: the classification view, the auxiliary task's rotation or mask of
 #: that view, and the pool images the example brings to the auxiliary batch.
 STREAM_VIEW, STREAM_AUX, STREAM_POOL = 0, 1, 2
-AUX_TASKS = ("none", "rotation", "mim")
 
 
 class ImageClassificationCollator:
@@ -73,24 +70,18 @@ class PretextAuxCollator:
 
     ``aux_pixel_values`` holds, for each labelled example in order, its classification view (the very
     tensor in ``pixel_values``) followed by ``pool_per_image`` images drawn from the unlabelled
-    ``pool``, each augmented like the labelled ones. ``aux="rotation"`` turns every row by a random
-    quarter turn (``aux_labels``, as :class:`~nlp_ssl.objectives.rotation.RotationCollator` labels
-    them); ``aux="mim"`` gives every row a SimMIM mask (``aux_bool_masked_pos``) from ``masker``.
-    Every draw (view, rotation, mask, which pool images) is per labelled example and per epoch, so
+    ``pool``, each augmented like the labelled ones. ``views`` (what the pretext objective lends:
+    :class:`~nlp_ssl.objectives.rotation.RotationAuxViews`, :class:`~nlp_ssl.objectives.mim.MaskedAuxViews`)
+    turns each of them into its pretext input and target (``aux_labels``, ``aux_bool_masked_pos`` ...).
+    Every draw (view, pretext target, which pool images) is per labelled example and per epoch, so
     the keys of the plain classification batch are exactly :class:`ImageClassificationCollator`'s.
     """
 
-    def __init__(self, classification: ImageClassificationCollator, aux: str, masker: MaskedImageCollator | None = None,
-                 pool=None, pool_per_image: int = 0):
-        if aux not in ("rotation", "mim"):
-            raise ConfigError(f"PretextAuxCollator aux must be 'rotation' or 'mim', got {aux!r}")
-        if aux == "mim" and masker is None:
-            raise ConfigError("PretextAuxCollator aux='mim' needs a masker (a MaskedImageCollator)")
+    def __init__(self, classification: ImageClassificationCollator, views, pool=None, pool_per_image: int = 0):
         if pool_per_image < 0 or (pool_per_image and (pool is None or len(pool) == 0)):
             raise ConfigError(f"pool_per_image={pool_per_image} needs a non-empty unlabelled pool")
         self.classification = classification
-        self.aux = aux
-        self.masker = masker
+        self.views = views
         self.pool = pool
         self.pool_per_image = int(pool_per_image)
 
@@ -112,20 +103,13 @@ class PretextAuxCollator:
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         batch = self.classification(examples)
         cls = self.classification
-        views, targets = [], []
+        inputs, targets = [], []
         for image, view in zip(images_of(examples), batch["pixel_values"]):
             generator = example_generator(cls.seed, cls.epoch, image, STREAM_AUX)
             for x in [view, *self._pool_views(image)]:
-                if self.aux == "rotation":
-                    k = quarter_turns(generator)
-                    views.append(rotate(x, k))
-                    targets.append(k)
-                else:
-                    views.append(x)
-                    targets.append(self.masker.sample_mask(generator))
-        batch["aux_pixel_values"] = torch.stack(views)
-        if self.aux == "rotation":
-            batch["aux_labels"] = torch.tensor(targets, dtype=torch.long)
-        else:
-            batch["aux_bool_masked_pos"] = torch.stack(targets)
+                x, target = self.views(x, generator)
+                inputs.append(x)
+                targets.append(target)
+        batch["aux_pixel_values"] = torch.stack(inputs)
+        batch[self.views.key] = self.views.stack(targets)
         return batch

@@ -105,3 +105,19 @@ class MaskedImageCollator:
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
         pairs = [self.view_and_mask(image, example_generator(self.seed, self.epoch, image)) for image in images_of(examples)]
         return {"pixel_values": torch.stack([x for x, _ in pairs]), "bool_masked_pos": torch.stack([m for _, m in pairs])}
+
+
+class MaskedAuxViews:
+    """SimMIM's part of a fine-tuning batch (:class:`~nlp_ssl.objectives.image_classification.PretextAuxCollator`):
+    each copy as it is, with a mask drawn by ``masker`` (``aux_bool_masked_pos``)."""
+
+    key = "aux_bool_masked_pos"
+
+    def __init__(self, masker: MaskedImageCollator):
+        self.masker = masker
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, self.masker.sample_mask(generator)
+
+    def stack(self, targets: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(targets)

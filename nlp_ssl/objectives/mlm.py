@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 
 from nlp_ssl.config import check_ranges
-from nlp_ssl.errors import DataError
+from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.objectives.masking import (
     TokenMasker,
     attention_mask_from_lengths,
@@ -32,6 +33,13 @@ class MLMConfig:
     def __post_init__(self):
         check_ranges(self, mlm_probability="(0, 1)", mask_replace_prob="[0, 1]", random_replace_prob="[0, 1]",
                      pad_to_multiple_of="(0, inf)")
+
+    def check_supported(self, recipe: str, *supported: str) -> None:
+        """A setting that ``recipe``'s collator does not read must keep its default rather than be ignored."""
+        default = MLMConfig()
+        for f in dataclasses.fields(self):
+            if f.name not in supported and getattr(self, f.name) != getattr(default, f.name):
+                raise ConfigError(f"mlm.{f.name} is not supported by {recipe} (it reads {', '.join(supported)})")
 
 
 def contiguous_word_index(word_ids: torch.Tensor) -> torch.Tensor:

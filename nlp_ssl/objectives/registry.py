@@ -19,108 +19,29 @@ import dataclasses
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from nlp_ssl.config import build_section
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.models import special_token_fields
 from nlp_ssl.models.architectures import is_causal, mlm_parts
 from nlp_ssl.models.continued import build_pretraining_model
+from nlp_ssl.objectives.base import Aux, ImageSetup, Modality, NoSettings, Objective, Parts, TextSetup
 from nlp_ssl.objectives.clm import CLMCollator, CLMConfig, clm_aux_keys
 from nlp_ssl.objectives.mlm import MLMAuxKeys, MLMCollator, MLMConfig, unigram_baseline_accuracy
+from nlp_ssl.objectives.rotation import RotationAuxViews
 from nlp_ssl.objectives.simcse import SimCSECollator, SimCSEConfig, whole_texts
 from nlp_ssl.tasks.causal_lm import CausalLMAux, CausalLMTask, causal_lm_head
 from nlp_ssl.tasks.masked_lm import MaskedLMAux, MaskedLMTask, masked_lm_head
 from nlp_ssl.tasks.sentence_embedding import SentenceEmbeddingTask
+from nlp_ssl.vision import pretraining as vision
 
-Modality = Literal["text", "image"]
-
-
-@dataclass
-class NoSettings:
-    """For an objective without settings."""
-
-
-@dataclass
-class TextSetup:
-    """What a text objective's parts are built from."""
-
-    tokenizer: Any
-    #: The recipe's ``model`` section (a ``models.ModelConfig``).
-    model: Any
-    seed: int
-    learning_rate: float
-
-
-@dataclass
-class ImageSetup:
-    """What an image objective's parts are built from."""
-
-    model: Any
-    #: The recipe's ``image`` section (a ``vision.image.ImageConfig``).
-    image: Any
-    seed: int
-    augment: bool
-
-
-@dataclass
-class Parts:
-    """An objective, built: what the recipe hands the trainer."""
-
-    #: The plain HF model that is saved (``task.model``).
-    model: Any
-    task: Any
-    collator: Callable
-    #: Validation batches (None: the training collator).
-    eval_collator: Callable | None = None
-    #: One line for the model card.
-    summary: str = ""
-    #: The ``pipeline`` task the saved folder serves, if any.
-    pipeline_tag: str | None = None
-    #: Text: packed blocks carry word ids (whole-word masking).
-    word_ids: bool = False
-    #: ``(train, validation) -> dict`` of reference results for ``all_results.json`` (e.g. a baseline).
-    baseline: Callable | None = None
-    #: Text: ``(corpus, tokenizer) -> {"train", "validation"}`` when the examples are not packed
-    #: ``block_size`` blocks (``data.text.TextCorpus.blocks``), e.g. whole texts truncated (SimCSE).
-    examples: Callable | None = None
-
-
-@dataclass(frozen=True)
-class Aux:
-    """What an objective lends fine-tuning as an auxiliary loss, ``L = L_task + λ·L_aux``.
-
-    ``loss(classifier, pretrained)`` returns the :class:`~nlp_ssl.tasks.auxiliary.AuxiliaryLoss`
-    (``pretrained``: text, the checkpoint loaded with this objective's ``head``, whose LM head the
-    loss reuses; images, the fine-tuning config, whose ``model`` may hold a head to reuse) and
-    ``batch_keys(**setup)`` the collator part that adds its keys to a classification batch.
-    """
-
-    loss: Callable
-    batch_keys: Callable
-
-
-@dataclass(frozen=True)
-class Objective:
-    name: str
-    modality: Modality
-    #: ``(settings, setup) -> Parts``; ``setup`` is a :class:`TextSetup` or an :class:`ImageSetup`.
-    parts: Callable
-    #: Its settings dataclass: a recipe config's section named after the objective.
-    settings: type = NoSettings
-    #: One line for ``--help`` and the docs.
-    description: str = ""
-    #: The HF head of the pretrained model (``models.builders.Head``).
-    head: str | None = None
-    #: Text: it trains a causal (left-to-right) model; fine-tuning's ``aux_lm=auto`` picks the
-    #: objective whose ``causal`` matches the checkpoint.
-    causal: bool = False
-    #: The auxiliary loss it lends fine-tuning (None: it lends none).
-    aux: Aux | None = None
-
+__all__ = [
+    "OBJECTIVES", "Aux", "ImageSetup", "NoSettings", "Objective", "Parts", "TextSetup", "aux_choices", "auxiliary_objective",
+    "find_objective", "names", "objective_settings", "registered", "with_objective_settings",
+]
 
 # ------------------------------------------------------------------------------------ the table
 
@@ -186,18 +107,39 @@ def _causal_lm_aux(classifier, pretrained):
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in [
     Objective(
         "mlm", "text", _mlm_parts, MLMConfig, "masked language modelling (BERT 80/10/10, optionally whole-word)",
-        head="masked_lm",
+        head="masked_lm", title="masked language modelling",
         aux=Aux(loss=lambda classifier, pretrained: MaskedLMAux(masked_lm_head(classifier, pretrained)),
-                batch_keys=lambda tokenizer, finetune, seed: MLMAuxKeys(tokenizer, finetune.mlm_probability, seed)),
+                batch_keys=lambda mlm, tokenizer, seed: MLMAuxKeys(tokenizer, mlm.mlm_probability, seed)),
     ),
     Objective(
         "clm", "text", _clm_parts, CLMConfig, "causal language modelling (GPT), optionally document-aware",
-        head="causal_lm", causal=True,
-        aux=Aux(loss=_causal_lm_aux, batch_keys=lambda **_: clm_aux_keys),
+        head="causal_lm", causal=True, title="causal language modelling",
+        aux=Aux(loss=_causal_lm_aux, batch_keys=lambda clm, **_: clm_aux_keys),
     ),
     Objective(
         "simcse", "text", _simcse_parts, SimCSEConfig,
         "unsupervised SimCSE: a text and itself under two dropout masks are positives, the batch's other texts negatives",
+    ),
+    Objective(
+        "rotation", "image", vision.rotation_parts, vision.RotationConfig, "RotNet: which of four rotations an image was given",
+        head="image_classification", recognises=vision.made_by_rotation, title="rotation (RotNet)",
+        aux=Aux(loss=vision.rotation_aux, batch_keys=lambda rotation, **_: RotationAuxViews()),
+    ),
+    Objective(
+        "mim", "image", vision.mim_parts, vision.MIMConfig, "SimMIM: reconstruct the pixels of masked patches (L1)",
+        head="masked_image_modeling", check=vision.check_mim, recognises=vision.made_by_mim,
+        title="masked image modelling (SimMIM)",
+        aux=Aux(loss=vision.mim_aux, batch_keys=lambda mim, setup: vision.mim_aux_views(mim, setup)),
+    ),
+    Objective(
+        "simclr", "image", vision.simclr_parts, vision.SimCLRConfig,
+        "SimCLR: two views of an image (or two images of one group, MICLe) together, the batch's others apart",
+        columns=vision.simclr_columns, recognises=vision.made_by_simclr, title="contrastive (SimCLR)",
+    ),
+    Objective(
+        "jigsaw", "image", vision.jigsaw_parts, vision.JigsawConfig,
+        "jigsaw puzzle: which of a fixed set of permutations shuffled the image's tiles",
+        head="image_classification", check=vision.check_jigsaw, recognises=vision.made_by_jigsaw, title="jigsaw puzzle",
     ),
 ]}
 
@@ -251,18 +193,27 @@ def _load_external(spec: str) -> Objective:
     return objective
 
 
-def auxiliary_objective(choice: str, causal: bool) -> Objective | None:
-    """The objective whose auxiliary loss fine-tuning adds: ``none``, a name, or ``auto`` (the
-    objective that pretrains models like this one: causal or not)."""
+def auxiliary_objective(choice: str, modality: Modality, causal: bool = False, checkpoint=None,
+                        key: str = "aux_lm") -> Objective | None:
+    """The objective whose auxiliary loss fine-tuning adds: ``none``, a name, or ``auto``: for text the
+    objective that pretrains models like this one (causal or not), for images the objective that made
+    the checkpoint (``checkpoint``: its HF config) where it lends one, else the first that lends one."""
+    lenders = [o for o in registered().values() if o.modality == modality and o.aux]
     if choice == "none":
         return None
+    if choice == "auto" and modality == "text":
+        return next(o for o in lenders if o.causal == causal)
     if choice == "auto":
-        return next(o for o in registered().values() if o.modality == "text" and o.aux and o.causal == causal)
-    objective = find_objective(choice, "text")
+        made = [o for o in lenders if checkpoint is not None and o.recognises and o.recognises(checkpoint)]
+        return (made or lenders)[0]
+    objective = find_objective(choice, modality)
     if objective.aux is None:
-        choices = ["none", "auto", *names("text", aux=True)]
-        raise ConfigError(f"aux_lm {choice!r} lends no auxiliary loss; choose one of {choices}")
+        raise ConfigError(f"{key} {choice!r} lends no auxiliary loss; choose one of {aux_choices(modality)}")
     return objective
+
+
+def aux_choices(modality: Modality) -> list[str]:
+    return ["none", "auto", *names(modality, aux=True)]
 
 
 def objective_settings(cfg, objective: Objective):

@@ -87,3 +87,17 @@ class RotationCollator:
         labels = torch.tensor(turns, dtype=torch.long)
         rotated = torch.stack([rotate(x, k) for x, k in zip(batch, turns)])
         return {"pixel_values": rotated, "labels": labels}
+
+
+class RotationAuxViews:
+    """RotNet's part of a fine-tuning batch (:class:`~nlp_ssl.objectives.image_classification.PretextAuxCollator`):
+    each copy turned by a random number of quarter turns, labelled with it (``aux_labels``)."""
+
+    key = "aux_labels"
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+        k = quarter_turns(generator)
+        return rotate(x, k), k
+
+    def stack(self, targets: list[int]) -> torch.Tensor:
+        return torch.tensor(targets, dtype=torch.long)

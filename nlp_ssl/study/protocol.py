@@ -65,6 +65,10 @@ class ProtocolConfig(StudyConfig):
     speed_methods: list[str] = field(default_factory=lambda: ["scratch", "rotation", "mim"])
     #: The method whose pretraining time scratch gets as extra fine-tuning steps at speed_k (null: none).
     compute_matched: str | None = None
+    #: What the study must show, each ``{method, over, k, gain, seeds}``: the mean paired gain of ``method``
+    #: (or ``best``, the best fine-tuned method) over ``over`` at k, in points, on ≥ ``seeds`` seeds (default 5),
+    #: every one positive, e.g. ``{method: rotation, over: scratch, k: 10, gain: 5}``.
+    targets: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
         super().__post_init__()

@@ -17,6 +17,7 @@ from torch import nn
 
 from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.models.architectures import training_flops
+from nlp_ssl.tasks.auxiliary import AuxiliaryLoss
 from nlp_ssl.tasks.base import Sums, Task, cross_entropy_sum
 from nlp_ssl.tasks.contrastive import ContrastiveTask
 
@@ -127,59 +128,47 @@ class MaskedImageHead(nn.Module):
         return self.decoder(patches.permute(0, 2, 1).reshape(batch, width, side, side))
 
 
-class PretextAuxTask(Task):
-    """Image classification + ``aux_weight`` × an auxiliary pretext loss: ``L = L_cls + λ·L_aux``.
+class RotationAux(AuxiliaryLoss):
+    """RotNet beside a classifier: loss ``rot``, the cross-entropy of :class:`RotationHead` on a second
+    encoder pass over ``aux_pixel_values`` (rotated copies) against ``aux_labels``; count: aux images."""
 
-    ``cls``: cross-entropy of the plain ``ViTForImageClassification`` on ``pixel_values`` (count:
-    labelled images). The auxiliary pass runs the same encoder a second time on ``aux_pixel_values``
-    (:class:`~nlp_ssl.objectives.image_classification.PretextAuxCollator`: rotated or masked copies
-    of the labelled views, and optionally unlabelled pool images):
+    name = "rot"
 
-    * ``aux="rotation"``: loss ``rot``, cross-entropy of :class:`RotationHead` against ``aux_labels``
-      (count: aux images); metric ``rot_accuracy``.
-    * ``aux="mim"``: loss ``mim``, SimMIM's L1 on the masked pixels (count: masked pixel values),
-      from :class:`MaskedImageHead` with its mask token put in place of the masked patch embeddings.
-
-    ``aux_weight = 0`` (or ``aux="none"``) is plain fine-tuning: no head, one loss ``cls``, the
-    classification pass unchanged. The head is not part of ``self.model``, so the saved classifier
-    is a plain ``ViTForImageClassification``.
-    """
-
-    def __init__(self, model: nn.Module, aux: str = "rotation", aux_weight: float = 0.5, head: nn.Module | None = None):
-        super().__init__(model)
-        if aux not in ("none", "rotation", "mim"):
-            raise ConfigError(f"aux {aux!r} is not one of ['none', 'rotation', 'mim']")
-        if aux_weight < 0:
-            raise ConfigError(f"aux_weight must be >= 0, got {aux_weight}")
-        self.aux = aux if aux_weight > 0 else "none"
-        self.aux_weight = float(aux_weight) if self.aux != "none" else 0.0
-        self.head = None
-        self.loss_weights = {"cls": 1.0}
-        if self.aux == "none":
-            return
-        wanted = RotationHead if self.aux == "rotation" else MaskedImageHead
-        if not isinstance(head, wanted):
-            raise ConfigError(f"aux {self.aux!r} needs a {wanted.__name__}, got {type(head).__name__}")
+    def __init__(self, head: RotationHead, patch_size: int):
+        super().__init__()
         self.head = head
-        self.loss_weights = {"cls": 1.0, self.loss_name: self.aux_weight}
+        self.patch_size = patch_size
 
-    @property
-    def loss_name(self) -> str:
-        return {"rotation": "rot", "mim": "mim"}.get(self.aux, "")
+    def count_items(self, batch):
+        return (batch["aux_labels"] != -100).sum()
 
-    @property
-    def patch_size(self) -> int:
-        return self.model.config.patch_size
+    def forward(self, model, batch, hidden=None):
+        hidden = model.vit(pixel_values=batch["aux_pixel_values"]).last_hidden_state
+        return cross_entropy_sum(self.head(hidden), batch["aux_labels"])
 
-    def count_items(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        counts = {"cls": (batch["labels"] != -100).sum()}
-        if self.aux == "rotation":
-            counts["rot"] = (batch["aux_labels"] != -100).sum()
-        elif self.aux == "mim":
-            counts["mim"] = masked_pixel_count(batch["aux_pixel_values"], batch["aux_bool_masked_pos"], self.patch_size)
-        return counts
+    def tokens_in(self, batch):
+        return _patches_in(batch["aux_pixel_values"], self.patch_size)
 
-    def _masked_hidden(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
+    def flops(self, model, batch):  # the head runs at [CLS] of each aux image
+        return _aux_pass_flops(model, self.head, batch["aux_pixel_values"], batch["aux_pixel_values"].shape[0])
+
+
+class MaskedImageAux(AuxiliaryLoss):
+    """SimMIM beside a classifier: loss ``mim``, L1 on the masked pixels of ``aux_pixel_values``
+    (count: masked pixel values), from :class:`MaskedImageHead` with its mask token put in place of the
+    masked patch embeddings (``aux_bool_masked_pos``)."""
+
+    name = "mim"
+
+    def __init__(self, head: MaskedImageHead, patch_size: int):
+        super().__init__()
+        self.head = head
+        self.patch_size = patch_size
+
+    def count_items(self, batch):
+        return masked_pixel_count(batch["aux_pixel_values"], batch["aux_bool_masked_pos"], self.patch_size)
+
+    def _masked_hidden(self, model, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor) -> torch.Tensor:
         """The encoder's last hidden states with masked patch embeddings replaced by the mask token,
         exactly as ``ViTEmbeddings`` does it for ``ViTForMaskedImageModeling``."""
         mask = bool_masked_pos.unsqueeze(-1)
@@ -189,48 +178,78 @@ class PretextAuxTask(Task):
             weight = mask.to(patches.dtype)
             return patches * (1.0 - weight) + token * weight
 
-        hook = self.model.vit.embeddings.patch_embeddings.register_forward_hook(replace)
+        hook = model.vit.embeddings.patch_embeddings.register_forward_hook(replace)
         try:
-            return self.model.vit(pixel_values=pixel_values).last_hidden_state
+            return model.vit(pixel_values=pixel_values).last_hidden_state
         finally:
             hook.remove()
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor, aux_pixel_values=None, aux_labels=None,
-                aux_bool_masked_pos=None, **_) -> dict[str, Sums]:
+    def forward(self, model, batch, hidden=None):
+        images, masked = batch["aux_pixel_values"], batch["aux_bool_masked_pos"].bool()
+        reconstruction = self.head(self._masked_hidden(model, images, masked))
+        loss, count = masked_l1_sum(reconstruction, images, pixel_mask(images, masked, self.patch_size))
+        return loss, count, None
+
+    def tokens_in(self, batch):
+        return _patches_in(batch["aux_pixel_values"], self.patch_size)
+
+    def flops(self, model, batch):  # the mask token is looked up, not multiplied: only the decoder counts
+        images = batch["aux_pixel_values"]
+        return _aux_pass_flops(model, self.head.decoder, images, _patches_in(images, self.patch_size))
+
+
+def _aux_pass_flops(model, head: nn.Module, images: torch.Tensor, positions: int) -> float:
+    """The second encoder pass and the auxiliary head at ``positions``."""
+    encoder = [p for name, p in model.named_parameters() if not name.startswith("classifier.")]
+    return training_flops(model, [*encoder, *head.parameters()], {"pixel_values": images}, [(head, positions)])
+
+
+class PretextAuxTask(Task):
+    """Image classification + ``aux_weight`` × an auxiliary pretext loss: ``L = L_cls + λ·L_aux``.
+
+    ``cls``: cross-entropy of the plain ``ViTForImageClassification`` on ``pixel_values`` (count:
+    labelled images). The auxiliary loss (:class:`RotationAux`, :class:`MaskedImageAux`, or any
+    :class:`~nlp_ssl.tasks.auxiliary.AuxiliaryLoss` an image objective lends) runs the same encoder
+    again on its copies (:class:`~nlp_ssl.objectives.image_classification.PretextAuxCollator`).
+    ``aux_weight = 0`` (or no ``aux``) is plain fine-tuning: no head, one loss ``cls``. The head is not
+    part of ``self.model``, so the saved classifier is a plain ``ViTForImageClassification``.
+    """
+
+    def __init__(self, model: nn.Module, aux: AuxiliaryLoss | None = None, aux_weight: float = 0.5):
+        super().__init__(model)
+        if aux_weight < 0:
+            raise ConfigError(f"aux_weight must be >= 0, got {aux_weight}")
+        self.aux = aux if aux_weight > 0 else None
+        self.aux_weight = float(aux_weight) if self.aux is not None else 0.0
+        self.loss_weights = {"cls": 1.0} if self.aux is None else {"cls": 1.0, self.aux.name: self.aux_weight}
+
+    def count_items(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        counts = {"cls": (batch["labels"] != -100).sum()}
+        if self.aux is not None:
+            counts[self.aux.name] = self.aux.count_items(batch)
+        return counts
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor, **batch) -> dict[str, Sums]:
         logits = self.model(pixel_values=pixel_values).logits
         loss, count, correct = cross_entropy_sum(logits, labels)
         out = {"losses": {"cls": (loss, count)}, "metrics": {"accuracy": (correct, count)}}
-        if self.aux == "rotation":
-            hidden = self.model.vit(pixel_values=aux_pixel_values).last_hidden_state
-            rot_loss, rot_count, rot_correct = cross_entropy_sum(self.head(hidden), aux_labels)
-            out["losses"]["rot"] = (rot_loss, rot_count)
-            out["metrics"]["rot_accuracy"] = (rot_correct, rot_count)
-        elif self.aux == "mim":
-            masked = aux_bool_masked_pos.bool()
-            reconstruction = self.head(self._masked_hidden(aux_pixel_values, masked))
-            mask = pixel_mask(aux_pixel_values, masked, self.patch_size)
-            out["losses"]["mim"] = masked_l1_sum(reconstruction, aux_pixel_values, mask)
+        if self.aux is not None:
+            aux_loss, aux_count, aux_correct = self.aux(self.model, batch)
+            out["losses"][self.aux.name] = (aux_loss, aux_count)
+            if aux_correct is not None:
+                out["metrics"][f"{self.aux.name}_accuracy"] = (aux_correct, aux_count)
         return out
 
     def tokens_in(self, batch: dict[str, torch.Tensor]) -> int:
         """Patches through the encoder: the classification pass and the auxiliary one."""
-        aux = _patches_in(batch["aux_pixel_values"], self.patch_size) if self.aux != "none" else 0
-        return _patches_in(batch["pixel_values"], self.patch_size) + aux
+        aux = self.aux.tokens_in(batch) if self.aux is not None else 0
+        return _patches_in(batch["pixel_values"], self.model.config.patch_size) + aux
 
     def flops(self, batch: dict[str, torch.Tensor]) -> float:
-        """Both passes: the classifier at [CLS] of each labelled image; the rotation head at [CLS] of each
-        aux image, or the SimMIM decoder at every patch of them."""
+        """Both passes: the classifier at [CLS] of each labelled image, and the auxiliary loss's own."""
         model = self.model
         main = training_flops(model, model.parameters(), batch, [(model.classifier, batch["pixel_values"].shape[0])])
-        if self.aux == "none":
-            return main
-        aux_images = batch["aux_pixel_values"]
-        if self.aux == "rotation":  # the mask token is looked up, not multiplied: only the decoder counts
-            head, positions = self.head, aux_images.shape[0]
-        else:
-            head, positions = self.head.decoder, _patches_in(aux_images, self.patch_size)
-        encoder = [p for name, p in model.named_parameters() if not name.startswith("classifier.")]
-        return main + training_flops(model, [*encoder, *head.parameters()], {"pixel_values": aux_images}, [(head, positions)])
+        return main + (self.aux.flops(model, batch) if self.aux is not None else 0.0)
 
 
 class SimCLRTask(ContrastiveTask):

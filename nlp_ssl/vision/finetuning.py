@@ -16,18 +16,18 @@ checkpoint's own when it has one (a RotNet classifier, a SimMIM decoder and mask
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 from nlp_ssl.config import check_ranges
 from nlp_ssl.data.image_splits import LabeledImagesConfig
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.models import ModelConfig, build_model
 from nlp_ssl.models.grayscale_vit import from_checkpoint
+from nlp_ssl.objectives import registry
+from nlp_ssl.objectives.base import ImageSetup
 from nlp_ssl.objectives.image_classification import ImageClassificationCollator, PretextAuxCollator
-from nlp_ssl.objectives.mim import MaskedImageCollator, check_mask_sizes
-from nlp_ssl.tasks.vision import ImageClassificationTask, MaskedImageHead, PretextAuxTask, RotationHead
+from nlp_ssl.tasks.vision import ImageClassificationTask, PretextAuxTask
 from nlp_ssl.trainer import TrainConfig
 from nlp_ssl.vision.image import ImageConfig, normalisation, vit_fields
 
@@ -36,29 +36,33 @@ from nlp_ssl.vision.image import ImageConfig, normalisation, vit_fields
 class VisionAuxConfig:
     """The auxiliary pretext loss, named like the text side's ``finetune.aux_lm`` / ``aux_weight``."""
 
-    #: ``rotation`` (RotNet head on rotated copies), ``mim`` (SimMIM on masked copies), ``none``, or
-    #: ``auto``: the checkpoint's own pretext task (``mim`` for a SimMIM checkpoint, else ``rotation``).
-    aux_task: Literal["none", "rotation", "mim", "auto"] = "none"
+    #: An image objective that lends one (``rotation``: a RotNet head on rotated copies; ``mim``: SimMIM
+    #: on masked copies, masked as its ``mim`` section says), ``none``, or ``auto``: the checkpoint's own
+    #: pretext task where it lends one, else ``rotation``.
+    aux_task: str = "none"
     #: λ in L = L_cls + λ·L_aux; 0 is plain fine-tuning.
     aux_weight: float = 0.5
     #: Unlabelled images (the training split without the validation images) per labelled image in the
     #: auxiliary batch; 0: only the labelled images' copies.
     aux_unlabelled: int = 0
-    #: SimMIM masking of the auxiliary copies (as ``pretrain_vit.py``'s ``mim`` section).
-    mask_patch_size: int = 4
-    mask_ratio: float = 0.5
 
     def __post_init__(self):
-        check_ranges(self, aux_weight="[0, inf)", aux_unlabelled="[0, inf)", mask_patch_size="(0, inf)",
-                     mask_ratio="(0, 1)")
+        check_ranges(self, aux_weight="[0, inf)", aux_unlabelled="[0, inf)")
+        if self.aux_task not in registry.aux_choices("image"):
+            raise ConfigError(f"aux_task {self.aux_task!r} is not one of {registry.aux_choices('image')}")
 
 
 @dataclass
-class FinetuneVisionConfig(TrainConfig):
+class _FinetuneVision(TrainConfig):
+    MOVED_KEYS = {"finetune.mask_patch_size": "mim.mask_patch_size", "finetune.mask_ratio": "mim.mask_ratio"}
     data: LabeledImagesConfig = field(default_factory=LabeledImagesConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="vit"))
     finetune: VisionAuxConfig = field(default_factory=VisionAuxConfig)
+
+
+#: + a settings section per image objective (``mim.mask_ratio`` masks SimMIM's auxiliary copies).
+FinetuneVisionConfig = registry.with_objective_settings(_FinetuneVision, "image")
 
 
 def check_checkpoint_geometry(path: str, image: ImageConfig) -> None:
@@ -121,73 +125,29 @@ def build_classifier(model: ModelConfig, image: ImageConfig, names: list[str]):
     return classifier, encoder_transfer(classifier, model.name_or_path) if model.load_weights else None
 
 
-def _checkpoint_config(model: ModelConfig):
-    """The checkpoint's HF config, or None when the model starts from scratch."""
-    if not (model.name_or_path and model.load_weights):
+def aux_objective(cfg: FinetuneVisionConfig):
+    """The image objective whose auxiliary loss runs (None when λ = 0 or ``none``); ``auto`` follows
+    the checkpoint (the objective that made it, where it lends one), else the first that lends one."""
+    if cfg.finetune.aux_weight == 0:
         return None
-    from transformers import AutoConfig
+    model = cfg.model
+    source = None
+    if model.name_or_path and model.load_weights and cfg.finetune.aux_task == "auto":
+        from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(model.name_or_path)
-
-
-def checkpoint_architecture(model: ModelConfig) -> str | None:
-    """The HF class a checkpoint was saved as (``ViTForMaskedImageModeling`` ...); None from scratch."""
-    config = _checkpoint_config(model)
-    return (config.architectures or [None])[0] if config is not None else None
+        source = AutoConfig.from_pretrained(model.name_or_path)
+    return registry.auxiliary_objective(cfg.finetune.aux_task, "image", checkpoint=source, key="finetune.aux_task")
 
 
-def resolve_aux_task(aux: VisionAuxConfig, model: ModelConfig) -> str:
-    """The auxiliary task that runs: ``none`` when λ = 0; ``auto`` follows the checkpoint."""
-    if aux.aux_weight == 0 or aux.aux_task == "none":
-        return "none"
-    if aux.aux_task != "auto":
-        return aux.aux_task
-    return "mim" if checkpoint_architecture(model) == "ViTForMaskedImageModeling" else "rotation"
-
-
-def _init_like_vit(module, config) -> None:
-    """ViT's own initialisation of a new linear or conv layer: truncated normal weights, zero bias."""
-    import torch
-
-    torch.nn.init.trunc_normal_(module.weight, std=config.initializer_range)
-    torch.nn.init.zeros_(module.bias)
-
-
-def pretext_head(classifier, model: ModelConfig, aux: str):
-    """(the auxiliary head, where it came from): the checkpoint's own head when it was pretrained for
-    ``aux`` (RotNet's 4-way classifier; SimMIM's mask token and decoder), else a new one."""
-    import torch
-    from transformers import ViTForImageClassification, ViTForMaskedImageModeling
-
-    config = classifier.config
-    source = _checkpoint_config(model)
-    arch = (source.architectures or [None])[0] if source is not None else None
-    if aux == "rotation":
-        if arch == "ViTForImageClassification" and source.num_labels == 4:
-            return RotationHead(ViTForImageClassification.from_pretrained(model.name_or_path).classifier), "checkpoint"
-        head = torch.nn.Linear(config.hidden_size, 4)
-        _init_like_vit(head, config)
-        return RotationHead(head), "new"
-    if arch == "ViTForMaskedImageModeling":
-        simmim = ViTForMaskedImageModeling.from_pretrained(model.name_or_path)
-        return MaskedImageHead(simmim.vit.embeddings.mask_token, simmim.decoder), "checkpoint"
-    mim_config = copy.deepcopy(config)
-    mim_config.encoder_stride = config.patch_size
-    decoder = torch.nn.Sequential(
-        torch.nn.Conv2d(config.hidden_size, config.patch_size**2 * config.num_channels, kernel_size=1),
-        torch.nn.PixelShuffle(config.patch_size),
-    )
-    _init_like_vit(decoder[0], mim_config)
-    return MaskedImageHead(torch.nn.Parameter(torch.zeros(1, 1, config.hidden_size)), decoder), "new"
+def image_setup(cfg: FinetuneVisionConfig) -> ImageSetup:
+    return ImageSetup(cfg.model, cfg.image, cfg.seed, cfg.data.augment)
 
 
 def check_aux(cfg: FinetuneVisionConfig) -> None:
-    """SimMIM's mask grid must tile the image and the patch grid; checked before any data is read."""
-    if cfg.finetune.aux_task in ("mim", "auto") and cfg.finetune.aux_weight > 0:
-        try:
-            check_mask_sizes(cfg.image.image_size, cfg.image.patch_size, cfg.finetune.mask_patch_size)
-        except ValueError as err:
-            raise ConfigError(f"finetune: {err}") from None
+    """The auxiliary objective's own checks (SimMIM's mask grid must tile the image), before any data is read."""
+    aux = aux_objective(cfg)
+    if aux is not None and aux.check is not None:
+        aux.check(registry.objective_settings(cfg, aux), image_setup(cfg))
 
 
 class FinetuningParts(NamedTuple):
@@ -205,24 +165,23 @@ def finetuning_parts(cfg: FinetuneVisionConfig, classifier, unlabelled=None) -> 
 
     With one, the training and validation collators add the auxiliary batch (validation without
     augmentation, so ``eval_rot_loss``/``eval_mim_loss`` compare across steps); ``unlabelled`` is the
-    pool that ``finetune.aux_unlabelled`` draws from.
+    pool that ``finetune.aux_unlabelled`` draws from. The loss, its head and its batch keys are what
+    the auxiliary objective's registry entry lends.
     """
     stats = normalisation(cfg.image)
     size = cfg.image.image_size
     train = ImageClassificationCollator(size, seed=cfg.seed, augment=cfg.data.augment, **stats)
     evaluation = ImageClassificationCollator(size, seed=cfg.seed, **stats)
-    aux = resolve_aux_task(cfg.finetune, cfg.model)
-    if aux == "none":
+    aux = aux_objective(cfg)
+    if aux is None:
         return FinetuningParts(ImageClassificationTask(classifier), train, evaluation, evaluation, {"aux_task": "none"})
-    masker = None
-    if aux == "mim":
-        check_aux(cfg)
-        masker = MaskedImageCollator(size, cfg.image.patch_size, cfg.finetune.mask_patch_size, cfg.finetune.mask_ratio,
-                                     num_channels=cfg.image.num_channels)
-    head, origin = pretext_head(classifier, cfg.model, aux)
+    check_aux(cfg)
+    settings = registry.objective_settings(cfg, aux)
+    loss, origin = aux.aux.loss(classifier, cfg.model)
+    views = aux.aux.batch_keys(settings, setup=image_setup(cfg))
     per_image = cfg.finetune.aux_unlabelled
     pool = unlabelled if per_image else None
-    task = PretextAuxTask(classifier, aux, cfg.finetune.aux_weight, head)
-    record = {"aux_task": aux, "aux_weight": cfg.finetune.aux_weight, "aux_head": origin, "aux_unlabelled": per_image}
-    return FinetuningParts(task, PretextAuxCollator(train, aux, masker, pool, per_image),
-                           PretextAuxCollator(evaluation, aux, masker, pool, per_image), evaluation, record)
+    task = PretextAuxTask(classifier, loss, cfg.finetune.aux_weight)
+    record = {"aux_task": aux.name, "aux_weight": cfg.finetune.aux_weight, "aux_head": origin, "aux_unlabelled": per_image}
+    return FinetuningParts(task, PretextAuxCollator(train, views, pool, per_image),
+                           PretextAuxCollator(evaluation, views, pool, per_image), evaluation, record)

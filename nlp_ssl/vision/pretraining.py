@@ -1,26 +1,42 @@
-"""The pretext tasks for a ViT, each as (HF model, loss, training collator, evaluation collator).
+"""The pretext tasks for a ViT, as the objective registry builds them: each its settings, its parts
+(HF model, loss, training and evaluation collators), its checks, and the auxiliary loss it lends
+few-label fine-tuning.
 
 RotNet (predict which of four rotations an image was given), SimMIM (reconstruct hidden patches,
 L1), SimCLR (pull two views of an image together, with MICLe's positives from one group) and the
-jigsaw puzzle (predict which permutation shuffled the tiles) differ only in these four parts; the
-trainer, data and processor are shared.
+jigsaw puzzle (predict which permutation shuffled the tiles) differ only in these parts; the
+trainer, data and processor are shared. Their entries are in :mod:`nlp_ssl.objectives.registry`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal
+
+import torch
+from transformers import ViTForImageClassification, ViTForMaskedImageModeling
 
 from nlp_ssl.config import check_ranges
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.models import ModelConfig, build_model
+from nlp_ssl.models.grayscale_vit import from_checkpoint
 from nlp_ssl.objectives import MaskedImageCollator, RotationCollator
+from nlp_ssl.objectives.base import Parts
 from nlp_ssl.objectives.jigsaw import JigsawCollator, check_grid, permutation_labels, permutation_set
-from nlp_ssl.objectives.mim import check_mask_sizes
+from nlp_ssl.objectives.mim import MaskedAuxViews, check_mask_sizes
 from nlp_ssl.objectives.simclr import GroupPartners, TwoViewCollator, ViewAugmentation
-from nlp_ssl.tasks.vision import ImageClassificationTask, MaskedImageModelingTask, SimCLRTask, projection_head
-from nlp_ssl.vision.image import ImageConfig, normalisation, vit_fields
+from nlp_ssl.tasks.vision import (
+    ImageClassificationTask,
+    MaskedImageAux,
+    MaskedImageHead,
+    MaskedImageModelingTask,
+    RotationAux,
+    RotationHead,
+    SimCLRTask,
+    projection_head,
+)
+from nlp_ssl.vision.image import normalisation, vit_fields
 
 #: Rotation class k = k quarter turns counter-clockwise (see nlp_ssl.objectives.rotation).
 ROTATION_LABELS = {0: "0", 1: "90", 2: "180", 3: "270"}
@@ -77,50 +93,105 @@ class JigsawConfig:
         check_ranges(self, grid="[2, inf)", num_permutations="[2, inf)", tile_jitter="[0, inf)")
 
 
-class Objective(NamedTuple):
-    model: object
-    task: object
-    collator: object
-    eval_collator: object
-    #: One line for the model card.
-    summary: str
+def _vit(setup, head: str, **fields):
+    return build_model(setup.model, head, **vit_fields(setup.image), **fields)
 
 
-def check_mim(image: ImageConfig, mim: MIMConfig) -> None:
+def _stats(setup) -> dict:
+    return normalisation(setup.image)
+
+
+# ---------------------------------------------------------------------------- RotNet
+
+
+def rotation_parts(rotation: RotationConfig, setup) -> Parts:
+    """A 4-way ViT classifier; validation always sees all four rotations of each image."""
+    vit = _vit(setup, "image_classification", num_labels=len(ROTATION_LABELS), id2label=dict(ROTATION_LABELS),
+               label2id={v: k for k, v in ROTATION_LABELS.items()})
+    size, stats = setup.image.image_size, _stats(setup)
+    train = RotationCollator(size, mode=rotation.mode, seed=setup.seed, augment=setup.augment, **stats)
+    evaluation = RotationCollator(size, mode="all", seed=setup.seed, **stats)
+    return Parts(vit, ImageClassificationTask(vit), train, evaluation, pipeline_tag="image-classification",
+                 summary=f"rotation prediction (RotNet, 4 rotations, mode {rotation.mode})")
+
+
+def made_by_rotation(config) -> bool:
+    """A RotNet checkpoint: a ViT classifier over the four rotations."""
+    labels = {int(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}
+    return _architecture(config) == "ViTForImageClassification" and labels == ROTATION_LABELS
+
+
+def rotation_aux(classifier, model: ModelConfig) -> tuple[RotationAux, str]:
+    """(the RotNet loss beside ``classifier``, where its head came from): a RotNet checkpoint's own
+    4-way classifier, else a new one."""
+    config = classifier.config
+    source = _source_config(model)
+    if source is not None and made_by_rotation(source):
+        pretrained = from_checkpoint(ViTForImageClassification, model.name_or_path, source).classifier
+        return RotationAux(RotationHead(pretrained), config.patch_size), "checkpoint"
+    head = torch.nn.Linear(config.hidden_size, 4)
+    _init_like_vit(head, config)
+    return RotationAux(RotationHead(head), config.patch_size), "new"
+
+
+# ---------------------------------------------------------------------------- SimMIM
+
+
+def check_mim(mim: MIMConfig, setup) -> None:
     """The mask grid must tile the image and the patch grid; checked before any data is read."""
     try:
-        check_mask_sizes(image.image_size, image.patch_size, mim.mask_patch_size)
+        check_mask_sizes(setup.image.image_size, setup.image.patch_size, mim.mask_patch_size)
     except ValueError as err:
         raise ConfigError(f"mim: {err}") from None
 
 
-def rotation_objective(model: ModelConfig, image: ImageConfig, rotation: RotationConfig, seed: int, augment: bool) -> Objective:
-    """A 4-way ViT classifier; validation always sees all four rotations of each image."""
-    vit = build_model(
-        model, "image_classification", **vit_fields(image), num_labels=len(ROTATION_LABELS),
-        id2label=dict(ROTATION_LABELS), label2id={v: k for k, v in ROTATION_LABELS.items()},
-    )
-    stats = normalisation(image)
-    train = RotationCollator(image.image_size, mode=rotation.mode, seed=seed, augment=augment, **stats)
-    evaluation = RotationCollator(image.image_size, mode="all", seed=seed, **stats)
-    summary = f"rotation prediction (RotNet, 4 rotations, mode {rotation.mode})"
-    return Objective(vit, ImageClassificationTask(vit), train, evaluation, summary)
-
-
-def mim_objective(model: ModelConfig, image: ImageConfig, mim: MIMConfig, seed: int, augment: bool) -> Objective:
-    """A ViT with SimMIM's one-layer decoder; validation masks are seeded like training's."""
-    check_mim(image, mim)
-    sizes = (image.image_size, image.patch_size, mim.mask_patch_size, mim.mask_ratio)
-    stats = normalisation(image)
+def _masker(mim: MIMConfig, setup, **kwargs) -> MaskedImageCollator:
+    image = setup.image
     try:
-        train = MaskedImageCollator(*sizes, seed=seed, augment=augment, **stats)
-        evaluation = MaskedImageCollator(*sizes, seed=seed, **stats)
+        return MaskedImageCollator(image.image_size, image.patch_size, mim.mask_patch_size, mim.mask_ratio, **kwargs)
     except ValueError as err:
         raise ConfigError(f"mim: {err}") from None
+
+
+def mim_parts(mim: MIMConfig, setup) -> Parts:
+    """A ViT with SimMIM's one-layer decoder; validation masks are seeded like training's."""
+    check_mim(mim, setup)
+    stats = _stats(setup)
+    train = _masker(mim, setup, seed=setup.seed, augment=setup.augment, **stats)
+    evaluation = _masker(mim, setup, seed=setup.seed, **stats)
     # encoder_stride = patch size: SimMIM's one-layer decoder maps each token back to its own patch.
-    vit = build_model(model, "masked_image_modeling", **vit_fields(image), encoder_stride=image.patch_size)
+    vit = _vit(setup, "masked_image_modeling", encoder_stride=setup.image.patch_size)
     summary = f"masked image modelling (SimMIM, {mim.mask_ratio:.0%} of {mim.mask_patch_size}px blocks masked, L1)"
-    return Objective(vit, MaskedImageModelingTask(vit), train, evaluation, summary)
+    return Parts(vit, MaskedImageModelingTask(vit), train, evaluation, summary=summary)
+
+
+def made_by_mim(config) -> bool:
+    return _architecture(config) == "ViTForMaskedImageModeling"
+
+
+def mim_aux(classifier, model: ModelConfig) -> tuple[MaskedImageAux, str]:
+    """(the SimMIM loss beside ``classifier``, where its head came from): a SimMIM checkpoint's own mask
+    token and decoder, else new ones."""
+    config = classifier.config
+    source = _source_config(model)
+    if source is not None and made_by_mim(source):
+        simmim = ViTForMaskedImageModeling.from_pretrained(model.name_or_path)
+        head = MaskedImageHead(simmim.vit.embeddings.mask_token, simmim.decoder)
+        return MaskedImageAux(head, config.patch_size), "checkpoint"
+    decoder = torch.nn.Sequential(
+        torch.nn.Conv2d(config.hidden_size, config.patch_size**2 * config.num_channels, kernel_size=1),
+        torch.nn.PixelShuffle(config.patch_size),
+    )
+    _init_like_vit(decoder[0], config)
+    head = MaskedImageHead(torch.nn.Parameter(torch.zeros(1, 1, config.hidden_size)), decoder)
+    return MaskedImageAux(head, config.patch_size), "new"
+
+
+def mim_aux_views(mim: MIMConfig, setup) -> MaskedAuxViews:
+    return MaskedAuxViews(_masker(mim, setup, num_channels=setup.image.num_channels))
+
+
+# ---------------------------------------------------------------------------- SimCLR
 
 
 def simclr_columns(simclr: SimCLRConfig) -> list[str]:
@@ -128,13 +199,12 @@ def simclr_columns(simclr: SimCLRConfig) -> list[str]:
     return [simclr.group_column] if simclr.group_column else []
 
 
-def vit_with_pooler(model: ModelConfig, image: ImageConfig, pooler_width: int | None):
+def vit_with_pooler(setup, pooler_width: int | None):
     """A ``ViTModel`` whose pooler (dense + GELU on [CLS]) is the projection head's first layer; the
     encoder is built (or loaded) as for the other pretext tasks, the pooler is new."""
     from transformers import ViTModel
 
-    fields = {**vit_fields(image), "pooler_act": "gelu"}
-    classifier = build_model(model, "image_classification", **fields)
+    classifier = _vit(setup, "image_classification", pooler_act="gelu")
     config = classifier.config
     config.pooler_output_size = pooler_width or config.hidden_size
     vit = ViTModel(config)
@@ -144,32 +214,41 @@ def vit_with_pooler(model: ModelConfig, image: ImageConfig, pooler_width: int | 
     return vit
 
 
-def simclr_objective(model: ModelConfig, image: ImageConfig, simclr: SimCLRConfig, seed: int, splits) -> Objective:
-    """SimCLR on a ViT; with ``group_column``, MICLe pairs within each split. Validation views are
-    drawn like training's (seeded, epoch 0), so ``eval_loss`` and ``eval_retrieval_accuracy`` compare
-    across steps; their negatives are the validation batch (``eval_batch_size``)."""
-    vit = vit_with_pooler(model, image, simclr.projection_hidden)
+def simclr_parts(simclr: SimCLRConfig, setup) -> Parts:
+    """SimCLR on a ViT; with ``group_column``, MICLe pairs within each split of ``setup.splits``.
+    Validation views are drawn like training's (seeded, epoch 0), so ``eval_loss`` and
+    ``eval_retrieval_accuracy`` compare across steps; their negatives are the validation batch."""
+    vit = vit_with_pooler(setup, simclr.projection_hidden)
     if simclr.freeze_patch_projection:
         vit.embeddings.patch_embeddings.projection.requires_grad_(False)
     task = SimCLRTask(vit, projection_head(vit.config, simclr.projection_layers, simclr.projection_dim), simclr.temperature)
-    stats = normalisation(image)
+    stats = _stats(setup)
 
     def collator(split: str) -> TwoViewCollator:
         column = simclr.group_column
-        partners = GroupPartners(splits[split], column, where=f"simclr.group_column ({split} images)") if column else None
-        return TwoViewCollator(image.image_size, augmentation=simclr.views, seed=seed, partners=partners, **stats)
+        where = f"simclr.group_column ({split} images)"
+        partners = GroupPartners(setup.splits[split], column, where=where) if column else None
+        return TwoViewCollator(setup.image.image_size, augmentation=simclr.views, seed=setup.seed, partners=partners,
+                               **stats)
 
     positives = f"two images of one '{simclr.group_column}' group (MICLe)" if simclr.group_column else "two views of one image"
     frozen = ", patch projection frozen (MoCo v3)" if simclr.freeze_patch_projection else ""
     summary = (f"contrastive (SimCLR NT-Xent, temperature {simclr.temperature}, positives: {positives}, "
                f"{simclr.projection_layers}-layer projection to {simclr.projection_dim}{frozen})")
-    return Objective(vit, task, collator("train"), collator("validation"), summary)
+    return Parts(vit, task, collator("train"), collator("validation"), summary=summary)
 
 
-def check_jigsaw(image: ImageConfig, jigsaw: JigsawConfig) -> None:
+def made_by_simclr(config) -> bool:
+    return _architecture(config) == "ViTModel" and getattr(config, "pooler_act", None) == "gelu"
+
+
+# ---------------------------------------------------------------------------- jigsaw
+
+
+def check_jigsaw(jigsaw: JigsawConfig, setup) -> None:
     """The grid must fit the image and the permutation set the tiles; checked before any data is read."""
     try:
-        check_grid(image.image_size, jigsaw.grid, jigsaw.tile_jitter)
+        check_grid(setup.image.image_size, jigsaw.grid, jigsaw.tile_jitter)
         if jigsaw.num_permutations > math.factorial(jigsaw.grid**2):
             raise ConfigError(f"num_permutations {jigsaw.num_permutations} exceeds the {math.factorial(jigsaw.grid ** 2)} "
                               f"orderings of {jigsaw.grid ** 2} tiles")
@@ -177,19 +256,46 @@ def check_jigsaw(image: ImageConfig, jigsaw: JigsawConfig) -> None:
         raise ConfigError(f"jigsaw: {err}") from None
 
 
-def jigsaw_objective(model: ModelConfig, image: ImageConfig, jigsaw: JigsawConfig, seed: int, augment: bool) -> Objective:
+def jigsaw_parts(jigsaw: JigsawConfig, setup) -> Parts:
     """A ViT classifier over the permutation set, which its config's ``id2label`` carries ("2 0 1 3")."""
-    check_jigsaw(image, jigsaw)
+    check_jigsaw(jigsaw, setup)
     permutations = permutation_set(jigsaw.grid**2, jigsaw.num_permutations, jigsaw.permutation_seed)
     id2label = permutation_labels(permutations)
-    vit = build_model(
-        model, "image_classification", **vit_fields(image), num_labels=len(id2label), id2label=id2label,
-        label2id={v: k for k, v in id2label.items()},
-    )
-    stats = normalisation(image)
-    puzzle = dict(grid=jigsaw.grid, permutations=permutations, tile_jitter=jigsaw.tile_jitter, seed=seed, **stats)
-    train = JigsawCollator(image.image_size, augment=augment, **puzzle)
-    evaluation = JigsawCollator(image.image_size, **puzzle)
+    vit = _vit(setup, "image_classification", num_labels=len(id2label), id2label=id2label,
+               label2id={v: k for k, v in id2label.items()})
+    puzzle = dict(grid=jigsaw.grid, permutations=permutations, tile_jitter=jigsaw.tile_jitter, seed=setup.seed,
+                  **_stats(setup))
+    train = JigsawCollator(setup.image.image_size, augment=setup.augment, **puzzle)
+    evaluation = JigsawCollator(setup.image.image_size, **puzzle)
     summary = (f"jigsaw puzzle ({jigsaw.grid}x{jigsaw.grid} tiles, {jigsaw.num_permutations} permutations, "
                f"tile jitter {jigsaw.tile_jitter}px)")
-    return Objective(vit, ImageClassificationTask(vit), train, evaluation, summary)
+    return Parts(vit, ImageClassificationTask(vit), train, evaluation, summary=summary, pipeline_tag="image-classification")
+
+
+def made_by_jigsaw(config) -> bool:
+    """A jigsaw checkpoint: a ViT classifier whose labels are permutations ("2 0 1 3")."""
+    labels = list((getattr(config, "id2label", None) or {}).values())
+    return (_architecture(config) == "ViTForImageClassification" and len(labels) > 1
+            and all(sorted(label.split()) == sorted(map(str, range(len(label.split())))) for label in labels))
+
+
+# ---------------------------------------------------------------------------- shared
+
+
+def _architecture(config) -> str | None:
+    return (getattr(config, "architectures", None) or [None])[0]
+
+
+def _source_config(model: ModelConfig):
+    """The checkpoint's HF config, or None when the model starts from scratch."""
+    if not (model.name_or_path and model.load_weights):
+        return None
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model.name_or_path)
+
+
+def _init_like_vit(module, config) -> None:
+    """ViT's own initialisation of a new linear or conv layer: truncated normal weights, zero bias."""
+    torch.nn.init.trunc_normal_(module.weight, std=config.initializer_range)
+    torch.nn.init.zeros_(module.bias)

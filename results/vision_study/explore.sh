@@ -9,7 +9,7 @@ O=${ROOT:-results/vision_study/explore}/$NAME
 mkdir -p "$O"
 CK=""
 if [ -n "$STEPS" ]; then
-  [ -f "$O/pre/config.json" ] || eval .venv/bin/python recipes/pretrain_vit.py task=$TASK output_dir=$O/pre max_steps=$STEPS \
+  [ -f "$O/pre/config.json" ] || eval .venv/bin/python recipes/pretrain_vit.py objective=$TASK output_dir=$O/pre max_steps=$STEPS \
     eval_every=100000 save_every=100000 save_total_limit=1 progress_bar=false "report_to=[]" $PRE > "$O.pre.log" 2>&1
   CK="model.name_or_path=$O/pre"
 fi

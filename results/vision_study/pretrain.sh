@@ -5,6 +5,6 @@ cd "$(dirname "$0")/../.."
 TASK=${TASK:-mim}
 if [ "$TASK" = mim ]; then ARGS="max_steps=${STEPS:-7000} global_batch_size=128 micro_batch_size=128"
 else ARGS="max_steps=${STEPS:-2000} global_batch_size=64 micro_batch_size=64"; fi
-NLP_SSL_CACHE=${NLP_SSL_CACHE:-/tmp/nlpcache} OMP_NUM_THREADS=1 .venv/bin/python recipes/pretrain_vit.py task=$TASK \
+NLP_SSL_CACHE=${NLP_SSL_CACHE:-/tmp/nlpcache} OMP_NUM_THREADS=1 .venv/bin/python recipes/pretrain_vit.py objective=$TASK \
   output_dir=results/vision_study/pretrain_${TASK}_v2 $ARGS eval_every=1000 save_every=1000 save_total_limit=1 \
   progress_bar=false report_to=[]
