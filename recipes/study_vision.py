@@ -6,13 +6,14 @@
 For k ∈ {1, 5, 10, 100} labelled Fashion-MNIST images per class and several seeds (every method of
 a seed sees the same labelled images): a ViT from scratch, pretrained by any image objective of the
 registry (rotation, mim, simclr, jigsaw ...: the method named after it), those that lend one also
-with the auxiliary pretext loss (``<objective>_aux``), every one fine-tuned for the same
-fixed number of steps at the learning rate that it picks from a small grid on validation; and, on
-the same split, logistic regression and kNN on pixels and linear probes on the frozen pretrained
-features ([CLS] and mean-pooled). At k=100 also a learning-speed curve with one compute-matched
-point. The plan (order, rate choice, flattening check) is :mod:`nlp_ssl.study.protocol`, the
-runs and the report the other studies' (:mod:`nlp_ssl.study`). Checkpoints are inputs
-(``checkpoints: {rotation: <folder>}``) or pretrained here with ``recipes/pretrain_vit.py``.
+with the auxiliary pretext loss (``<objective>_aux``; another objective's: ``<objective>_aux_<lender>``),
+every one fine-tuned for the same fixed number of steps at the learning rate that it picks from a
+small grid on validation; and, on the same split, logistic regression and kNN on pixels, and linear
+probes and kNN on the frozen pretrained features ([CLS] and mean-pooled). At k=100 also a
+learning-speed curve with one compute-matched point. The plan (order, rate choice, flattening
+check) is :mod:`nlp_ssl.study.protocol`, the runs and the report the other studies'
+(:mod:`nlp_ssl.study`). Checkpoints are inputs (``checkpoints: {rotation: <folder>}``) or
+pretrained here with ``recipes/pretrain_vit.py``.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from nlp_ssl.objectives import registry
 from nlp_ssl.study import Method, provenance, run_recipe
 from nlp_ssl.study.grid import check_arguments
 from nlp_ssl.study.protocol import ProtocolConfig, ProtocolStudy, check_protocol, pending_methods, run_protocol
-from nlp_ssl.vision.baselines import frozen_probe, knn_on_pixels, logreg_on_pixels
+from nlp_ssl.vision.baselines import frozen_knn, frozen_probe, knn_on_pixels, logreg_on_pixels
 from nlp_ssl.vision.finetuning import FinetuneVisionConfig
 
 #: The pretext tasks the study can pretrain with: every image objective of the registry. Each brings the rows
-#: ``<task>`` (fine-tuned from its checkpoint), ``<task>_aux`` (+ its auxiliary loss, where it lends one), and
-#: ``probe_<task>_cls``/``probe_<task>_mean``. Its checkpoint is ``checkpoints[<task>]`` when given, else
+#: ``<task>`` (fine-tuned from its checkpoint), ``<task>_aux`` (+ its auxiliary loss, where it lends one),
+#: ``<task>_aux_<lender>`` (+ another objective's auxiliary loss), ``probe_<task>_cls``/``probe_<task>_mean``
+#: and ``knn_<task>_cls``/``knn_<task>_mean``. Its checkpoint is ``checkpoints[<task>]`` when given, else
 #: pretrained here with ``pretrain_args`` (+ ``objective_pretrain_args[<task>]``).
 PRETEXTS = {name: registry.OBJECTIVES[name] for name in registry.names("image")}
 POOLING = {"cls": "[CLS]", "mean": "mean-pooled"}
@@ -95,7 +97,7 @@ def check_weights(cfg: StudyVisionConfig, study: ProtocolStudy, pretraining: dic
         return
     pending = pending_methods(cfg, study)
     for task in missing:
-        if any(m == task or m.startswith((f"{task}_", f"probe_{task}_")) for m in pending):
+        if any(m == task or m.startswith((f"{task}_", f"probe_{task}_", f"knn_{task}_")) for m in pending):
             raise ConfigError(f"{task} checkpoint {checkpoint(cfg, task)}: no weights ({WEIGHTS[0]}), and runs from it are "
                               f"still to come; pretrain it again (move the folder away) or set checkpoints.{task}")
 
@@ -121,13 +123,18 @@ def main(argv=None):
         "scratch_aux": Method(f"ViT from scratch + auxiliary {default_aux} loss", [*scratch, *aux[default_aux]]),
         **{f"{task}_aux": Method(f"ViT pretrained: {PRETEXTS[task].title} + auxiliary {task} loss", [*start[task], *args])
            for task, args in aux.items()},
+        **{f"{task}_aux_{lender}": Method(f"ViT pretrained: {o.title} + auxiliary {lender} loss", [*start[task], *args])
+           for task, o in PRETEXTS.items() for lender, args in aux.items() if lender != task},
         "pixels_logreg": Method("logistic regression on raw pixels", baseline=logreg_on_pixels),
         "pixels_knn": Method("kNN on raw pixels (neighbours chosen on validation)", baseline=knn_on_pixels),
         **{f"probe_{task}_{pool}": Method(f"linear probe on frozen {task} features ({pooled})",
                                           baseline=frozen_probe(checkpoint(cfg, task), pool))
            for task in PRETEXTS for pool, pooled in POOLING.items()},
+        **{f"knn_{task}_{pool}": Method(f"kNN on frozen {task} features ({pooled}, cosine; neighbours chosen on validation)",
+                                        baseline=frozen_knn(checkpoint(cfg, task), pool))
+           for task in PRETEXTS for pool, pooled in POOLING.items()},
     }
-    uses = {task: [m for m in cfg.methods if m.startswith((task, f"probe_{task}"))] for task in PRETEXTS}
+    uses = {task: [m for m in cfg.methods if m.startswith((task, f"probe_{task}", f"knn_{task}"))] for task in PRETEXTS}
     study = ProtocolStudy("Few-label image classification (Fashion-MNIST)", "finetune_vision", FinetuneVisionConfig, methods,
                           command=provenance.command_line(__file__, argv))
     check_protocol(cfg, study)  # before any pretraining

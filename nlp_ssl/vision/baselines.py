@@ -5,7 +5,9 @@
   validation images (as the ViTs choose their learning rate there);
 - ``frozen_probe``: the same logistic regression on a frozen pretrained ViT's features, the final
   [CLS] state or the mean of the patch states: how much of the task the pretext task's features
-  already separate, without fine-tuning.
+  already separate, without fine-tuning;
+- ``frozen_knn``: kNN on the same frozen features by cosine similarity, the number of neighbours
+  chosen on validation: how contrastive features are usually judged (the nearest images of one class).
 
 Each takes the parsed fine-tuning config and returns test scores as a fine-tuning run records them.
 """
@@ -42,21 +44,25 @@ def logreg_on_pixels(ft) -> dict:
 def knn_on_pixels(ft) -> dict:
     """kNN (Euclidean, on [0, 1] pixels); the number of neighbours with the best validation accuracy
     (ties: the fewest) is then scored on the test images."""
+    splits = labelled_splits(ft.data, ft.seed)
+    return _knn(*[(_pixels(splits[s]), splits[s]) for s in ("train", "validation", "test")])
+
+
+def _knn(train: tuple, validation: tuple, test: tuple) -> dict:
+    """kNN (Euclidean) on ``(features, split)`` pairs, the number of neighbours chosen on validation."""
     from sklearn.neighbors import KNeighborsClassifier
 
-    splits = labelled_splits(ft.data, ft.seed)
-    train, validation, test = splits["train"], splits["validation"], splits["test"]
-    x_train, y_train = _pixels(train), np.asarray(train["label"])
+    (x_train, train_split), (x_val, val_split), (x_test, test_split) = train, validation, test
+    y_train, y_val = np.asarray(train_split["label"]), np.asarray(val_split["label"])
     candidates = [n for n in NEIGHBOURS if n <= len(x_train)]
-    x_val, y_val = _pixels(validation), np.asarray(validation["label"])
     accuracy = {}
     for n in candidates:
         model = KNeighborsClassifier(n_neighbors=n).fit(x_train, y_train)
         accuracy[n] = float(np.mean(model.predict(x_val) == y_val))
     best = max(candidates, key=lambda n: (accuracy[n], -n))
     model = KNeighborsClassifier(n_neighbors=best).fit(x_train, y_train)
-    scores = compute_classification_metrics(model.predict(_pixels(test)), np.asarray(test["label"]))
-    return {**_scores(scores, test), "neighbours": best, "val_accuracy_by_neighbours": accuracy}
+    scores = compute_classification_metrics(model.predict(x_test), np.asarray(test_split["label"]))
+    return {**_scores(scores, test_split), "neighbours": best, "val_accuracy_by_neighbours": accuracy}
 
 
 def vit_features(checkpoint: str, images, image_config, pooling: str, batch_size: int = 256) -> np.ndarray:
@@ -91,5 +97,21 @@ def frozen_probe(checkpoint: str, pooling: str):
         train, test = splits["train"], splits["test"]
         features = [vit_features(checkpoint, list(s["image"]), ft.image, pooling) for s in (train, test)]
         return _scores(pixels_logreg(features[0], train["label"], features[1], test["label"], seed=ft.seed), test)
+
+    return fit
+
+
+def frozen_knn(checkpoint: str, pooling: str):
+    """A baseline: kNN by cosine similarity on ``checkpoint``'s frozen ``pooling`` features (L2-normalised,
+    so Euclidean neighbours are the cosine ones), the number of neighbours chosen on validation."""
+
+    def fit(ft) -> dict:
+        splits = labelled_splits(ft.data, ft.seed)
+        parts = []
+        for name in ("train", "validation", "test"):
+            features = vit_features(checkpoint, list(splits[name]["image"]), ft.image, pooling)
+            norms = np.linalg.norm(features, axis=1, keepdims=True)
+            parts.append((features / np.maximum(norms, 1e-12), splits[name]))
+        return _knn(*parts)
 
     return fit
