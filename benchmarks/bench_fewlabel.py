@@ -204,9 +204,11 @@ class Settings:
     max_steps: int = 200
     #: setfit's ``max_steps`` (-1: its default, one epoch of its pairs).
     setfit_max_steps: int = -1
+    #: More ``recipes/finetune_text.py`` arguments for the nlp_ssl runs (e.g. ``finetune.contrastive.loss=cosine``).
+    finetune_args: tuple[str, ...] = ()
 
     def nlp_ssl_args(self) -> list[str]:
-        return [*NLP_SSL_ARGS, f"max_steps={self.max_steps}"]
+        return [*NLP_SSL_ARGS, f"max_steps={self.max_steps}", *self.finetune_args]
 
 
 def cell_dir(out: Path, task: str, k: int, seed: int, method: str) -> Path:
@@ -218,7 +220,7 @@ def finished_cell(folder: Path, settings: Settings) -> dict | None:
     if not path.is_file():
         return None
     cell = json.loads(path.read_text())
-    return cell if cell.get("settings") == dataclasses.asdict(settings) else None
+    return cell if cell.get("settings") == json.loads(json.dumps(dataclasses.asdict(settings))) else None
 
 
 def run_cell(task: Task, k: int, seed: int, method: str, body: str, data: Path, out: Path, settings: Settings,
@@ -374,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="cells run at once")
     parser.add_argument("--max_steps", type=int, default=200, help="nlp_ssl fine-tuning steps")
     parser.add_argument("--setfit_max_steps", type=int, default=-1, help="setfit's max_steps (-1: its default)")
+    parser.add_argument("--finetune_args", default="", help="more finetune_text arguments for the nlp_ssl runs, space-separated")
     parser.add_argument("--out", default=str(ROOT / "results" / "fewlabel"))
     parser.add_argument("--setfit_python", default=sys.executable, help="the interpreter that has setfit")
     parser.add_argument("--report_only", action="store_true", help="write the table from the finished cells")
@@ -383,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"unknown task or method {unknown[0]!r}; tasks: {list(TASKS)}, methods: {list(METHODS)}")
     ks, seeds = parse_list(args.k, int), parse_list(args.seeds, int)
-    settings = Settings(args.threads, args.max_steps, args.setfit_max_steps)
+    settings = Settings(args.threads, args.max_steps, args.setfit_max_steps, tuple(args.finetune_args.split()))
     out = Path(args.out).resolve()
     data = out / "data"
     command = "python benchmarks/bench_fewlabel.py " + " ".join(argv)

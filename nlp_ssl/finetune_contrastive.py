@@ -29,7 +29,8 @@ class ContrastiveFinetuneConfig:
     """``finetune.contrastive``: the contrastive loss of ``finetune.mode=contrastive``."""
 
     #: ``supcon``: supervised contrastive (InfoNCE, positives = the batch's rows of the same class);
-    #: ``cosine``: SetFit's pair loss, (cosine - same class)² on each example and its partner.
+    #: ``cosine``: SetFit's pair loss, (cosine - same class)² on each example and its partner. On the
+    #: KJV genre task at k=8 (MiniLM) the two scored alike and ``pooling=mean`` lower (benchmarks/bench_fewlabel.py).
     loss: Literal["supcon", "cosine"] = "supcon"
     #: w in L = L_cls + w·L_contrastive.
     weight: float = 1.0
