@@ -112,7 +112,7 @@ class ArrayPacker:
     @staticmethod
     def _framed(body: np.ndarray, prefix: list, suffix: list) -> np.ndarray:
         n = body.shape[0]
-        frame = [np.tile(np.asarray(part, dtype=body.dtype), (n, 1)).reshape(n, -1) for part in (prefix, suffix)]
+        frame = [np.tile(np.asarray(part, dtype=body.dtype), (n, 1)).reshape(n, len(part)) for part in (prefix, suffix)]
         return np.concatenate([frame[0], body, frame[1]], axis=1)
 
 
