@@ -32,7 +32,10 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 def test_the_shipped_accelerate_configs_load_and_ask_for_their_backend():
     configs = {path.stem: ClusterConfig.from_yaml_file(str(path)) for path in sorted(CONFIGS.glob("*.yaml"))}
-    assert set(configs) == {"ddp", "fsdp", "deepspeed_zero2"}
+    assert set(configs) == {"ddp", "fsdp", "deepspeed_zero2", "multi_node"}
+    # Several machines (tests/test_multi_node.py launches with it): DDP, machine 0 hosting the rendezvous.
+    multi = configs.pop("multi_node")
+    assert multi.distributed_type == DistributedType.MULTI_GPU and multi.num_machines > 1 and multi.rdzv_backend == "static"
     assert configs["ddp"].distributed_type == DistributedType.MULTI_GPU
     fsdp = configs["fsdp"]
     assert fsdp.distributed_type == DistributedType.FSDP
