@@ -224,7 +224,7 @@ def finished_cell(folder: Path, settings: Settings) -> dict | None:
 
 
 def run_cell(task: Task, k: int, seed: int, method: str, body: str, data: Path, out: Path, settings: Settings,
-             setfit_python: str) -> dict:
+             setfit_python: str, provenance: dict) -> dict:
     folder = cell_dir(out, task.name, k, seed, method)
     finished = finished_cell(folder, settings)
     if finished is not None:
@@ -256,7 +256,7 @@ def run_cell(task: Task, k: int, seed: int, method: str, body: str, data: Path, 
                   "best_step": results.get("best_step"), "train_examples": results["train_examples"]}
     record = {"task": task.name, "k": k, "seed": seed, "method": method, "body": body, **record,
               "cpu_s": measured["cpu_s"], "wall_s": measured["wall_s"], "settings": dataclasses.asdict(settings),
-              "command": " ".join(cmd[1:])}
+              **provenance, "command": " ".join(cmd[1:])}
     (folder / "cell.json").write_text(json.dumps(record, indent=1))
     return record
 
@@ -305,7 +305,10 @@ def report(cells: list[dict], pretraining: dict, out: Path, command: str, settin
                   "| --- | --- | --- | --- |"]
         lines += [f"| {name} | {r['cpu_s']:.0f} | {r.get('steps')} | `{r['command']}` |" for name, r in pretraining.items()]
         lines.append("")
-    lines += ["## Provenance", "", f"- commit: `{git_commit()}`", f"- command: `{command}`",
+    commits = sorted({c.get("commit", "not recorded") for c in cells})
+    made_by = sorted({c.get("invocation", "not recorded") for c in cells})
+    lines += ["## Provenance", "", *[f"- commit of the cells: `{c}`" for c in commits],
+              *[f"- cells made by: `{c}`" for c in made_by], f"- this report: `{command}`",
               f"- nlp_ssl fine-tuning arguments: `{' '.join(settings.nlp_ssl_args())}`",
               f"- setfit: its defaults{'' if settings.setfit_max_steps < 0 else f', max_steps={settings.setfit_max_steps}'}; "
               f"{settings.threads} thread(s) per run", ""]
@@ -313,7 +316,7 @@ def report(cells: list[dict], pretraining: dict, out: Path, command: str, settin
     from nlp_ssl import atomic
 
     atomic.write_text(out / "results.md", text)
-    atomic.write_json(out / "results.json", {"commit": git_commit(), "command": command, "cells": cells,
+    atomic.write_json(out / "results.json", {"commits": commits, "made_by": made_by, "command": command, "cells": cells,
                                              "pretraining": pretraining, "settings": dataclasses.asdict(settings),
                                              "nlp_ssl_args": settings.nlp_ssl_args()}, indent=1)
     return text
@@ -390,6 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out).resolve()
     data = out / "data"
     command = "python benchmarks/bench_fewlabel.py " + " ".join(argv)
+    commit = git_commit()  # the code the cells of this invocation run
     pretraining, jobs = {}, []
     if not args.report_only:
         prepare_data(tasks, data)
@@ -417,7 +421,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.report_only:
             return finished_cell(cell_dir(out, name, k, seed, method), settings)
         try:
-            cell = run_cell(TASKS[name], k, seed, method, body, data, out, settings, args.setfit_python)
+            cell = run_cell(TASKS[name], k, seed, method, body, data, out, settings, args.setfit_python,
+                            {"commit": commit, "invocation": command})
         except RuntimeError as error:  # the other cells go on; the run ends with exit 1
             print(f"[cell] {name} k={k} seed={seed} {method}: FAILED {error}", flush=True)
             failed.append(job)

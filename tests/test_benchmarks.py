@@ -121,7 +121,8 @@ def test_bench_fewlabel_runs_setfit_and_both_finetunings_on_the_same_rows_and_re
     assert len(predicted) == len(labels) == 24
     assert cells["setfit"]["accuracy"] == pytest.approx(sum(p == t for p, t in zip(predicted, labels)) / 24)
     table = (tmp_path / "results.md").read_text()
-    assert "| setfit |" in table and "| contrastive |" in table and results["commit"] in table
+    assert "| setfit |" in table and "| contrastive |" in table and results["commits"][0] in table
+    assert all(c["commit"] == results["commits"][0] for c in cells.values())
 
     stamps = {m: (tmp_path / "runs" / "wikipairs" / "k8_s0" / m / "cell.json").stat().st_mtime_ns for m in cells}
     bench_fewlabel.main(argv)
