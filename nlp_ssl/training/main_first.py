@@ -55,29 +55,26 @@ class RunAccelerator(Accelerator):
             yield
             return
         group = self._group(per_machine)
-        leader = self.is_local_main_process if per_machine else self.is_main_process
-        if leader:
-            try:
-                yield
-            except BaseException as error:
-                self._share(group, error)
-                raise
-            self._share(group, None)
-            failure = None
-        else:
-            began = time.monotonic()
-            failure = self._received(group)
-            if failure is not None:
-                raise failure from None
-            waited = time.monotonic() - began
-            if self.is_local_main_process:
-                logger.info("waited %.1f s for the %s to prepare the data (prepare_timeout %g s)", waited,
-                            "first process of this machine" if per_machine else "main process", self.prepare_timeout)
+        failure = None
+        if self.is_local_main_process if per_machine else self.is_main_process:
             try:
                 yield
             except BaseException as error:
                 failure = error
-        self._agree(group, failure)
+            self._share(group, failure)
+        else:
+            began = time.monotonic()
+            failure = self._received(group)
+            if failure is None:
+                if self.is_local_main_process:
+                    logger.info("waited %.1f s for the %s to prepare the data (prepare_timeout %g s)",
+                                time.monotonic() - began, "first process of this machine" if per_machine else
+                                "main process", self.prepare_timeout)
+                try:
+                    yield
+                except BaseException as error:
+                    failure = error
+        self._agree(self._group(False), failure)
 
     def _group(self, per_machine: bool) -> dist.ProcessGroup:
         """A gloo group (every process, or this machine's) whose collectives time out after prepare_timeout."""
@@ -99,18 +96,17 @@ class RunAccelerator(Accelerator):
             if error is not None:
                 return  # the leader's own failure is the one to report
             raise ConfigError(
-                f"the other processes stopped waiting for this one to prepare the data: it took longer than "
-                f"prepare_timeout={self.prepare_timeout:g} seconds; raise prepare_timeout, or prepare the corpus once "
-                "beforehand (nlp-ssl prepare, then data.prepared=<dir>)") from None
+                f"the other processes stopped waiting for this one to prepare the data (after prepare_timeout="
+                f"{self.prepare_timeout:g} seconds, unless they were killed): raise prepare_timeout, or prepare the corpus "
+                "once beforehand (nlp-ssl prepare, then data.prepared=<dir>)") from None
 
     def _received(self, group: dist.ProcessGroup) -> BaseException | None:
-        shared, began = [None], time.monotonic()
+        shared = [None]
         try:
             dist.broadcast_object_list(shared, group=group, group_src=0)
-        except RuntimeError:
-            if time.monotonic() - began < self.prepare_timeout:
-                return RunEnded(f"process {self.process_index}: the process preparing the data ended without a word "
-                                "(killed?); its log says why")
+        except RuntimeError as error:
+            if not _timed_out(error):
+                return _ended_without_a_word(self.process_index)
             return ConfigError(
                 f"process {self.process_index} waited prepare_timeout={self.prepare_timeout:g} seconds for the data to "
                 "be prepared, and it was not: raise prepare_timeout, or prepare the corpus once beforehand "
@@ -118,16 +114,19 @@ class RunAccelerator(Accelerator):
         return shared[0]
 
     def _agree(self, group: dist.ProcessGroup, failure: BaseException | None) -> None:
-        """After the block, every process stops if any failed in it (with the first failure's line)."""
+        """After the block, every process (of every machine) stops if any failed in it, with the first
+        failure's line."""
         outcomes = [None] * dist.get_world_size(group)
         try:
             dist.all_gather_object(outcomes, _portable(failure, self.process_index), group=group)
-        except RuntimeError:
+        except RuntimeError as error:
             if failure is not None:
                 raise failure from None
+            if not _timed_out(error):
+                raise _ended_without_a_word(self.process_index) from None
             raise ConfigError(
                 f"process {self.process_index} waited prepare_timeout={self.prepare_timeout:g} seconds for the other "
-                "processes to read the prepared data: raise prepare_timeout") from None
+                "processes to finish preparing the data: raise prepare_timeout") from None
         first = failure or next((o for o in outcomes if o is not None), None)
         if first is not None:
             raise first
@@ -140,3 +139,13 @@ def _portable(error: BaseException | None, process: int) -> BaseException | None
         return error
     return RunEnded(f"process {process} failed while preparing the data ({type(error).__name__}: {error}); its log has "
                     "the traceback")
+
+
+def _timed_out(error: RuntimeError) -> bool:
+    """A collective that ran out of time (rather than one whose partner is gone: "Connection closed by peer")."""
+    return "timed out" in str(error).lower()
+
+
+def _ended_without_a_word(process: int) -> RunEnded:
+    return RunEnded(f"process {process}: another process ended while the data was being prepared, without saying why "
+                    "here (killed?); its log says why")
