@@ -22,8 +22,9 @@ accuracy and macro-F1, and the CPU seconds of each run (its process tree's user 
     python benchmarks/bench_fewlabel.py --tasks kjv --k 8 --seeds 0 --methods setfit,standard,contrastive
     python benchmarks/bench_fewlabel.py --report_only                     # the table from finished cells
 
-Each cell (task, k, seed, method) is a folder under ``--out``/runs with its ``cell.json`` when finished;
-a rerun reuses finished cells and pretraining runs and redoes the rest. ``results.md`` and
+Each cell (task, k, seed, method) is a folder under ``--out``/runs with its ``cell.json`` when finished
+(its trained weights are then deleted unless ``--keep_models``); a rerun reuses finished cells made with
+the same settings and the pretraining runs, and redoes the rest. ``results.md`` and
 ``results.json`` hold every finished cell, the commit and the command.
 
 setfit is an optional dependency of this benchmark only: ``pip install setfit==1.2.0`` (it installs
@@ -44,6 +45,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -223,8 +225,15 @@ def finished_cell(folder: Path, settings: Settings) -> dict | None:
     return cell if cell.get("settings") == json.loads(json.dumps(dataclasses.asdict(settings))) else None
 
 
+def prune(folder: Path) -> None:
+    """A finished cell without its weights (about 200 MB a cell): its record, logs and curves stay."""
+    for heavy in ("setfit/checkpoints", "run/best_model", "run/checkpoints"):
+        shutil.rmtree(folder / heavy, ignore_errors=True)
+    (folder / "run" / "model.safetensors").unlink(missing_ok=True)
+
+
 def run_cell(task: Task, k: int, seed: int, method: str, body: str, data: Path, out: Path, settings: Settings,
-             setfit_python: str, provenance: dict) -> dict:
+             setfit_python: str, provenance: dict, keep_models: bool = False) -> dict:
     folder = cell_dir(out, task.name, k, seed, method)
     finished = finished_cell(folder, settings)
     if finished is not None:
@@ -258,6 +267,8 @@ def run_cell(task: Task, k: int, seed: int, method: str, body: str, data: Path, 
               "cpu_s": measured["cpu_s"], "wall_s": measured["wall_s"], "settings": dataclasses.asdict(settings),
               **provenance, "command": " ".join(cmd[1:])}
     (folder / "cell.json").write_text(json.dumps(record, indent=1))
+    if not keep_models:
+        prune(folder)
     return record
 
 
@@ -383,6 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "fewlabel"))
     parser.add_argument("--setfit_python", default=sys.executable, help="the interpreter that has setfit")
     parser.add_argument("--report_only", action="store_true", help="write the table from the finished cells")
+    parser.add_argument("--keep_models", action="store_true", help="keep each cell's trained weights")
     args = parser.parse_args(argv)
     tasks, methods = parse_list(args.tasks), parse_list(args.methods)
     unknown = [t for t in tasks if t not in TASKS] + [m for m in methods if m not in METHODS]
@@ -422,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
             return finished_cell(cell_dir(out, name, k, seed, method), settings)
         try:
             cell = run_cell(TASKS[name], k, seed, method, body, data, out, settings, args.setfit_python,
-                            {"commit": commit, "invocation": command})
+                            {"commit": commit, "invocation": command}, args.keep_models)
         except RuntimeError as error:  # the other cells go on; the run ends with exit 1
             print(f"[cell] {name} k={k} seed={seed} {method}: FAILED {error}", flush=True)
             failed.append(job)

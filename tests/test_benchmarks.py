@@ -123,6 +123,7 @@ def test_bench_fewlabel_runs_setfit_and_both_finetunings_on_the_same_rows_and_re
     table = (tmp_path / "results.md").read_text()
     assert "| setfit |" in table and "| contrastive |" in table and results["commits"][0] in table
     assert all(c["commit"] == results["commits"][0] for c in cells.values())
+    assert not (folder / "setfit" / "checkpoints").exists() and not (folder.parent / "standard" / "run" / "best_model").exists()
 
     stamps = {m: (tmp_path / "runs" / "wikipairs" / "k8_s0" / m / "cell.json").stat().st_mtime_ns for m in cells}
     bench_fewlabel.main(argv)
