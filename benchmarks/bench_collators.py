@@ -4,7 +4,7 @@ For MLM, CLM, CLM document-aware, NSP and TLM: the collator's samples/s on real 
 128-token blocks of the built-in corpus, NSP pairs of its documents, TLM pairs of the built-in en-es
 verses), then the time of one optimizer step of the objective's tiny model (preset ``tiny``: 2
 layers, 128 hidden) on such a batch, and collation as a percentage of that step. Collation runs in
-the training process when ``num_workers=0``, so this share is what it slows training down by
+the training process when ``impl.num_workers=0``, so this share is what it slows training down by
 (target: under 5%).
 
     python benchmarks/bench_collators.py [--batch_size 32] [--batches 50] [--steps 5]

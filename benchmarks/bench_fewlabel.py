@@ -61,11 +61,11 @@ PRETRAININGS = ("mlm", "simcse")
 METHODS = tuple(f + s for f in FINETUNINGS for s in ("", *(f"+{p}" for p in PRETRAININGS)))
 #: nlp_ssl fine-tuning: the settings of the continued-pretraining study for MiniLM (results/continued_pretraining),
 #: with ``max_steps`` (200) from ``--max_steps``.
-NLP_SSL_ARGS = ["learning_rate=1e-4", "eval_every=20", "global_batch_size=16", "progress_bar=false"]
+NLP_SSL_ARGS = ["optim.learning_rate=1e-4", "eval.every=20", "train.global_batch_size=16", "log.progress_bar=false"]
 #: Continued pretraining of MiniLM on the task's texts: config and arguments (the MLM ones are kjv.sh's).
 PRETRAIN = {
-    "mlm": ("pretrain_mlm_continue", ["max_steps=300", "data.block_size=64", "eval_every=100", "save_every=100",
-                                      "learning_rate=3e-5"]),
+    "mlm": ("pretrain_mlm_continue", ["train.max_steps=300", "data.block_size=64", "eval.every=100", "save.every=100",
+                                      "optim.learning_rate=3e-5"]),
     "simcse": ("pretrain_mlm_simcse", []),
 }
 
@@ -182,7 +182,7 @@ def pretrained_body(task: Task, kind: str, data: Path, out: Path, threads: int) 
     config, extra = PRETRAIN[kind]
     cmd = [sys.executable, "-m", "nlp_ssl", "run", "pretrain_mlm", "--config", config, f"model.name_or_path={BODY}",
            *[a.format(data=data) for a in task.corpus_args], *extra, f"output_dir={folder}", "resume=auto",
-           "report_to=[]", "progress_bar=false"]
+           "log.report_to=[]", "log.progress_bar=false"]
     print(f"[pretrain] {task.name} {kind}: {' '.join(cmd[2:])}", flush=True)
     log = out / "pretrain" / f"{task.name}_{kind}.log"
     measured = run_measured(cmd, log, threads)
@@ -210,7 +210,7 @@ class Settings:
     finetune_args: tuple[str, ...] = ()
 
     def nlp_ssl_args(self) -> list[str]:
-        return [*NLP_SSL_ARGS, f"max_steps={self.max_steps}", *self.finetune_args]
+        return [*NLP_SSL_ARGS, f"train.max_steps={self.max_steps}", *self.finetune_args]
 
 
 def cell_dir(out: Path, task: str, k: int, seed: int, method: str) -> Path:

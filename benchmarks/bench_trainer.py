@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import inspect
 import json
@@ -175,28 +174,22 @@ def build_model(spec: dict, tokenizer, hf_defaults: bool = False):
 # ---------------------------------------------------------------------------------------------- runs
 
 
-def _has_compile_setting() -> bool:
+def ours_config(spec: dict, output_dir: str, overrides: dict | None = None):
+    from nlp_ssl.config import build_config
     from nlp_ssl.trainer import TrainConfig
 
-    return "compile" in {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def ours_config(spec: dict, output_dir: str, **overrides):
-    from nlp_ssl.trainer import TrainConfig
-
-    fields = dict(
-        output_dir=output_dir, seed=spec["seed"], max_steps=spec["steps"], global_batch_size=spec["batch_size"],
-        micro_batch_size=spec["batch_size"], learning_rate=spec["learning_rate"], weight_decay=WEIGHT_DECAY,
-        adam_beta2=BETA2, adam_epsilon=EPSILON, warmup_ratio=WARMUP_RATIO, max_grad_norm=1.0,
-        mixed_precision=spec["precision"], log_every=LOG_EVERY, eval_every=10**9, save_every=10**9, report_to=[],
-        num_workers=spec.get("num_workers", 0),
-    )
+    fields = {
+        "output_dir": output_dir, "seed": spec["seed"], "train.max_steps": spec["steps"],
+        "train.global_batch_size": spec["batch_size"], "impl.micro_batch_size": spec["batch_size"],
+        "optim.learning_rate": spec["learning_rate"], "optim.weight_decay": WEIGHT_DECAY, "optim.adam_beta2": BETA2,
+        "optim.adam_epsilon": EPSILON, "optim.warmup_ratio": WARMUP_RATIO, "train.max_grad_norm": 1.0,
+        "impl.mixed_precision": spec["precision"], "log.every": LOG_EVERY, "eval.every": 10**9, "save.every": 10**9,
+        "log.report_to": [], "impl.num_workers": spec.get("num_workers", 0),
+    }
     if spec.get("compile"):
-        if not _has_compile_setting():
-            raise SystemExit("this nlp_ssl's TrainConfig has no compile setting")
-        fields["compile"] = True
-    fields.update(overrides)
-    return TrainConfig(**fields)
+        fields["impl.compile"] = True
+    fields.update(overrides or {})
+    return build_config(TrainConfig, fields)
 
 
 def run_ours(spec: dict, tmp: str) -> dict:
@@ -305,7 +298,7 @@ def run_ours_costs(spec: dict, tmp: str) -> dict:
     tokenizer, train, validation = load_data(spec)
     task = MaskedLMTask(build_model(spec, tokenizer))
     collator = MLMCollator(tokenizer, mlm_probability=spec["mlm_probability"], seed=spec["seed"])
-    config = ours_config({**spec, "steps": COST_STEPS}, tmp, eval_every=COST_EVAL_EVERY, save_every=COST_SAVE_EVERY)
+    config = ours_config({**spec, "steps": COST_STEPS}, tmp, {"eval.every": COST_EVAL_EVERY, "save.every": COST_SAVE_EVERY})
     trainer = Trainer(config, task, train, collator, eval_dataset=validation, processor=tokenizer)
     evals, best, saves = [], [], []
     trainer.evaluate = timed(evals, trainer.evaluate)

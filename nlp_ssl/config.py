@@ -239,6 +239,17 @@ def _move_keys(cls, tree: dict, source: str) -> dict:
     return out
 
 
+def build_config(cls: type[T], settings: dict[str, Any] | None = None) -> T:
+    """A config from Python: ``{"train.max_steps": 4, "output_dir": "out"}``, dotted keys as on the command
+    line, checked the same way (unknown keys, types, ranges)."""
+    tree = to_dict(cls())
+    for key, value in (settings or {}).items():
+        key = _moved_key(cls, key, "settings")
+        _check_keys(cls, _nest(key, value), "", "settings")
+        _set_dotted(tree, key, value)
+    return _build(cls, tree)
+
+
 def _nest(dotted: str, value: Any) -> dict:
     tree: dict = {}
     _set_dotted(tree, dotted, value)

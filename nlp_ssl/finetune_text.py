@@ -318,8 +318,8 @@ def finetune(cfg: FinetuneTextConfig, data: tuple[dict, list[str] | None, str] |
     """
     regression = is_regression(cfg)
     scores = score_names(cfg)
-    if regression and cfg.metric_for_best == "accuracy":
-        cfg.metric_for_best = "loss"  # the validation MSE: regression reports no accuracy
+    if regression and cfg.eval.metric_for_best == "accuracy":
+        cfg.eval.metric_for_best = "loss"  # the validation MSE: regression reports no accuracy
     accelerator = make_accelerator(cfg)
     with accelerator.main_process_first():
         splits, names, where = data if data is not None else load_splits(cfg.data, regression)
@@ -338,9 +338,9 @@ def finetune(cfg: FinetuneTextConfig, data: tuple[dict, list[str] | None, str] |
         validation = tokenize(val_raw, tokenizer, max_length, types) if val_raw is not None else None
         tests = {k: tokenize(v, tokenizer, max_length, types)
                  for k, v in splits.items() if k.startswith("test") and v is not None}
-    if len(train) < cfg.micro_batch_size:
+    if len(train) < cfg.impl.micro_batch_size:
         raise ConfigError(
-            f"{len(train)} training examples are fewer than micro_batch_size {cfg.micro_batch_size}; lower it"
+            f"{len(train)} training examples are fewer than micro_batch_size {cfg.impl.micro_batch_size}; lower it"
         )
     aux_keys = aux.aux.batch_keys(registry.objective_settings(cfg, aux), tokenizer=tokenizer, seed=cfg.seed) if aux else None
     collator = ClassificationCollator(tokenizer, aux_keys, regression=regression)
@@ -369,7 +369,7 @@ def finetune(cfg: FinetuneTextConfig, data: tuple[dict, list[str] | None, str] |
     def score_tests(model) -> dict:
         out = {}
         for split, ds in tests.items():
-            preds = predict(model, ds, test_collator, cfg.eval_batch_size or cfg.micro_batch_size, accelerator.device)
+            preds = predict(model, ds, test_collator, cfg.eval.batch_size or cfg.impl.micro_batch_size, accelerator.device)
             found = compute_scores(scores, preds, np.asarray(ds["label"][:]))
             out.update({test_prefix(split) + k: v for k, v in found.items()})
         return out

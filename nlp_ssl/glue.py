@@ -76,7 +76,7 @@ def task_config(cfg: GlueConfig, name: str, seed: int, train_rows: int, output_d
     ft.data.train_file = None
     ft.finetune.problem_type = "regression" if task.regression else "single_label_classification"
     ft.finetune.metrics = list(task.metrics)
-    ft.metric_for_best = "loss" if task.regression else "accuracy"
+    ft.eval.metric_for_best = "loss" if task.regression else "accuracy"
     k = cfg.glue.k_per_class
     ft.data.k_per_class = None if task.regression else k
     ft.data.max_train_samples = cfg.glue.max_train_samples
@@ -85,7 +85,7 @@ def task_config(cfg: GlueConfig, name: str, seed: int, train_rows: int, output_d
     if cfg.glue.epochs is not None:
         rows = train_rows if not k else (2 * k if task.regression else k * len(task.names))
         rows = min(rows, ft.data.max_train_samples or rows)
-        ft.max_steps = max(1, math.ceil(cfg.glue.epochs * rows / ft.global_batch_size))
+        ft.train.max_steps = max(1, math.ceil(cfg.glue.epochs * rows / ft.train.global_batch_size))
     overrides = cfg.glue.task_overrides.get(task.name, [])
     if not overrides:
         return ft

@@ -69,27 +69,26 @@ class HubCheckpointMissing(HubError):
 
 @dataclass
 class HubConfig:
-    """The Hub options, declared once: ``TrainConfig`` inherits them, so every recipe takes them as
-    top-level keys (``push_to_hub=true hub_model_id=user/name``). The token is never an option: it
-    comes from ``HF_TOKEN`` or ``hf auth login``, so no config, log or saved file can hold it."""
+    """The Hub: where the run's outputs are pushed, how, and how long a request may wait. The token is
+    never an option: it comes from ``HF_TOKEN`` or ``hf auth login``, so no config, log or saved file can hold it."""
 
     #: Push to the Hugging Face Hub.
-    push_to_hub: bool = False
+    push: bool = False
     #: ``user/name``, or ``name`` in the token owner's namespace; default: the output folder's name.
-    hub_model_id: str | None = None
-    hub_private: bool = False
-    hub_revision: str | None = None
+    model_id: str | None = None
+    private: bool = False
+    revision: str | None = None
     #: ``end``: the final model; ``every_save``: also the model at each save; ``checkpoint``: also
     #: the resumable state under checkpoints/last (then ``resume=hub`` continues from it).
-    hub_strategy: Strategy = "end"
-    #: Seconds a Hub request may wait for a connection or for the next bytes of an answer.
-    hub_timeout: float = 60.0
+    strategy: Strategy = "end"
+    #: Seconds a Hub request may wait for a connection or for the next bytes of an answer (loads too).
+    timeout: float = 60.0
     #: Retries of a failed push (network errors, 5xx), 2 s apart and doubling: 5 ride out about a
     #: minute of Hub trouble.
-    hub_retries: int = 5
+    retries: int = 5
 
     def __post_init__(self):
-        check_ranges(self, hub_timeout="(0, inf)", hub_retries="[0, inf)")
+        check_ranges(self, timeout="(0, inf)", retries="[0, inf)")
 
 
 def apply_timeout(seconds: float) -> None:
@@ -125,13 +124,13 @@ def apply_timeout(seconds: float) -> None:
     _applied_timeout[0] = seconds
 
 
-_applied_timeout = [HubConfig.hub_timeout]
+_applied_timeout = [HubConfig.timeout]
 _known_repos: set[tuple[str, str]] = set()  # names the Hub confirmed in this process
 
 
 def check_hub_repo(name: str, repo_type: Literal["model", "dataset"], key: str) -> None:
     """Ask the Hub about ``name`` once, before a loader does: a Hub that does not answer, or a name it
-    does not know, is then one line naming ``key`` after at most ``hub_timeout`` seconds (the loaders
+    does not know, is then one line naming ``key`` after at most ``hub.timeout`` seconds (the loaders
     retry each file for minutes, then raise). Offline (``HF_HUB_OFFLINE=1``) nothing is asked: the
     loaders read the local cache."""
     import httpx2
@@ -154,7 +153,7 @@ def check_hub_repo(name: str, repo_type: Literal["model", "dataset"], key: str) 
         raise ConfigError(f"{key} {name}: not a local folder, and no {repo_type} of that name on the Hub "
                           f"(a private one needs HF_TOKEN)") from None
     except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as e:
-        raise HubError(f"{key} {name}: the Hub at {constants.ENDPOINT} did not answer within hub_timeout="
+        raise HubError(f"{key} {name}: the Hub at {constants.ENDPOINT} did not answer within hub.timeout="
                        f"{_applied_timeout[0]:g}s ({type(e).__name__}); try again later, or set HF_HUB_OFFLINE=1 "
                        f"to use a copy in the local cache") from None
     except HfHubHTTPError as e:
@@ -197,11 +196,11 @@ def _first_line(text: str, limit: int = 200) -> str:
 
 
 class HubPusher:
-    """Pushes a run's outputs to ``config.hub_model_id`` on a background thread, in order, with retries.
+    """Pushes a run's outputs to ``config.model_id`` on a background thread, in order, with retries.
 
-    ``retries`` (default ``config.hub_retries``), ``backoff`` and ``max_backoff`` control the retries
+    ``retries`` (default ``config.retries``), ``backoff`` and ``max_backoff`` control the retries
     around each whole upload (``backoff`` doubles each time). ``endpoint`` defaults to ``HF_ENDPOINT``.
-    With ``config.push_to_hub`` false every method is a no-op, so the trainer can call them
+    With ``config.push`` false every method is a no-op, so the trainer can call them
     unconditionally.
     """
 
@@ -217,8 +216,8 @@ class HubPusher:
     ) -> None:
         self.config = config
         self.output_dir = Path(output_dir)
-        self.enabled = bool(config.push_to_hub)
-        self.retries = config.hub_retries if retries is None else retries
+        self.enabled = bool(config.push)
+        self.retries = config.retries if retries is None else retries
         self.backoff, self.max_backoff = backoff, max_backoff
         self.repo_id: str | None = None
         self._endpoint = endpoint
@@ -231,25 +230,25 @@ class HubPusher:
         self._lock = threading.Lock()
         if self.enabled:
             self._validate()
-            apply_timeout(config.hub_timeout)
+            apply_timeout(config.timeout)
 
     # ------------------------------------------------------------------ setup
     def _validate(self) -> None:
         from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-        if self.config.hub_strategy not in ("end", "every_save", "checkpoint"):
+        if self.config.strategy not in ("end", "every_save", "checkpoint"):
             raise ConfigError(
-                f"hub_strategy {self.config.hub_strategy!r} is not one of ['end', 'every_save', 'checkpoint']"
+                f"hub.strategy {self.config.strategy!r} is not one of ['end', 'every_save', 'checkpoint']"
             )
         try:
             validate_repo_id(self.repo_name)
         except HFValidationError as e:
-            raise ConfigError(f"hub_model_id {self.repo_name!r} is not a valid repo id: {_first_line(e)}") from None
+            raise ConfigError(f"hub.model_id {self.repo_name!r} is not a valid repo id: {_first_line(e)}") from None
 
     @property
     def repo_name(self) -> str:
-        """The repo as configured: ``hub_model_id``, else the output folder's name (as HF Trainer does)."""
-        return self.config.hub_model_id or self.output_dir.resolve().name
+        """The repo as configured: ``hub.model_id``, else the output folder's name (as HF Trainer does)."""
+        return self.config.model_id or self.output_dir.resolve().name
 
     @property
     def api(self):
@@ -275,17 +274,17 @@ class HubPusher:
         if not self._token():
             raise HubError("push to hub: no Hugging Face token found: set HF_TOKEN or run `hf auth login`")
         url = self._call(
-            lambda: self.api.create_repo(self.repo_name, private=self.config.hub_private, exist_ok=True),
+            lambda: self.api.create_repo(self.repo_name, private=self.config.private, exist_ok=True),
             f"create repo {self.repo_name}",
         )
         self.repo_id = url.repo_id
-        revision = self.config.hub_revision
+        revision = self.config.revision
         if revision and revision != "main":
             self._call(lambda: self.api.create_branch(self.repo_id, branch=revision, exist_ok=True),
                        f"create branch {revision}")
         shutil.rmtree(self.output_dir / STAGING_DIR, ignore_errors=True)  # left by a crashed run: ours
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nlp_ssl-hub")
-        logger.info("pushing to the Hub: %s (strategy %s)", self.repo_id, self.config.hub_strategy)
+        logger.info("pushing to the Hub: %s (strategy %s)", self.repo_id, self.config.strategy)
         return self.repo_id
 
     # ------------------------------------------------------------------ errors and retries
@@ -367,7 +366,7 @@ class HubPusher:
             info = self._call(
                 lambda: self.api.upload_folder(
                     repo_id=self.repo_id, folder_path=folder, path_in_repo=path_in_repo,
-                    commit_message=message, revision=self.config.hub_revision,
+                    commit_message=message, revision=self.config.revision,
                     ignore_patterns=list(ignore_patterns) if ignore_patterns else None,
                     delete_patterns=list(delete_patterns) if delete_patterns else None,
                 ),
@@ -414,7 +413,7 @@ class HubPusher:
         stage = self.output_dir / STAGING_DIR / f"{next(self._seq):04d}-step{step}"
         if stage.exists():
             shutil.rmtree(stage)
-        strategy = self.config.hub_strategy
+        strategy = self.config.strategy
         rel = {p.relative_to(checkpoint_dir).as_posix(): p for p in checkpoint_dir.rglob("*") if p.is_file()}
         if strategy == "checkpoint":
             for name, src in rel.items():
@@ -448,7 +447,7 @@ class HubPusher:
         One commit per save. A save that is still queued when the next one arrives is dropped: only
         the newest state matters, and the Hub must not fall further and further behind.
         """
-        if not self.enabled or self.config.hub_strategy == "end":
+        if not self.enabled or self.config.strategy == "end":
             return None
         if self._executor is None:
             raise HubError("push to hub: HubPusher.start() must be called before pushing")
@@ -462,7 +461,7 @@ class HubPusher:
                 self._superseded += 1
                 logger.info("hub push of step %d skipped: step %d replaces it", pending[2], step)
         stage = self._stage(checkpoint_dir, step)
-        deletes = [f"{CHECKPOINT_PATH}/*"] if self.config.hub_strategy == "checkpoint" else None
+        deletes = [f"{CHECKPOINT_PATH}/*"] if self.config.strategy == "checkpoint" else None
         future = self.push_folder(stage, None, f"Training in progress, step {step}",
                                   delete_patterns=deletes, _cleanup=stage)
         with self._lock:
@@ -535,7 +534,7 @@ def download_checkpoint(repo_id: str, revision: str | None, local_dir: str | os.
 
     api = HfApi(endpoint=endpoint)
     where = f"repo {repo_id}" + (f" revision {revision}" if revision else "")
-    missing = f"resume from hub: {where} has no {CHECKPOINT_PATH}/ (push with hub_strategy=checkpoint)"
+    missing = f"resume from hub: {where} has no {CHECKPOINT_PATH}/ (push with hub.strategy=checkpoint)"
     try:
         sha = api.repo_info(repo_id, revision=revision).sha
         remote = [f.path for f in api.list_repo_tree(repo_id, path_in_repo=CHECKPOINT_PATH, recursive=True,
@@ -570,7 +569,7 @@ def resolve_hub_resume(spec, cache_dir: str | os.PathLike, config: HubConfig | N
                        output_dir: str | os.PathLike | None = None) -> Path | None:
     """Turn ``resume=hub`` or ``resume=hf://user/name[@revision]`` into a local checkpoint folder.
 
-    ``hub`` means the repo this run pushes to (``config.hub_model_id``, else the output folder's name,
+    ``hub`` means the repo this run pushes to (``config.model_id``, else the output folder's name,
     in the token owner's namespace). Any other spec returns None: it is not a Hub resume.
     """
     from huggingface_hub.errors import HfUriError
@@ -578,12 +577,12 @@ def resolve_hub_resume(spec, cache_dir: str | os.PathLike, config: HubConfig | N
 
     if not isinstance(spec, str) or not (spec == "hub" or spec.startswith("hf://")):
         return None
-    apply_timeout(config.hub_timeout if config is not None else HubConfig.hub_timeout)
+    apply_timeout(config.timeout if config is not None else HubConfig.timeout)
     if spec == "hub":
-        if config is None or (config.hub_model_id is None and output_dir is None):
-            raise ConfigError("resume=hub needs hub_model_id (or an output_dir to name the repo)")
-        repo_id = config.hub_model_id or Path(output_dir).resolve().name
-        revision = config.hub_revision
+        if config is None or (config.model_id is None and output_dir is None):
+            raise ConfigError("resume=hub needs hub.model_id (or an output_dir to name the repo)")
+        repo_id = config.model_id or Path(output_dir).resolve().name
+        revision = config.revision
     elif spec.startswith("hf://"):
         try:
             uri = parse_hf_uri(spec)

@@ -65,7 +65,7 @@ class Trainer:
         self.task, self.processor, self.train_collator, self.batch_sampler = task, processor, collator, batch_sampler
         self.description = description or RunDescription()
         self.run_config = to_dict(run_config) if run_config is not None else to_dict(config)
-        self.hub = HubPusher(config, self.output_dir) if config.push_to_hub and acc.is_main_process else None
+        self.hub = HubPusher(config.hub, self.output_dir) if config.hub.push and acc.is_main_process else None
         self.state = TrainerState()
         self.stream = loaders.StreamPosition(loaders.streams_statefully(train_dataset, batch_sampler))
         self.train_loader = loaders.train_loader(train_dataset, collator, config, acc, batch_sampler)
@@ -73,7 +73,7 @@ class Trainer:
                                                                                  config, acc)
         self.optimizer = optimization.make_optimizer(task, config, acc.device)
         self.scheduler = optimization.make_scheduler(self.optimizer, config)
-        if config.compile:
+        if config.impl.compile:
             # In place (nn.Module.compile): state_dict keys stay as they are, so saved folders match an uncompiled run's.
             self.task.compile(dynamic=True)
         self.model, self.optimizer = acc.prepare(self.task, self.optimizer)
@@ -83,14 +83,14 @@ class Trainer:
         acc.register_for_checkpointing(self.scheduler)  # stepped by hand once per optimizer step, saved with the state
         if eval_dataset is not None:  # an unknown metric_for_best fails now, not at the first evaluation
             evaluation.check_metric_for_best(config, acc, self.model, task, eval_dataset, eval_collator or collator)
-        self._peak = throughput.peak_flops(config.peak_flops, acc.device, acc.mixed_precision)
+        self._peak = throughput.peak_flops(config.impl.peak_flops, acc.device, acc.mixed_precision)
         #: Process-wide settings held for the run (until fit returns).
         self._run_settings = contextlib.ExitStack()
-        if config.compile:
+        if config.impl.compile:
             # For the whole run: compiled graphs are guarded on it, so leaving it would recompile.
             self._run_settings.enter_context(compiling.deterministic_kernels())
             compiling.compile_on_a_fixed_batch(acc, self.model, self.optimizer, train_dataset, collator,
-                                               config.micro_batch_size)
+                                               config.impl.micro_batch_size)
 
     def fit(self, extra_results: dict | None = None, score_model=None) -> dict:
         """Train to ``max_steps``; return (and save, and push) the results.
@@ -113,19 +113,19 @@ class Trainer:
         batches = self._micro_batches()
         task = self.unwrapped_task  # the same module all run: unwrapping costs ~0.5 ms a call
         weights = task.loss_weights
-        bar = tqdm(total=cfg.max_steps, initial=self.state.step, disable=not (cfg.progress_bar and acc.is_local_main_process),
-                   desc="training", dynamic_ncols=True)
+        bar = tqdm(total=cfg.train.max_steps, initial=self.state.step, desc="training", dynamic_ncols=True,
+                   disable=not (cfg.log.progress_bar and acc.is_local_main_process))
         window = throughput.Window()
         run_start = time.perf_counter()
         stop = out_of_time = False
         final_eval = None
-        budget, time_before = cfg.time_budget_s, self.state.train_time_s
+        budget, time_before = cfg.train.time_budget_s, self.state.train_time_s
 
         def clock() -> float:  # training seconds so far, this run's and earlier runs'
             self.state.train_time_s = time_before + time.perf_counter() - run_start
             return self.state.train_time_s
 
-        while self.state.step < cfg.max_steps and not stop and not out_of_time:
+        while self.state.step < cfg.train.max_steps and not stop and not out_of_time:
             micro = [next(batches) for _ in range(self.accumulation)]
             counts = self._count(micro)
             self.model.train()
@@ -140,35 +140,36 @@ class Trainer:
                 window.tokens += task.tokens_in(batch)
                 window.flops += task.flops(batch)
             # The norm is needed anyway for clipping; with clipping off, max_norm=inf only measures it.
-            grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+            clip = cfg.train.max_grad_norm
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else math.inf)
             grad_norm = backends.full(grad_norm)  # FSDP2 gives a DTensor
             # The main process's clock decides (its state is the one saved); the others follow.
             bad, stop_requested, out_of_time = self._step_health(
                 step_loss, grad_norm, signals, budget is not None and clock() >= budget and acc.is_main_process)
             if bad:
-                guard.count_skipped_step(self.state, cfg.max_bad_steps, self.checkpoint_root, acc.is_local_main_process)
+                guard.count_skipped_step(self.state, cfg.train.max_bad_steps, self.checkpoint_root, acc.is_local_main_process)
             else:
                 self.optimizer.step()
                 self.state.bad_steps_in_row = 0
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.state.step += 1
-            last = self.state.step == cfg.max_steps or out_of_time
+            last = self.state.step == cfg.train.max_steps or out_of_time
             if out_of_time and acc.is_local_main_process:
                 logger.info("step %d: time_budget %s spent (%.0f s of training): evaluating and saving as at the end",
-                            self.state.step, cfg.time_budget, clock())
+                            self.state.step, cfg.train.time_budget, clock())
             if not bad:
                 window.losses.append(step_loss)
             bar.update(1)
-            if (self.state.step % cfg.log_every == 0 or last) and window.losses:
+            if (self.state.step % cfg.log.every == 0 or last) and window.losses:
                 bar.set_postfix(**throughput.progress(self._log_train(window)))
                 window = throughput.Window()
-            if self.eval_loader is not None and (self.state.step % cfg.eval_every == 0 or last):
+            if self.eval_loader is not None and (self.state.step % cfg.eval.every == 0 or last):
                 final_eval = self.evaluate()
                 stop = self._track_best(final_eval)
             saved = False
             clock()
-            if self.state.step % cfg.save_every == 0 and not last and not stop:
+            if self.state.step % cfg.save.every == 0 and not last and not stop:
                 if self.state.bad_steps_in_row and not stop_requested:
                     # Same weights as before the streak, which now give a non-finite loss: keep the
                     # checkpoints from before it as the newest, for "last good checkpoint" to mean good.
@@ -176,7 +177,7 @@ class Trainer:
                 else:
                     self.save_checkpoint()
                     saved = True
-            if stop_requested and self.state.step < cfg.max_steps and not stop:
+            if stop_requested and self.state.step < cfg.train.max_steps and not stop:
                 bar.close()
                 self._stop_for_signal(signals.received, saved)
         bar.close()
@@ -264,15 +265,15 @@ class Trainer:
     def evaluate(self) -> dict:
         """Loss (token-level mean over the whole validation set), perplexity, and the task's metrics."""
         result = evaluation.evaluate(self.accelerator, self.model, self.unwrapped_task, self.eval_loader,
-                                     self.config.eval_batches, self.state.step)
+                                     self.config.eval.batches, self.state.step)
         self.state.history.append({"step": self.state.step, **result})
         return result
 
     def _track_best(self, result: dict) -> bool:
         """Keep the best model by ``metric_for_best``; return True when early stopping says stop."""
         cfg = self.config
-        better, stop = evaluation.track_best(self.state, result, cfg.metric_for_best, evaluation.greater_is_better(cfg),
-                                             cfg.early_stopping_patience)
+        better, stop = evaluation.track_best(self.state, result, cfg.eval.metric_for_best, evaluation.greater_is_better(cfg),
+                                             cfg.eval.early_stopping_patience)
         if self.accelerator.is_local_main_process:
             evaluation.warn_if_exploding(result, self.state.history, self.state.step)
         if better:
@@ -286,7 +287,7 @@ class Trainer:
         acc = self.accelerator
         guard.check_finite(acc, self.model, self.state.step, f"checkpoint step {self.state.step}", self.checkpoint_root)
         final = saving.save_checkpoint(acc, self.model, self.processor, self.state, self.run_config, self.checkpoint_root,
-                                       self.stream, self.train_loader, self.config.save_total_limit)
+                                       self.stream, self.train_loader, self.config.save.total_limit)
         if self.hub is not None and acc.is_main_process:
             self.hub.on_save(final, self.state.step)
         acc.wait_for_everyone()
@@ -305,7 +306,7 @@ class Trainer:
         acc, cfg = self.accelerator, self.config
         best_dir = self.output_dir / "best_model"
         scores: dict = {}
-        if cfg.load_best_at_end and best_dir.is_dir():
+        if cfg.eval.load_best_at_end and best_dir.is_dir():
             if self.score_model is not None:  # the last model too, to show what best-checkpointing bought
                 scores.update({f"last_{k}": v for k, v in self.score_model(self.unwrapped_task.model).items()})
             self._load_best(best_dir)

@@ -61,7 +61,7 @@ def main(argv=None):
 
     def score_test(model) -> dict:
         """Accuracy and macro-F1 on the test images (of the last and the best model)."""
-        batch = cfg.eval_batch_size or max(cfg.micro_batch_size, 256)
+        batch = cfg.eval.batch_size or max(cfg.impl.micro_batch_size, 256)
         preds = predict(model, splits["test"], parts.test_collator, batch, accelerator.device)
         scores = compute_classification_metrics(preds, np.asarray(splits["test"]["label"]))
         return {"test_accuracy": scores["accuracy"], "test_macro_f1": scores["macro_f1"]}

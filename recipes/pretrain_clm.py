@@ -39,7 +39,7 @@ def main(argv=None):
     with accelerator.main_process_first():
         corpus = TextCorpus(cfg.data, seed=cfg.seed)  # the text, or a store from `nlp-ssl prepare` (data.prepared)
         tokenizer = corpus.tokenizer(cfg.tokenizer, cfg.model)
-        parts = objective.parts(settings, TextSetup(tokenizer, cfg.model, cfg.seed, cfg.learning_rate))
+        parts = objective.parts(settings, TextSetup(tokenizer, cfg.model, cfg.seed, cfg.optim.learning_rate))
         check_block_size(cfg.data.block_size, parts.model.config)
         blocks = corpus.blocks(tokenizer, word_ids=parts.word_ids)
 

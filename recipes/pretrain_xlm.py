@@ -85,8 +85,8 @@ def main(argv=None):
 
     names = list(streams["train"])
     sampler = AlternatingBatchSampler(
-        [len(streams["train"][n]) for n in names], [names.index(n) for n in step_streams], cfg.micro_batch_size,
-        batches_per_step=max(cfg.global_batch_size // cfg.micro_batch_size, 1), seed=cfg.seed,
+        [len(streams["train"][n]) for n in names], [names.index(n) for n in step_streams], cfg.impl.micro_batch_size,
+        batches_per_step=max(cfg.train.global_batch_size // cfg.impl.micro_batch_size, 1), seed=cfg.seed,
         names=[f"{'tlm' if '-' in n else cfg.xlm.objective} stream {n}" for n in names],
     )
     pair_data = f"; {data.pairs_file or 'KJV / Reina-Valera 1909 verse pairs'}" if directions else ""

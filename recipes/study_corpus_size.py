@@ -64,7 +64,7 @@ def main(argv=None):
         corpus = corpus_size.write_corpus(name, out / "data", cfg.corpus_seed)
         checkpoints = {steps: where / "pretrain" / f"steps{steps}" for steps in cfg.pretrain_steps}
         runs = [pretrain_step(f"{steps} steps on {name}", "pretrain_mlm",
-                              [f"data.train_file={corpus}", *cfg.pretrain_args, f"max_steps={steps}"], folder, cfg.reuse,
+                              [f"data.train_file={corpus}", *cfg.pretrain_args, f"train.max_steps={steps}"], folder, cfg.reuse,
                               report_only=cfg.report_only)
                 for steps, folder in checkpoints.items()]
         first = checkpoints[cfg.pretrain_steps[0]]  # every budget's tokenizer is the corpus's one
@@ -86,7 +86,7 @@ def main(argv=None):
         refs = corpus_size.references(cfg.reference_studies, k)
         suffix = "" if len(cfg.k_per_class) == 1 else f"_k{k}"
         settings = [f"- pretraining: `recipes/pretrain_mlm.py data.train_file=<corpus> {' '.join(cfg.pretrain_args)} "
-                    f"max_steps=<steps>`, steps in {cfg.pretrain_steps}",
+                    f"train.max_steps=<steps>`, steps in {cfg.pretrain_steps}",
                     f"- fine-tuning: `recipes/finetune_text.py {' '.join(cfg.finetune_args)}`",
                     f"- corpora drawn with corpus_seed={cfg.corpus_seed}; each corpus's studies are in its folder",
                     provenance.line(made)]

@@ -16,8 +16,8 @@ from tests.helpers import run_recipe, toy_texts, write_jsonl
 
 pytestmark = pytest.mark.slow
 
-QUICK = ["max_steps=2", "save_every=100", "eval_every=100", "log_every=1", "progress_bar=false", "report_to=[]",
-         "micro_batch_size=8", "global_batch_size=8", "data.block_size=32", "tokenizer.vocab_size=300"]
+QUICK = ["train.max_steps=2", "save.every=100", "eval.every=100", "log.every=1", "log.progress_bar=false", "log.report_to=[]",
+         "impl.micro_batch_size=8", "train.global_batch_size=8", "data.block_size=32", "tokenizer.vocab_size=300"]
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +76,12 @@ def silent_hub():
 def test_a_silent_hub_ends_every_load_in_one_line_within_the_timeout(tmp_path, silent_hub, load):
     endpoint, accepted = silent_hub
     began = time.monotonic()
-    proc = run("pretrain_mlm.py", tmp_path, *load, "hub_timeout=2",
+    proc = run("pretrain_mlm.py", tmp_path, *load, "hub.timeout=2",
                env={"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"}, timeout=240)
     elapsed = time.monotonic() - began
     assert accepted, "the run never reached the server"
     key, name = load[0].split("=")
-    assert_one_line(proc, rf"^error: {re.escape(key)} {name}: the Hub at {endpoint} did not answer within hub_timeout=2s")
+    assert_one_line(proc, rf"^error: {re.escape(key)} {name}: the Hub at {endpoint} did not answer within hub.timeout=2s")
     assert elapsed < 90  # start-up and one timed-out request, not the loaders' minutes of retries
 
 
@@ -138,7 +138,7 @@ def test_a_parallel_pairs_row_that_is_not_an_object_is_named(tmp_path):
     rows[30] = json.dumps(["the cat", "el gato"])
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    proc = run_recipe("pretrain_xlm.py", f"output_dir={tmp_path / 'run'}", f"data.pairs_file={pairs}", "max_steps=2")
+    proc = run_recipe("pretrain_xlm.py", f"output_dir={tmp_path / 'run'}", f"data.pairs_file={pairs}", "train.max_steps=2")
     assert_one_line(proc, rf"^error: data.pairs_file {re.escape(str(pairs))} line 31: a JSON list, not an object")
 
 
@@ -168,7 +168,7 @@ def checkpoints(tmp_path_factory):
 def test_a_checkpoint_of_the_other_kind_of_language_model_is_refused(tmp_path, corpus, checkpoints, recipe, checkpoint,
                                                                       says):
     proc = run(recipe, tmp_path, f"data.train_file={corpus}", f"model.name_or_path={checkpoints / checkpoint}",
-               "learning_rate=1e-4")
+               "optim.learning_rate=1e-4")
     assert_one_line(proc, rf"^error: model.name_or_path {checkpoints / checkpoint}: {says}")
 
 
@@ -197,8 +197,8 @@ def test_fine_tuning_refuses_a_tokenizer_that_is_not_the_checkpoints(tmp_path, c
                   r"tokens have other ids \('the' is"),
     ):
         proc = run_recipe("finetune_text.py", f"output_dir={tmp_path / 'run'}", f"model.name_or_path={bert}",
-                          f"tokenizer_name_or_path={tokenizer}", "max_steps=2", "data.k_per_class=2",
-                          "data.validation_per_class=1", "report_to=[]")
+                          f"tokenizer_name_or_path={tokenizer}", "train.max_steps=2", "data.k_per_class=2",
+                          "data.validation_per_class=1", "log.report_to=[]")
         assert_one_line(proc, rf"^error: {says}")
 
 
@@ -220,7 +220,7 @@ def test_settings_that_would_train_on_nothing_are_refused(tmp_path, checkpoints)
             load_config(cls, overrides=[override])
     # A length the special tokens fill: inputs with no text in them.
     proc = run_recipe("finetune_text.py", f"output_dir={tmp_path / 'run'}", f"model.name_or_path={checkpoints / 'bert'}",
-                      "data.max_length=2", "max_steps=2", "data.k_per_class=2", "data.validation_per_class=1")
+                      "data.max_length=2", "train.max_steps=2", "data.k_per_class=2", "data.validation_per_class=1")
     assert_one_line(proc, r"^error: data.max_length 2 leaves no room for text: the tokenizer adds 2 special tokens")
 
 
@@ -228,7 +228,7 @@ def test_a_recipe_named_like_a_file_that_is_not_there_suggests_the_installed_one
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "nlp_ssl", "run", "pretrain_mlm.py", "max_steps=1"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "nlp_ssl", "run", "pretrain_mlm.py", "train.max_steps=1"], capture_output=True,
                           text=True, cwd=tmp_path, timeout=120)
     assert_one_line(proc, r"^error: recipe file pretrain_mlm.py: does not exist; the installed recipe is run by name: "
                           r"nlp-ssl run pretrain_mlm$")

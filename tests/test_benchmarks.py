@@ -105,7 +105,7 @@ def test_bench_fewlabel_runs_setfit_and_both_finetunings_on_the_same_rows_and_re
     cells = {c["method"]: c for c in results["cells"]}
     assert set(cells) == {"setfit", "standard", "contrastive"}
     assert all(c["train_examples"] == 16 and c["cpu_s"] > 1 and c["settings"]["max_steps"] == 2 for c in cells.values())
-    assert "finetune.mode=contrastive" in cells["contrastive"]["command"] and "max_steps=2" in cells["standard"]["command"]
+    assert "finetune.mode=contrastive" in cells["contrastive"]["command"] and "train.max_steps=2" in cells["standard"]["command"]
 
     # setfit trained on the very rows the nlp_ssl runs of this k and seed train on, and is scored on its predictions.
     args = [f"data.train_file={data / 'train.jsonl'}", "data.text_pair_column=text_pair", "data.k_per_class=8", "seed=0"]
@@ -129,3 +129,27 @@ def test_bench_fewlabel_runs_setfit_and_both_finetunings_on_the_same_rows_and_re
     bench_fewlabel.main(argv)
     assert capsys.readouterr().out.count("(reused)") == 3
     assert stamps == {m: (tmp_path / "runs" / "wikipairs" / "k8_s0" / m / "cell.json").stat().st_mtime_ns for m in cells}
+
+
+@pytest.mark.slow
+def test_gpu_check_times_training_from_a_prepared_store_beside_training_from_memory(tmp_path):
+    import json
+    import subprocess
+
+    out = tmp_path / "dry.json"
+    runs = "bert_base:nlp_ssl:off:memory,bert_base:nlp_ssl:off:prepared"
+    proc = subprocess.run([sys.executable, "gpu_check.py", "--dry-run", "--out", str(out), "--runs", runs],
+                          cwd=ROOT / "benchmarks", capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    memory, prepared = report["runs"]
+    assert (memory["data"], prepared["data"]) == ("memory", "prepared")
+    assert memory["status"] == prepared["status"] == "ok", prepared["status"]
+    spec = gpu_check.DRY_MODELS["bert_base"]
+    # Trained on the store nlp-ssl prepare wrote: uint16 ids and nothing else, enough blocks for every step.
+    assert prepared["store_bytes_per_token"] == 2.0
+    assert prepared["store_blocks"] >= report["steps"] * spec["batch"] and prepared["steps_seen"] == report["steps"]
+    assert prepared["loader_batches"] >= 2 and prepared["loader_tokens_per_s"] > 0
+    ratio = report["ratios"]["bert_base compile off: prepared store / in memory tokens/s"]
+    assert ratio == pytest.approx(prepared["tokens_per_s"] / memory["tokens_per_s"])
+    assert "prepared store / in memory tokens/s" in proc.stdout and "its loader alone" in proc.stdout

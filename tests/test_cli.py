@@ -32,7 +32,8 @@ def test_ls_lists_every_recipe_with_its_config(tmp_path):
     rows = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()[1:]}
     assert sorted(rows) == RECIPES
     assert all(rows[name].split(",")[0] == f"{name}.yaml" for name in RECIPES), rows
-    assert rows["pretrain_mlm"].split(",") == ["pretrain_mlm.yaml", "pretrain_mlm_continue.yaml"], rows
+    assert rows["pretrain_mlm"].split(",") == ["pretrain_mlm.yaml", "pretrain_mlm_continue.yaml",
+                                                 "pretrain_mlm_simcse.yaml"], rows
 
 
 def test_run_is_the_recipe_from_any_folder_and_errors_are_one_line(tmp_path, wiki_jsonl):
@@ -54,7 +55,7 @@ def test_run_under_a_two_process_launch(tmp_path, wiki_jsonl):
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29537", "-m", "nlp_ssl"]
-    proc = nlp_ssl("run", "pretrain_mlm", *mlm_args(wiki_jsonl, out), "micro_batch_size=4", cwd=tmp_path, launcher=launcher)
+    proc = nlp_ssl("run", "pretrain_mlm", *mlm_args(wiki_jsonl, out), "impl.micro_batch_size=4", cwd=tmp_path, launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert first_losses(out) == [pytest.approx(row, rel=1e-3) for row in PINS["mlm"]]
 

@@ -213,8 +213,9 @@ def test_pretrain_mlm_on_minilm_needs_one_flag_and_loads_in_fill_mask(tmp_path, 
 
     out = tmp_path / "run"
     proc = run_recipe("pretrain_mlm.py", f"model.name_or_path={minilm_checkpoint()}", f"data.train_file={wiki_jsonl}",
-                      f"output_dir={out}", "max_steps=2", "data.block_size=32", "micro_batch_size=4", "global_batch_size=4",
-                      "eval_batches=2", "mlm.whole_word_mask=true", "progress_bar=false", "report_to=[]",
+                      f"output_dir={out}", "train.max_steps=2", "data.block_size=32", "impl.micro_batch_size=4",
+                      "train.global_batch_size=4",
+                      "eval.batches=2", "mlm.whole_word_mask=true", "log.progress_bar=false", "log.report_to=[]",
                       "data.max_train_documents=100", env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "no complete masked_lm head in the checkpoint; newly initialised: cls.predictions.bias" in proc.stderr
@@ -233,13 +234,14 @@ def test_the_continue_configs_load_a_checkpoint_and_run_a_few_steps(tmp_path, en
     out = tmp_path / "mlm"
     proc = run_recipe("pretrain_mlm.py", "--config", str(ROOT / "recipes/configs/pretrain_mlm_continue.yaml"),
                       f"model.name_or_path={encoder_only}", f"data.train_file={wiki_jsonl}", f"output_dir={out}",
-                      "max_steps=3", "eval_every=3", "data.block_size=32", "micro_batch_size=8", "global_batch_size=8",
-                      "progress_bar=false", "report_to=[]", "data.max_train_documents=60", env=ENV)
+                      "train.max_steps=3", "eval.every=3", "data.block_size=32", "impl.micro_batch_size=8",
+                      "train.global_batch_size=8",
+                      "log.progress_bar=false", "log.report_to=[]", "data.max_train_documents=60", env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "from-scratch rate" not in proc.stderr
     assert json.loads((out / "all_results.json").read_text())["steps"] == 3
     card = (out / "README.md").read_text()  # the model card holds the run's config: the continue yaml's settings
-    assert "\nlearning_rate: 3.0e-05\n" in card and "mlm_probability: 0.15" in card
+    assert "\n  learning_rate: 3.0e-05\n" in card and "mlm_probability: 0.15" in card
     assert len(AutoTokenizer.from_pretrained(out)) == 1000  # the checkpoint's, not a trained one
 
     torch.manual_seed(2)
@@ -247,9 +249,9 @@ def test_the_continue_configs_load_a_checkpoint_and_run_a_few_steps(tmp_path, en
                                                                         n_positions=64)), TOKENIZERS / "bytelevel_bpe")
     out = tmp_path / "clm"
     proc = run_recipe("pretrain_clm.py", "--config", str(ROOT / "recipes/configs/pretrain_clm_continue.yaml"),
-                      f"model.name_or_path={gpt2}", f"data.train_file={wiki_jsonl}", f"output_dir={out}", "max_steps=3",
-                      "eval_every=3", "data.block_size=32", "micro_batch_size=8", "global_batch_size=8",
-                      "progress_bar=false", "report_to=[]", "data.max_train_documents=60", env=ENV)
+                      f"model.name_or_path={gpt2}", f"data.train_file={wiki_jsonl}", f"output_dir={out}", "train.max_steps=3",
+                      "eval.every=3", "data.block_size=32", "impl.micro_batch_size=8", "train.global_batch_size=8",
+                      "log.progress_bar=false", "log.report_to=[]", "data.max_train_documents=60", env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "all_results.json").read_text())["steps"] == 3
     assert "loaded with its own causal_lm head" in proc.stderr
@@ -260,7 +262,7 @@ def test_a_mismatched_tokenizer_is_one_line_and_exit_2(tmp_path, encoder_only, w
     out = tmp_path / "out"
     proc = run_recipe("pretrain_mlm.py", f"model.name_or_path={encoder_only}",
                       f"tokenizer.name_or_path={TOKENIZERS / 'bytelevel_bpe'}", f"data.train_file={wiki_jsonl}",
-                      f"output_dir={out}", "max_steps=2", "progress_bar=false", env=ENV)
+                      f"output_dir={out}", "train.max_steps=2", "log.progress_bar=false", env=ENV)
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: tokenizer ") and "has 600 tokens but model.name_or_path" in last

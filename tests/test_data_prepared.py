@@ -181,8 +181,8 @@ def test_settings_that_disagree_with_the_store_are_refused_with_one_line(tmp_pat
 
 # ----------------------------------------------------------------------------------- runs from a store
 
-RUN = ["progress_bar=false", "log_every=1", "eval_every=100", "eval_batches=1", "report_to=[]", "warmup_ratio=0.0",
-       "learning_rate=0.003", "seed=0", "data.block_size=64", "micro_batch_size=8", "global_batch_size=8"]
+RUN = ["log.progress_bar=false", "log.every=1", "eval.every=100", "eval.batches=1", "log.report_to=[]", "optim.warmup_ratio=0.0",
+       "optim.learning_rate=0.003", "seed=0", "data.block_size=64", "impl.micro_batch_size=8", "train.global_batch_size=8"]
 
 
 def first_losses(out: Path) -> list[float]:
@@ -203,7 +203,7 @@ def prepared_store(tmp_path: Path, corpus: Path, tokenizer: str, *extra: str) ->
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe, tokenizer, extra, store_extra", [
     ("pretrain_mlm.py", "wordpiece", ["mlm.whole_word_mask=true"], []),
-    ("pretrain_clm.py", "bytelevel_bpe", [], ["num_workers=1"]),  # the store's maps reopened in a loader worker
+    ("pretrain_clm.py", "bytelevel_bpe", [], ["impl.num_workers=1"]),  # the store's maps reopened in a loader worker
 ])
 def test_a_run_from_a_store_has_the_first_losses_of_a_run_that_tokenizes(tmp_path, wiki_jsonl, recipe, tokenizer, extra,
                                                                           store_extra):
@@ -213,7 +213,7 @@ def test_a_run_from_a_store_has_the_first_losses_of_a_run_that_tokenizes(tmp_pat
                                 f"tokenizer.name_or_path={TOKENIZERS / tokenizer}"],
                        "store": [f"data.prepared={store}", *store_extra]}.items():
         out = tmp_path / name
-        proc = run_recipe(recipe, f"output_dir={out}", *RUN, "max_steps=4", *data, *extra)
+        proc = run_recipe(recipe, f"output_dir={out}", *RUN, "train.max_steps=4", *data, *extra)
         assert proc.returncode == 0, proc.stderr[-3000:]
         losses[name] = first_losses(out)
         results[name] = json.loads((out / "all_results.json").read_text())
@@ -229,8 +229,8 @@ def test_a_run_from_a_store_killed_and_resumed_ends_with_the_weights_of_an_unint
     from safetensors.torch import load_file
 
     store = prepared_store(tmp_path, wiki_jsonl, "wordpiece")
-    run = [f"data.prepared={store}", *[a for a in RUN if not a.startswith("eval_every")], "max_steps=12", "save_every=4",
-           "eval_every=1"]  # a "step N:" line each step, to kill the run at
+    run = [f"data.prepared={store}", *[a for a in RUN if not a.startswith("eval_every")], "train.max_steps=12", "save.every=4",
+           "eval.every=1"]  # a "step N:" line each step, to kill the run at
     straight = tmp_path / "straight"
     assert run_recipe("pretrain_mlm.py", f"output_dir={straight}", *run).returncode == 0
 

@@ -17,6 +17,7 @@ from datasets import Dataset
 from transformers import BertConfig, BertForMaskedLM
 
 from nlp_ssl import backends
+from nlp_ssl.config import build_config
 from nlp_ssl.data.text import tokenize_and_pack
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.objectives import MLMCollator
@@ -127,8 +128,11 @@ def blocks(wordpiece_tokenizer):
 def train(tmp_path, tok, blocks, deepspeed: bool):
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    cfg = TrainConfig(output_dir=str(tmp_path), max_steps=4, global_batch_size=12, micro_batch_size=4, learning_rate=3e-3,
-                      eval_every=100, save_every=100, log_every=1, report_to=[], progress_bar=False, seed=2, max_grad_norm=0.5)
+    cfg = build_config(TrainConfig, {
+        "output_dir": str(tmp_path), "train.max_steps": 4, "train.global_batch_size": 12, "impl.micro_batch_size": 4,
+        "optim.learning_rate": 3e-3, "eval.every": 100, "save.every": 100, "log.every": 1, "log.report_to": [],
+        "log.progress_bar": False, "seed": 2, "train.max_grad_norm": 0.5,
+    })
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                         max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -136,7 +140,7 @@ def train(tmp_path, tok, blocks, deepspeed: bool):
     engine = None
     if deepspeed:  # accelerate's DeepSpeed branch of backward() and clip_grad_norm_(), for the training loop only
         acc = trainer.accelerator
-        engine = StandInEngine(trainer.model, trainer.accumulation, cfg.max_grad_norm)
+        engine = StandInEngine(trainer.model, trainer.accumulation, cfg.train.max_grad_norm)
         acc.deepspeed_engine_wrapped = engine
         acc.state.distributed_type = DistributedType.DEEPSPEED
         acc.state.deepspeed_plugins = SimpleNamespace(deepspeed_config={})  # fp32: no fp16/bf16 section

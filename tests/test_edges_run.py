@@ -25,8 +25,8 @@ from tests.helpers import ROOT, toy_texts, write_jsonl
 pytestmark = pytest.mark.slow
 
 SMALL = [
-    "data.block_size=64", "micro_batch_size=8", "global_batch_size=8", "log_every=1", "eval_every=100",
-    "tokenizer.vocab_size=2000", "progress_bar=false", "data.validation_split=0.1", "report_to=[]",
+    "data.block_size=64", "impl.micro_batch_size=8", "train.global_batch_size=8", "log.every=1", "eval.every=100",
+    "tokenizer.vocab_size=2000", "log.progress_bar=false", "data.validation_split=0.1", "log.report_to=[]",
 ]
 NO_DATA = "data.train_file=/nonexistent/train.jsonl"
 
@@ -120,23 +120,25 @@ def test_a_read_only_output_dir_gets_one_line(tmp_path):
 BAD_VALUES = {
     "seed=-1": r"seed must be in \[0, 4294967295\], got -1",
     f"seed={2**40}": rf"seed must be in \[0, 4294967295\], got {2**40}",
-    "report_to=[foo]": r"report_to: unknown tracker 'foo'; choose from aim, clearml, comet_ml, .*tensorboard.*wandb",
-    "warmup_steps=10": r"warmup_steps 10 is not below max_steps 4: the learning rate would never leave its warmup",
-    "resume_changed=[lr]": r"resume_changed: 'lr' is not one of the settings a resume checks \(seed, global_batch_size",
+    "log.report_to=[foo]": r"log.report_to: unknown tracker 'foo'; choose from aim, clearml, comet_ml, .*tensorboard.*wandb",
+    "optim.warmup_steps=10":
+        r"optim.warmup_steps 10 is not below train.max_steps 4: the learning rate would never leave its warmup",
+    "resume_changed=[lr]":
+        r"resume_changed: 'lr' is not one of the settings a resume checks \(seed, train.global_batch_size",
 }
 
 
 @pytest.mark.parametrize("override", list(BAD_VALUES))
 def test_a_value_that_cannot_be_meant_gets_one_line_before_any_data_is_read(tmp_path, override):
-    proc = recipe(NO_DATA, f"output_dir={tmp_path / 'run'}", "max_steps=4", override)
+    proc = recipe(NO_DATA, f"output_dir={tmp_path / 'run'}", "train.max_steps=4", override)
     assert_one_line_exit(proc, 2, rf"^error: {BAD_VALUES[override]}")
     assert not (tmp_path / "run").exists()
 
 
 def test_an_unknown_metric_for_best_is_refused_before_training(tmp_path, corpus):
     out = tmp_path / "run"
-    proc = recipe(f"data.train_file={corpus}", f"output_dir={out}", "max_steps=4", "save_every=1",
-                  "metric_for_best=f1")
+    proc = recipe(f"data.train_file={corpus}", f"output_dir={out}", "train.max_steps=4", "save.every=1",
+                  "eval.metric_for_best=f1")
     assert_one_line_exit(proc, 2, r"^error: metric_for_best 'f1' is not reported; "
                                   r"choose one of \['accuracy', 'loss', 'perplexity'\]$")
     assert not (out / "checkpoints").exists(), "it trained (and saved) before refusing"
@@ -147,35 +149,48 @@ def test_an_unknown_metric_for_best_is_refused_before_training(tmp_path, corpus)
 
 def test_resume_with_another_batch_size_is_refused_unless_said(tmp_path, corpus):
     out = tmp_path / "run"
-    first = recipe(f"data.train_file={corpus}", f"output_dir={out}", "max_steps=4", "save_every=2")
+    first = recipe(f"data.train_file={corpus}", f"output_dir={out}", "train.max_steps=4", "save.every=2")
     assert first.returncode == 0, first.stderr[-3000:]
-    again = recipe(NO_DATA, f"output_dir={out}", "max_steps=6", "global_batch_size=16", "seed=7", "resume=auto")
-    assert_one_line_exit(again, 2, r"^error: resume=auto: seed 42 → 7; global_batch_size 8 → 16 since checkpoint \S+"
+    again = recipe(NO_DATA, f"output_dir={out}", "train.max_steps=6", "train.global_batch_size=16", "seed=7", "resume=auto")
+    assert_one_line_exit(again, 2, r"^error: resume=auto: seed 42 → 7; train.global_batch_size 8 → 16 since checkpoint \S+"
                                    r"step_00000002, which changes the data order or the learning-rate schedule of the run; "
-                                   r"go back to the checkpoint's values, or pass resume_changed=\[seed,global_batch_size\]")
+                                   r"go back to the checkpoint's values, or pass resume_changed=\[seed,train.global_batch_size\]")
 
 
 def test_resume_changed_names_the_settings_that_may_differ(tmp_path, caplog):
+    from nlp_ssl.config import build_config, to_dict
     from nlp_ssl.errors import ConfigError
     from nlp_ssl.training.config import TrainConfig
     from nlp_ssl.training.setup import check_resume_settings
 
     checkpoint = tmp_path / "step_00000002"
     checkpoint.mkdir()
-    saved = TrainConfig(global_batch_size=8, micro_batch_size=8, max_steps=10)
-    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 2, "run_config": saved.__dict__}))
-    bigger = TrainConfig(global_batch_size=16, micro_batch_size=16, max_steps=10, resume="auto")
-    with pytest.raises(ConfigError, match=r"global_batch_size 8 → 16; micro_batch_size 8 → 16 since"):
+    saved = build_config(TrainConfig, {"train.global_batch_size": 8, "impl.micro_batch_size": 8, "train.max_steps": 10})
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 2, "run_config": to_dict(saved)}))
+    bigger = build_config(TrainConfig, {
+        "train.global_batch_size": 16, "impl.micro_batch_size": 16, "train.max_steps": 10, "resume": "auto",
+    })
+    with pytest.raises(ConfigError, match=r"train.global_batch_size 8 → 16; impl.micro_batch_size 8 → 16 since"):
         check_resume_settings(bigger, checkpoint)
-    bigger.resume_changed = ["global_batch_size"]
-    with pytest.raises(ConfigError, match=r"resume=auto: micro_batch_size 8 → 16 since"):
+    bigger.resume_changed = ["train.global_batch_size"]
+    with pytest.raises(ConfigError, match=r"resume=auto: impl.micro_batch_size 8 → 16 since"):
         check_resume_settings(bigger, checkpoint)
-    bigger.resume_changed = ["global_batch_size", "micro_batch_size"]
+    bigger.resume_changed = ["train.global_batch_size", "impl.micro_batch_size"]
     check_resume_settings(bigger, checkpoint)
-    longer = TrainConfig(global_batch_size=8, micro_batch_size=8, max_steps=20, resume="auto")  # to extend a run
+    # A checkpoint of before the config had sections names its settings flat: still compared.
+    flat = {"seed": 42, "global_batch_size": 8, "micro_batch_size": 8, "max_steps": 10}
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 2, "run_config": flat}))
+    bigger.resume_changed = []
+    with pytest.raises(ConfigError, match=r"train.global_batch_size 8 → 16; impl.micro_batch_size 8 → 16 since"):
+        check_resume_settings(bigger, checkpoint)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 2, "run_config": to_dict(saved)}))
+    longer = build_config(TrainConfig, {
+        "train.global_batch_size": 8, "impl.micro_batch_size": 8, "train.max_steps": 20, "resume": "auto",
+    })  # to extend a run
     with caplog.at_level("WARNING", logger="nlp_ssl.trainer"):
         check_resume_settings(longer, checkpoint)
-    assert "resuming with max_steps 20 (the checkpoint's run had 10): the linear schedule is now sized to 20 steps" in caplog.text
+    assert ("resuming with train.max_steps 20 (the checkpoint's run had 10): the linear schedule is now sized to 20 steps"
+            in caplog.text)
 
 
 # ----------------------------------------------------------------------------------- signals
@@ -201,7 +216,7 @@ def wait_for(child: subprocess.Popen, pattern: str, seen: list[str], timeout: fl
 
 def test_sigterm_while_the_run_is_set_up_is_a_preemption_that_a_requeue_loop_understands(tmp_path, corpus):
     out = tmp_path / "run"
-    run = [f"data.train_file={corpus}", f"output_dir={out}", "max_steps=4"]
+    run = [f"data.train_file={corpus}", f"output_dir={out}", "train.max_steps=4"]
     child, seen = start(*run), []
     wait_for(child, r"micro-batch 8 × 1 accumulation", seen)  # set up: data, tokenizer and model come next
     child.send_signal(signal.SIGTERM)
@@ -212,7 +227,7 @@ def test_sigterm_while_the_run_is_set_up_is_a_preemption_that_a_requeue_loop_und
     assert log.strip().splitlines()[-1] == f"stopped: {says}"
     assert status(out) | {"time": None} == {"status": "preempted", "exit_code": 75, "step": 0, "message": says, "time": None}
     # The README's loop requeues only after a preemption: a setup that fails now must not look like one.
-    broken = recipe(NO_DATA, f"output_dir={out}", "max_steps=4", "resume=auto")
+    broken = recipe(NO_DATA, f"output_dir={out}", "train.max_steps=4", "resume=auto")
     assert broken.returncode == 2 and status(out)["status"] != "preempted"
     requeued = recipe(*run, "resume=auto")
     assert requeued.returncode == 0, requeued.stderr[-3000:]
@@ -221,7 +236,7 @@ def test_sigterm_while_the_run_is_set_up_is_a_preemption_that_a_requeue_loop_und
 
 def test_a_second_ctrl_c_aborts_and_says_so_in_the_run_status(tmp_path, corpus):
     out = tmp_path / "run"
-    child, seen = start(f"data.train_file={corpus}", f"output_dir={out}", "max_steps=100000", "eval_every=1"), []
+    child, seen = start(f"data.train_file={corpus}", f"output_dir={out}", "train.max_steps=100000", "eval.every=1"), []
     wait_for(child, r"step 2: eval_loss", seen)
     child.send_signal(signal.SIGINT)
     wait_for(child, r"received SIGINT: finishing this optimizer step", seen)  # two at once could arrive as one
@@ -239,12 +254,12 @@ def test_a_run_ends_with_a_summary_says_what_precision_ran_and_saves_quietly(tmp
     from transformers import pipeline
 
     out = tmp_path / "run"
-    proc = recipe(f"data.train_file={corpus}", f"output_dir={out}", "max_steps=4", "save_every=2", "eval_every=2",
-                  "mixed_precision=fp16", "progress_bar=true")
+    proc = recipe(f"data.train_file={corpus}", f"output_dir={out}", "train.max_steps=4", "save.every=2", "eval.every=2",
+                  "impl.mixed_precision=fp16", "log.progress_bar=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "mixed_precision=fp16 needs a GPU: this run trains in fp32 on the CPU" in proc.stderr
+    assert "impl.mixed_precision=fp16 needs a GPU: this run trains in fp32 on the CPU" in proc.stderr
     assert json.loads((out / "all_results.json").read_text())["mixed_precision"] == "no"
-    assert "precision fp32 (mixed_precision=fp16)" in proc.stderr
+    assert "precision fp32 (impl.mixed_precision=fp16)" in proc.stderr
     # A checkpoint and each model save are quiet: no line per file from accelerate, no shard bar.
     assert (out / "checkpoints" / "step_00000002").is_dir()
     for noise in ("accelerate.checkpointing", "Saving current state", "Removed shared tensor", "Writing model shards"):
@@ -262,7 +277,7 @@ def test_a_run_ends_with_a_summary_says_what_precision_ran_and_saves_quietly(tmp
 
 
 def test_progress_bar_false_silences_every_bar(tmp_path, corpus):
-    proc = recipe(f"data.train_file={corpus}", f"output_dir={tmp_path / 'run'}", "max_steps=2", "save_every=1")
+    proc = recipe(f"data.train_file={corpus}", f"output_dir={tmp_path / 'run'}", "train.max_steps=2", "save.every=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     bars = [line for line in re.split(r"[\r\n]", proc.stderr) if re.search(r"\d+%\||it/s]|examples/s]", line)]
     assert not bars, bars[:5]

@@ -31,11 +31,11 @@ from tests.helpers import ROOT, run_recipe, toy_texts, write_jsonl
 pytestmark = pytest.mark.slow
 
 SMALL = [
-    "data.block_size=64", "micro_batch_size=8", "global_batch_size=8", "log_every=1", "eval_every=100",
-    "tokenizer.vocab_size=2000", "progress_bar=false", "data.validation_split=0.1", "report_to=[]",
+    "data.block_size=64", "impl.micro_batch_size=8", "train.global_batch_size=8", "log.every=1", "eval.every=100",
+    "tokenizer.vocab_size=2000", "log.progress_bar=false", "data.validation_split=0.1", "log.report_to=[]",
 ]
 #: A constant schedule: a run extended from max_steps 10 to 12 then equals a straight 12-step run.
-CONSTANT = ["lr_schedule=constant", "warmup_ratio=0", "save_every=4", "save_total_limit=3"]
+CONSTANT = ["optim.lr_schedule=constant", "optim.warmup_ratio=0", "save.every=4", "save.total_limit=3"]
 DDP = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
        "--mixed_precision", "no", "--dynamo_backend", "no"]
 
@@ -120,10 +120,10 @@ def finish(child: subprocess.Popen, seen: list[str], timeout: float = 300) -> st
 
 def test_divergence_skips_bad_steps_then_stops_and_leaves_no_non_finite_tensor(tmp_path, corpus):
     out = tmp_path / "run"
-    proc = run_recipe("pretrain_mlm.py", *args(corpus, out, "learning_rate=1e3", "max_steps=60", "save_every=5",
-                                               "eval_every=5", "max_bad_steps=5"))
+    proc = run_recipe("pretrain_mlm.py", *args(corpus, out, "optim.learning_rate=1e3", "train.max_steps=60", "save.every=5",
+                                               "eval.every=5", "train.max_bad_steps=5"))
     assert_one_line_exit(proc, 3, r"^stopped: training diverged: steps \d+-\d+ had a non-finite loss")
-    assert "update skipped (1 in a row, max_bad_steps=5)" in proc.stderr
+    assert "update skipped (1 in a row, train.max_bad_steps=5)" in proc.stderr
     assert not (out / "all_results.json").exists(), "a diverged run must not look finished"
     assert status(out)["status"] == "diverged" and status(out)["exit_code"] == 3
     tensors = tensors_in(out)
@@ -139,7 +139,7 @@ def test_divergence_skips_bad_steps_then_stops_and_leaves_no_non_finite_tensor(t
 # ----------------------------------------------------------------------------------- preemption
 
 
-SIGNAL_RUN = ["max_steps=30", "save_every=100", "eval_every=1", "data.max_train_documents=60"]
+SIGNAL_RUN = ["train.max_steps=30", "save.every=100", "eval.every=1", "data.max_train_documents=60"]
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,7 @@ def test_signal_saves_a_checkpoint_and_resume_gives_identical_weights(tmp_path, 
 
 
 def test_sigterm_stops_both_ddp_processes_at_one_step_and_resume_is_exact(tmp_path, corpus):
-    run = ["max_steps=24", "save_every=100", "eval_every=1", "global_batch_size=16", "data.max_train_documents=80"]
+    run = ["train.max_steps=24", "save.every=100", "eval.every=1", "train.global_batch_size=16", "data.max_train_documents=80"]
     straight = tmp_path / "straight"
     proc = run_recipe("pretrain_mlm.py", *args(corpus, straight, *run),
                       launcher=[*DDP, "--main_process_port", "29541"])
@@ -208,7 +208,7 @@ def test_sigterm_stops_both_ddp_processes_at_one_step_and_resume_is_exact(tmp_pa
 
 def test_second_run_on_the_same_output_dir_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path, corpus):
     out = tmp_path / "run"
-    run = ["max_steps=100000", "save_every=10", "eval_every=1"]
+    run = ["train.max_steps=100000", "save.every=10", "eval.every=1"]
     first, seen = start(args(corpus, out, *run)), []
     try:
         wait_for_line(first, r"step 2: eval_loss", seen)
@@ -225,7 +225,7 @@ def test_second_run_on_the_same_output_dir_is_refused_and_a_dead_runs_lock_is_ta
     saved = ckpt.list_checkpoints(out / "checkpoints")  # step 10, or later if the kill came late
     newest = int(saved[-1].name.split("_")[-1]) if saved else 0
     assert (out / ".lock").exists() and newest >= 10
-    proc = run_recipe("pretrain_mlm.py", *args(corpus, out, f"max_steps={newest + 4}", "save_every=10", "resume=auto"))
+    proc = run_recipe("pretrain_mlm.py", *args(corpus, out, f"train.max_steps={newest + 4}", "save.every=10", "resume=auto"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"at step {newest}:" in proc.stderr or f"at step {newest} " in proc.stderr, proc.stderr[-2000:]
     assert json.loads((out / "all_results.json").read_text())["steps"] == newest + 4
@@ -240,7 +240,7 @@ def interrupted_run(tmp_path_factory, corpus) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("damaged")
     straight, partial = root / "straight", root / "partial"
     for out, steps in ((straight, 12), (partial, 10)):
-        proc = run_recipe("pretrain_mlm.py", *args(corpus, out, *CONSTANT, f"max_steps={steps}"))
+        proc = run_recipe("pretrain_mlm.py", *args(corpus, out, *CONSTANT, f"train.max_steps={steps}"))
         assert proc.returncode == 0, proc.stderr[-3000:]
     (partial / "all_results.json").unlink()  # as if it had been killed during its final save
     assert [p.name for p in ckpt.list_checkpoints(partial / "checkpoints")] == ["step_00000004", "step_00000008"]
@@ -272,10 +272,10 @@ def test_damaged_newest_checkpoint(tmp_path, corpus, interrupted_run, case):
     newest = out / "checkpoints" / "step_00000008"
     damage(newest / name)
 
-    explicit = run_recipe("pretrain_mlm.py", *args(corpus, out, *CONSTANT, "max_steps=12", f"resume={newest}"))
+    explicit = run_recipe("pretrain_mlm.py", *args(corpus, out, *CONSTANT, "train.max_steps=12", f"resume={newest}"))
     assert_one_line_exit(explicit, 2, rf"^error: checkpoint {re.escape(str(newest))} is damaged: {re.escape(name)} {says}$")
 
-    proc = run_recipe("pretrain_mlm.py", *args(corpus, out, *CONSTANT, "max_steps=12", "resume=auto"))
+    proc = run_recipe("pretrain_mlm.py", *args(corpus, out, *CONSTANT, "train.max_steps=12", "resume=auto"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(rf"skipping checkpoint {re.escape(str(newest))} is damaged: {re.escape(name)}", proc.stderr)
     assert "resumed from" in proc.stderr and "step_00000004 at step 4" in proc.stderr
@@ -287,7 +287,7 @@ def test_resume_auto_on_a_finished_run_says_so_and_does_not_retrain(tmp_path, co
     out = tmp_path / "run"
     shutil.copytree(straight, out)
     before = (out / "all_results.json").read_bytes(), (out / "model.safetensors").stat().st_mtime_ns
-    proc = run_recipe("pretrain_mlm.py", *args(corpus, out, *CONSTANT, "max_steps=12", "resume=auto"))
+    proc = run_recipe("pretrain_mlm.py", *args(corpus, out, *CONSTANT, "train.max_steps=12", "resume=auto"))
     assert_one_line_exit(proc, 0, rf"^output_dir {re.escape(str(out))} holds a finished run \(12 steps")
     assert ((out / "all_results.json").read_bytes(), (out / "model.safetensors").stat().st_mtime_ns) == before
     # all_results.json is written last: nothing of the final outputs is newer.
@@ -318,7 +318,7 @@ def test_full_disk_names_the_checkpoint_and_keeps_the_previous_one(tmp_path, cor
     out = tmp_path / "disk"
     out.mkdir()
     cmd = [sys.executable, str(ROOT / "recipes" / "pretrain_mlm.py"),
-           *args(corpus, out, *CONSTANT, "max_steps=12", "eval_every=4", "save_total_limit=5")]
+           *args(corpus, out, *CONSTANT, "train.max_steps=12", "eval.every=4", "save.total_limit=5")]
     after = tmp_path / "after"  # the tmpfs lives only in the run's namespace: copy out what it left
     script = (f"mount -t tmpfs -o size={size_kb}k tmpfs {out} && cd {ROOT} && " + " ".join(map(_quote, cmd))
               + f"; code=$?; cp -a {out} {after}; exit $code")
@@ -362,8 +362,8 @@ def test_a_hub_that_never_answers_fails_within_a_bounded_time(tmp_path, corpus):
     began = time.monotonic()
     try:
         proc = run_recipe(
-            "pretrain_mlm.py", *args(corpus, tmp_path / "run", "max_steps=4", "push_to_hub=true",
-                                     "hub_model_id=someone/silent", "hub_timeout=1", "hub_retries=1"),
+            "pretrain_mlm.py", *args(corpus, tmp_path / "run", "train.max_steps=4", "hub.push=true",
+                                     "hub.model_id=someone/silent", "hub.timeout=1", "hub.retries=1"),
             env={"HF_ENDPOINT": endpoint, "HF_TOKEN": "hf_dummy_token_for_tests", "HF_HUB_OFFLINE": "0"}, timeout=240,
         )
     finally:
@@ -384,22 +384,22 @@ def test_a_hub_that_never_answers_fails_within_a_bounded_time(tmp_path, corpus):
 
 
 BAD_VALUES = {
-    "max_steps=0": "max_steps must be > 0, got 0",
-    "max_steps=-5": "max_steps must be > 0, got -5",
-    "global_batch_size=0": "global_batch_size must be > 0, got 0",
-    "micro_batch_size=0": "micro_batch_size must be > 0, got 0",
-    "save_every=0": "save_every must be > 0, got 0",
-    "eval_every=0": "eval_every must be > 0, got 0",
-    "learning_rate=-1": "learning_rate must be > 0, got -1.0",
+    "train.max_steps=0": "train.max_steps must be > 0, got 0",
+    "train.max_steps=-5": "train.max_steps must be > 0, got -5",
+    "train.global_batch_size=0": "train.global_batch_size must be > 0, got 0",
+    "impl.micro_batch_size=0": "impl.micro_batch_size must be > 0, got 0",
+    "save.every=0": "save.every must be > 0, got 0",
+    "eval.every=0": "eval.every must be > 0, got 0",
+    "optim.learning_rate=-1": "optim.learning_rate must be > 0, got -1.0",
     "mlm.mlm_probability=1.5": "mlm.mlm_probability must be in (0, 1), got 1.5",
-    "hub_retries=-1": "hub_retries must be >= 0, got -1",
+    "hub.retries=-1": "hub.retries must be >= 0, got -1",
 }
 
 
 @pytest.mark.parametrize("override", list(BAD_VALUES))
 def test_bad_value_gets_one_line_and_exit_2(tmp_path, corpus, override):
     out = tmp_path / "run"
-    proc = run_recipe("pretrain_mlm.py", *args(corpus, out, "max_steps=4", override))
+    proc = run_recipe("pretrain_mlm.py", *args(corpus, out, "train.max_steps=4", override))
     assert_one_line_exit(proc, 2, rf"^error: {re.escape(BAD_VALUES[override])}$")
     assert not (out / "model.safetensors").exists()
 
@@ -429,5 +429,5 @@ def _bad_files(tmp: Path) -> dict[str, tuple[list[str], str]]:
                                   "stream shorter than the hold-out"])
 def test_bad_file_gets_one_line_and_exit_2(tmp_path, corpus, case):
     extra, says = _bad_files(tmp_path)[case]
-    proc = run_recipe("pretrain_mlm.py", *args(corpus, tmp_path / "run", "max_steps=4"), *extra)
+    proc = run_recipe("pretrain_mlm.py", *args(corpus, tmp_path / "run", "train.max_steps=4"), *extra)
     assert_one_line_exit(proc, 2, rf"^error: .*{says}")

@@ -227,8 +227,8 @@ def test_contrastive_finetuning_with_the_aux_loss_resumes_exactly_and_pipeline_p
     pool = write_jsonl(tmp_path / "pool.jsonl", topic_rows(150, seed=1))
     test = write_jsonl(tmp_path / "test.jsonl", topic_rows(60, seed=2))
     args = [f"model.name_or_path={checkpoint}", f"data.train_file={pool}", f"data.test_file={test}", "data.k_per_class=8",
-            "data.validation_per_class=6", "max_steps=40", "eval_every=8", "save_every=8", "global_batch_size=8",
-            "learning_rate=3e-3", "progress_bar=false", "finetune.mode=contrastive", "finetune.aux_lm=mlm",
+            "data.validation_per_class=6", "train.max_steps=40", "eval.every=8", "save.every=8", "train.global_batch_size=8",
+            "optim.learning_rate=3e-3", "log.progress_bar=false", "finetune.mode=contrastive", "finetune.aux_lm=mlm",
             "finetune.aux_weight=0.5"]
 
     straight = _cli(tmp_path, *args, "output_dir=straight")

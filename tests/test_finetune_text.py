@@ -197,8 +197,9 @@ def assert_nothing_trained(out):
     """The run stopped before training: no model, no results (the trainer may leave a run lock)."""
     assert not (out / "all_results.json").exists() and not list(out.glob("**/*.safetensors"))
 
-TINY = ["max_steps=6", "eval_every=3", "log_every=2", "micro_batch_size=8", "global_batch_size=8", "eval_batch_size=32",
-        "data.validation_per_class=2", "data.max_length=48", "progress_bar=false"]
+TINY = ["train.max_steps=6", "eval.every=3", "log.every=2", "impl.micro_batch_size=8", "train.global_batch_size=8",
+        "eval.batch_size=32",
+        "data.validation_per_class=2", "data.max_length=48", "log.progress_bar=false"]
 CLASSES = ("People", "Geography", "Mathematics")
 
 
@@ -206,9 +207,9 @@ CLASSES = ("People", "Geography", "Mathematics")
 def pretrained_mlm(tmp_path_factory, wiki_jsonl):
     out = tmp_path_factory.mktemp("pretrained") / "mlm"
     proc = run_recipe(
-        "pretrain_mlm.py", f"data.train_file={wiki_jsonl}", f"output_dir={out}", "data.block_size=64", "micro_batch_size=8",
-        "global_batch_size=8", "eval_every=6", "tokenizer.vocab_size=2000", "progress_bar=false", "max_steps=6",
-        "data.validation_split=0.1", "report_to=[]", env=ENV,
+        "pretrain_mlm.py", f"data.train_file={wiki_jsonl}", f"output_dir={out}", "data.block_size=64", "impl.micro_batch_size=8",
+        "train.global_batch_size=8", "eval.every=6", "tokenizer.vocab_size=2000", "log.progress_bar=false", "train.max_steps=6",
+        "data.validation_split=0.1", "log.report_to=[]", env=ENV,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
@@ -239,7 +240,7 @@ def data_args(files):
 def test_recipe_transfers_encoder_and_saves_a_pipeline_ready_classifier(tmp_path, pretrained_mlm, topic_files):
     out = tmp_path / "cls"
     proc = run_recipe("finetune_text.py", f"model.name_or_path={pretrained_mlm}", f"output_dir={out}", *data_args(topic_files),
-                      *TINY, "data.k_per_class=8", "learning_rate=1.0e-5", "finetune.aux_lm=auto", env=ENV)
+                      *TINY, "data.k_per_class=8", "optim.learning_rate=1.0e-5", "finetune.aux_lm=auto", env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     assert results["aux_lm"] == "mlm" and results["train_examples"] == 24 and results["test_examples"] == 15
@@ -330,7 +331,7 @@ def test_study_smoke_writes_table_plot_and_curves(tmp_path, pretrained_mlm, topi
     from nlp_ssl.finetune_text import FinetuneTextConfig, load_splits, split_pool
 
     out = tmp_path / "study"
-    args = [*data_args(topic_files), *TINY, "max_steps=4", "eval_every=2"]
+    args = [*data_args(topic_files), *TINY, "train.max_steps=4", "eval.every=2"]
     proc = run_recipe("study_text.py", f"pretrained={pretrained_mlm}", f"output_dir={out}", "k_per_class=[4]", "seeds=[0]",
                       "methods=[scratch,pretrained_aux,tfidf]", "finetune_args=[" + ",".join(args) + "]", env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -180,8 +180,9 @@ def tiny_checkpoint(tmp_path_factory):
     return folder
 
 
-QUICK = ["glue.epochs=null", "max_steps=4", "eval_every=2", "micro_batch_size=8", "global_batch_size=8", "eval_batch_size=32",
-         "data.validation_per_class=2", "data.max_length=32", "progress_bar=false", "log_every=2", "learning_rate=1e-3"]
+QUICK = ["glue.epochs=null", "train.max_steps=4", "eval.every=2", "impl.micro_batch_size=8", "train.global_batch_size=8",
+         "eval.batch_size=32",
+         "data.validation_per_class=2", "data.max_length=32", "log.progress_bar=false", "log.every=2", "optim.learning_rate=1e-3"]
 
 
 def check_summary(out, tasks, skipped=()):
@@ -215,7 +216,7 @@ def test_glue_end_to_end_on_the_classic_layout(tmp_path, tiny_checkpoint):
     data = write_classic(tmp_path / "glue_data", ALL)
     out = tmp_path / "out"
     proc = run_recipe("glue.py", f"model.name_or_path={tiny_checkpoint}", f"glue.data_dir={data}", f"output_dir={out}",
-                      f"glue.tasks=[{','.join(ALL)}]", *QUICK, "glue.task_overrides={rte: [max_steps=2]}", env=ENV)
+                      f"glue.tasks=[{','.join(ALL)}]", *QUICK, "glue.task_overrides={rte: [train.max_steps=2]}", env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = check_summary(out, ALL)
     assert json.loads((out / "rte" / "seed42" / "all_results.json").read_text())["steps"] == 2

@@ -56,7 +56,7 @@ def digests(path: Path) -> dict[str, str]:
 
 
 def pusher(tmp_path, strategy="end", model_id=f"{USER}/run", **config) -> HubPusher:
-    cfg = HubConfig(push_to_hub=True, hub_model_id=model_id, hub_strategy=strategy, **config)
+    cfg = HubConfig(push=True, model_id=model_id, strategy=strategy, **config)
     return HubPusher(cfg, tmp_path / "out", retries=3, backoff=0.01)
 
 
@@ -127,7 +127,7 @@ def test_transformers_push_to_hub_then_from_pretrained(hub, tmp_path):
 def test_on_end_pushes_outputs_that_from_pretrained_loads(hub, tmp_path):
     from transformers import AutoModel
 
-    p = pusher(tmp_path, hub_private=True)
+    p = pusher(tmp_path, private=True)
     out = tmp_path / "out"
     model = tiny_bert()
     model.save_pretrained(out)
@@ -188,7 +188,7 @@ def test_every_save_pushes_the_model_only_and_end_strategy_pushes_nothing_on_sav
     assert files["model.safetensors"] == (ckpt / "model.safetensors").read_bytes()
     assert not any(k.startswith("checkpoints/") or k == "optimizer.bin" for k in files)
 
-    end = HubPusher(HubConfig(push_to_hub=True, hub_model_id=f"{USER}/quiet"), tmp_path / "out", backoff=0.01)
+    end = HubPusher(HubConfig(push=True, model_id=f"{USER}/quiet"), tmp_path / "out", backoff=0.01)
     end.start()
     assert end.on_save(ckpt, 5) is None
     assert sorted(hub.files(f"{USER}/quiet")) == [".gitattributes"]
@@ -219,7 +219,7 @@ def test_queued_checkpoint_is_superseded_and_pushes_a_snapshot(hub, tmp_path):
 
 
 def test_revision_goes_to_a_branch(hub, tmp_path):
-    p = pusher(tmp_path, hub_revision="dev")
+    p = pusher(tmp_path, revision="dev")
     out = tmp_path / "out"
     tiny_bert().save_pretrained(out)
     p.start()
@@ -292,7 +292,7 @@ def test_token_never_leaks_into_logs_files_or_other_requests(hub, tmp_path, capl
     caplog.set_level(logging.DEBUG)
     for name in ("huggingface_hub", "nlp_ssl", "transformers"):
         caplog.set_level(logging.DEBUG, logger=name)
-    config = HubConfig(push_to_hub=True, hub_model_id=f"{USER}/run", hub_strategy="checkpoint")  # token: HF_TOKEN
+    config = HubConfig(push=True, model_id=f"{USER}/run", strategy="checkpoint")  # token: HF_TOKEN
     out = tmp_path / "out"
     tiny_bert().save_pretrained(out)
     p = HubPusher(config, out, retries=1, backoff=0.01)
@@ -334,11 +334,11 @@ def test_disabled_pusher_and_bad_config(hub, tmp_path, monkeypatch):
     off = HubPusher(HubConfig(), tmp_path / "out")
     assert off.start() is None and off.on_end(tmp_path) is None and off.wait().pushed == []
     assert hub.requests == []
-    with pytest.raises(ConfigError, match="hub_model_id 'a/b/c' is not a valid repo id"):
-        HubPusher(HubConfig(push_to_hub=True, hub_model_id="a/b/c"), tmp_path)
-    with pytest.raises(ConfigError, match="hub_strategy 'often'"):
-        HubPusher(HubConfig(push_to_hub=True, hub_strategy="often"), tmp_path)
-    default_name = HubPusher(HubConfig(push_to_hub=True), tmp_path / "my-run", backoff=0.01)
+    with pytest.raises(ConfigError, match="hub.model_id 'a/b/c' is not a valid repo id"):
+        HubPusher(HubConfig(push=True, model_id="a/b/c"), tmp_path)
+    with pytest.raises(ConfigError, match="hub.strategy 'often'"):
+        HubPusher(HubConfig(push=True, strategy="often"), tmp_path)
+    default_name = HubPusher(HubConfig(push=True), tmp_path / "my-run", backoff=0.01)
     assert default_name.start() == f"{USER}/my-run"
     with pytest.raises(HubError, match="no Hugging Face token found: set HF_TOKEN"):
         monkeypatch.delenv("HF_TOKEN")
@@ -352,7 +352,7 @@ def test_resume_specs(hub, tmp_path, monkeypatch):
     assert resolve_hub_resume(None, tmp_path) is None
     assert resolve_hub_resume("auto", tmp_path) is None
     assert resolve_hub_resume(str(tmp_path), tmp_path) is None
-    with pytest.raises(ConfigError, match="resume=hub needs hub_model_id"):
+    with pytest.raises(ConfigError, match="resume=hub needs hub.model_id"):
         resolve_hub_resume("hub", tmp_path, HubConfig())
     with pytest.raises(ConfigError, match="model repo"):
         resolve_hub_resume(f"hf://datasets/{USER}/d", tmp_path)
@@ -360,7 +360,7 @@ def test_resume_specs(hub, tmp_path, monkeypatch):
         resolve_hub_resume(f"hf://{USER}/nothing", tmp_path)
     hub.create_repo(f"{USER}/fresh")
     with pytest.raises(HubCheckpointMissing, match=f"has no {CHECKPOINT_PATH}/"):
-        resolve_hub_resume("hub", tmp_path, HubConfig(hub_model_id="fresh"))  # namespace from whoami
+        resolve_hub_resume("hub", tmp_path, HubConfig(model_id="fresh"))  # namespace from whoami
     with pytest.raises(HubCheckpointMissing, match=f"has no {CHECKPOINT_PATH}/"):
         resolve_hub_resume(f"hf://{USER}/fresh", tmp_path)
 

@@ -30,8 +30,8 @@ from tests.hub_server import TOKEN, USER, hub  # noqa: F401 - `hub` is the fixtu
 pytestmark = pytest.mark.slow
 
 SMALL = [
-    "data.block_size=64", "micro_batch_size=8", "global_batch_size=8", "log_every=2", "eval_batches=2",
-    "tokenizer.vocab_size=2000", "progress_bar=false", "data.validation_split=0.1",
+    "data.block_size=64", "impl.micro_batch_size=8", "train.global_batch_size=8", "log.every=2", "eval.batches=2",
+    "tokenizer.vocab_size=2000", "log.progress_bar=false", "data.validation_split=0.1",
 ]
 
 
@@ -48,7 +48,7 @@ def hub_env(hub, tmp_path, token: str | None = TOKEN) -> dict[str, str]:
 
 
 def push_args(repo: str, strategy: str = "end") -> list[str]:
-    return ["push_to_hub=true", f"hub_model_id={USER}/{repo}", f"hub_strategy={strategy}"]
+    return ["hub.push=true", f"hub.model_id={USER}/{repo}", f"hub.strategy={strategy}"]
 
 
 def local_files(folder: Path, skip: tuple[str, ...] = ("checkpoints",)) -> dict[str, bytes]:
@@ -83,7 +83,7 @@ def test_pretrain_push_then_from_pretrained_gives_the_local_weights(hub, tmp_pat
     from transformers import AutoModelForMaskedLM, pipeline
 
     out = tmp_path / "run"
-    proc = run_recipe("pretrain_mlm.py", *mlm_args(wiki_jsonl, out, "max_steps=4", "eval_every=2", "save_every=2"),
+    proc = run_recipe("pretrain_mlm.py", *mlm_args(wiki_jsonl, out, "train.max_steps=4", "eval.every=2", "save.every=2"),
                       *push_args("mlm-end"), env=hub_env(hub, tmp_path))
     ok(proc)
     assert list((out / "checkpoints").glob("step_*")), "the run should have made local checkpoints"
@@ -118,7 +118,7 @@ def test_pretrain_push_then_from_pretrained_gives_the_local_weights(hub, tmp_pat
 
 # ---------------------------------------------------------------------- 2. kill, lose the disk, resume from the Hub
 def test_resume_from_hub_after_kill_and_lost_output_gives_identical_weights(hub, tmp_path, wiki_jsonl):
-    steps = ["max_steps=8", "save_every=4", "eval_every=4"]
+    steps = ["train.max_steps=8", "save.every=4", "eval.every=4"]
     straight = tmp_path / "straight"
     ok(run_recipe("pretrain_mlm.py", *mlm_args(wiki_jsonl, straight, *steps)))
 
@@ -173,7 +173,7 @@ def test_resume_from_hub_after_kill_and_lost_output_gives_identical_weights(hub,
 def test_two_server_errors_on_commit_still_end_in_a_complete_push(hub, tmp_path, wiki_jsonl):
     hub.fail_next(2, 500, routes=("commit",))
     out = tmp_path / "run"
-    proc = run_recipe("pretrain_mlm.py", *mlm_args(wiki_jsonl, out, "max_steps=2", "eval_every=2", "save_every=100"),
+    proc = run_recipe("pretrain_mlm.py", *mlm_args(wiki_jsonl, out, "train.max_steps=2", "eval.every=2", "save.every=100"),
                       *push_args("flaky"), env=hub_env(hub, tmp_path))
     ok(proc)
     assert [r.status for r in hub.requests_to(f"/api/models/{USER}/flaky/commit/")] == [500, 500, 200]
@@ -187,13 +187,13 @@ def test_two_server_errors_on_commit_still_end_in_a_complete_push(hub, tmp_path,
 # ---------------------------------------------------------------------- 4. bad credentials
 def test_unauthorized_push_fails_before_training_with_one_line_and_leaves_outputs_intact(hub, tmp_path, wiki_jsonl):
     out = tmp_path / "run"
-    ok(run_recipe("pretrain_mlm.py", *mlm_args(wiki_jsonl, out, "max_steps=2", "eval_every=2", "save_every=100")))
+    ok(run_recipe("pretrain_mlm.py", *mlm_args(wiki_jsonl, out, "train.max_steps=2", "eval.every=2", "save.every=100")))
     # Each attempt takes the lock and records its status; the outputs of the earlier run must stay.
     before = {k: v for k, v in digests(out, skip=("logs",)).items() if k not in (".lock", "run_status.json")}
     assert {"model.safetensors", "config.json", "tokenizer.json", "all_results.json"} <= set(before)
 
     hub.require_token("hf_someoneelse")
-    args = mlm_args(wiki_jsonl, out, "max_steps=4", "eval_every=2", "save_every=2")
+    args = mlm_args(wiki_jsonl, out, "train.max_steps=4", "eval.every=2", "save.every=2")
     proc = run_recipe("pretrain_mlm.py", *args, *push_args("denied"), env=hub_env(hub, tmp_path))
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
@@ -221,7 +221,7 @@ def test_token_appears_in_no_log_or_file_through_a_push_and_a_hub_resume(hub, tm
     hub.fail_next(1, 503, routes=("create",))  # a retry: its warning names the URL and the repo
     hub.fail_next(1, 500, routes=("preupload",))
     env = {**hub_env(hub, tmp_path), "HF_HUB_VERBOSITY": "debug"}
-    args = ["max_steps=4", "eval_every=2", "save_every=2", *push_args("secret", "checkpoint")]
+    args = ["train.max_steps=4", "eval.every=2", "save.every=2", *push_args("secret", "checkpoint")]
     first, resumed = tmp_path / "first", tmp_path / "resumed"
     procs = [run_recipe("pretrain_mlm.py", *mlm_args(wiki_jsonl, first, *args), env=env)]
     ok(procs[0])
@@ -271,15 +271,15 @@ def test_finetuned_classifier_round_trips_through_the_hub(hub, tmp_path, wiki_js
     from transformers import AutoModelForSequenceClassification, pipeline
 
     mlm = tmp_path / "mlm"
-    ok(run_recipe("pretrain_mlm.py", *mlm_args(wiki_jsonl, mlm, "max_steps=2", "eval_every=2", "save_every=100")))
+    ok(run_recipe("pretrain_mlm.py", *mlm_args(wiki_jsonl, mlm, "train.max_steps=2", "eval.every=2", "save.every=100")))
     pool = write_jsonl(tmp_path / "pool.jsonl", labelled_rows(20, seed=0))
     test = write_jsonl(tmp_path / "test.jsonl", labelled_rows(6, seed=1))
     out = tmp_path / "cls"
     proc = run_recipe(
         "finetune_text.py", f"model.name_or_path={mlm}", f"data.train_file={pool}", f"data.test_file={test}",
         "data.k_per_class=8", "data.validation_per_class=4", "data.max_length=32", f"output_dir={out}",
-        "max_steps=4", "eval_every=2", "log_every=2", "micro_batch_size=8", "global_batch_size=8",
-        "eval_batch_size=8", "progress_bar=false", *push_args("cls"), env=hub_env(hub, tmp_path),
+        "train.max_steps=4", "eval.every=2", "log.every=2", "impl.micro_batch_size=8", "train.global_batch_size=8",
+        "eval.batch_size=8", "log.progress_bar=false", *push_args("cls"), env=hub_env(hub, tmp_path),
     )
     ok(proc)
     files = hub.files(f"{USER}/cls")

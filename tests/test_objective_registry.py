@@ -99,9 +99,9 @@ def test_the_dispatch_check_can_fail():
 # ------------------------------------------------------------------------- your own objective, end to end
 
 
-SMALL = ["data.block_size=32", "micro_batch_size=8", "global_batch_size=8", "log_every=1", "eval_every=1",
-         "tokenizer.vocab_size=500", "progress_bar=false", "data.validation_split=0.1", "report_to=[]", "save_every=100",
-         "max_steps=12", "data.max_train_documents=60", "objective=replaced_tokens.py", "objective_args.replace_prob=0.2"]
+SMALL = ["data.block_size=32", "impl.micro_batch_size=8", "train.global_batch_size=8", "log.every=1", "eval.every=1",
+         "tokenizer.vocab_size=500", "log.progress_bar=false", "data.validation_split=0.1", "log.report_to=[]", "save.every=100",
+         "train.max_steps=12", "data.max_train_documents=60", "objective=replaced_tokens.py", "objective_args.replace_prob=0.2"]
 
 
 def _nlp_ssl(cwd: Path, *args: str) -> subprocess.Popen:

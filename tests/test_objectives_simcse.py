@@ -159,8 +159,8 @@ def test_the_registry_builds_a_bare_encoder_whose_every_weight_learns(tmp_path, 
 # ------------------------------------------------------------------------------- the CLI, end to end
 
 
-SMALL = ["data.block_size=24", "global_batch_size=8", "eval_batch_size=8", "log_every=1", "eval_every=3",
-         "save_every=3", "max_steps=8", "progress_bar=false", "report_to=[]", "data.validation_split=0.1"]
+SMALL = ["data.block_size=24", "train.global_batch_size=8", "eval.batch_size=8", "log.every=1", "eval.every=3",
+         "save.every=3", "train.max_steps=8", "log.progress_bar=false", "log.report_to=[]", "data.validation_split=0.1"]
 
 
 def _cli(cwd: Path, recipe: str, *args: str) -> subprocess.Popen:
@@ -196,7 +196,7 @@ def test_simcse_continues_a_bare_encoder_from_the_cli_resumes_exactly_and_fine_t
     tokenizer.save_pretrained(checkpoint)
     corpus = write_jsonl(tmp_path / "texts.jsonl", [{"text": t} for t in toy_texts(120, seed=5)])
     args = ["--config", "pretrain_mlm_simcse.yaml", f"model.name_or_path={checkpoint}", f"data.train_file={corpus}", *SMALL,
-            "learning_rate=5e-4"]
+            "optim.learning_rate=5e-4"]
 
     straight = _cli(tmp_path, "pretrain_mlm", *args, "output_dir=straight")
     log = straight.communicate(timeout=600)[0]
@@ -220,8 +220,9 @@ def test_simcse_continues_a_bare_encoder_from_the_cli_resumes_exactly_and_fine_t
     rows = [{"text": t, "label": ["short", "long"][len(t.split()) > 20]} for t in toy_texts(80, seed=6)]
     pool = write_jsonl(tmp_path / "pool.jsonl", rows)
     finetune = _cli(tmp_path, "finetune_text", f"model.name_or_path={tmp_path / 'straight'}", f"data.train_file={pool}",
-                    "data.k_per_class=8", "data.validation_per_class=4", "max_steps=3", "eval_every=3", "global_batch_size=8",
-                    "progress_bar=false", "output_dir=classifier")
+                    "data.k_per_class=8", "data.validation_per_class=4", "train.max_steps=3", "eval.every=3",
+                    "train.global_batch_size=8",
+                    "log.progress_bar=false", "output_dir=classifier")
     log = finetune.communicate(timeout=600)[0]
     assert finetune.returncode == 0, log[-3000:]
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "classifier").config.num_labels == 2

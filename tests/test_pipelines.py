@@ -14,8 +14,8 @@ from tests.helpers import run_recipe, toy_texts
 
 pytestmark = pytest.mark.slow
 
-QUICK = ["max_steps=2", "eval_every=2", "save_every=100", "log_every=1", "progress_bar=false", "report_to=[]",
-         "micro_batch_size=8", "global_batch_size=8"]
+QUICK = ["train.max_steps=2", "eval.every=2", "save.every=100", "log.every=1", "log.progress_bar=false", "log.report_to=[]",
+         "impl.micro_batch_size=8", "train.global_batch_size=8"]
 TINY_TEXT = ["data.block_size=32", "tokenizer.vocab_size=600", "data.validation_split=0.1", "data.max_train_documents=64"]
 TINY_BERT = "model.config_overrides={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}"
 TINY_GPT2 = "model.config_overrides={n_embd: 32, n_layer: 1, n_head: 2, n_inner: 64}"
@@ -80,7 +80,7 @@ def vision_checkpoint(request, tmp_path_factory):
     channels = request.param
     out = train("finetune_vision.py", tmp_path_factory.mktemp(f"vit{channels}") / "run", TINY_VIT,
                 f"image.num_channels={channels}", "data.k_per_class=2", "data.validation_per_class=1",
-                "data.max_test_images=20", "eval_batch_size=20", "load_best_at_end=false")
+                "data.max_test_images=20", "eval.batch_size=20", "eval.load_best_at_end=false")
     return out, channels
 
 

@@ -26,10 +26,10 @@ pytestmark = pytest.mark.slow
 #: Pinned at commit 93353ab (before the recipes moved into the library).
 STEPS = 3
 COMMON = [
-    "progress_bar=false", "log_every=1", "save_every=100", "eval_every=100", "eval_batches=1", "report_to=[]",
-    "warmup_ratio=0.0", "learning_rate=0.003", f"max_steps={STEPS}", "seed=0",
+    "log.progress_bar=false", "log.every=1", "save.every=100", "eval.every=100", "eval.batches=1", "log.report_to=[]",
+    "optim.warmup_ratio=0.0", "optim.learning_rate=0.003", f"train.max_steps={STEPS}", "seed=0",
 ]
-TEXT = ["data.validation_split=0.1", "micro_batch_size=8", "global_batch_size=8"]
+TEXT = ["data.validation_split=0.1", "impl.micro_batch_size=8", "train.global_batch_size=8"]
 TOKENIZERS = ROOT / "tests" / "data" / "tokenizers"
 WORDPIECE = f"tokenizer.name_or_path={TOKENIZERS / 'wordpiece'}"
 #: Recipe, its arguments, and whether it trains on the ``wiki_jsonl`` fixture (600 built-in documents).
@@ -41,18 +41,19 @@ RUNS = {
                                       WORDPIECE], True),
     "bert_sop": ("pretrain_bert.py", [*TEXT, "bert.sop=true", "data.max_seq_length=64", "data.dupe_factor=1",
                                       "data.max_train_documents=200", WORDPIECE], True),
-    "xlm": ("pretrain_xlm.py", ["micro_batch_size=8", "global_batch_size=8", "data.max_length=48", "data.max_documents=200",
+    "xlm": ("pretrain_xlm.py", ["impl.micro_batch_size=8", "train.global_batch_size=8", "data.max_length=48",
+                                "data.max_documents=200",
                                 f"tokenizer.name_or_path={TOKENIZERS / 'bpe'}"], False),
     "vit_rotation": ("pretrain_vit.py", ["objective=rotation", "data.max_train_images=256", "data.validation_images=32",
-                                         "micro_batch_size=16", "global_batch_size=16"], False),
+                                         "impl.micro_batch_size=16", "train.global_batch_size=16"], False),
     "vit_simmim": ("pretrain_vit.py", ["objective=mim", "data.max_train_images=256", "data.validation_images=32",
-                                       "micro_batch_size=16", "global_batch_size=16"], False),
+                                       "impl.micro_batch_size=16", "train.global_batch_size=16"], False),
     "vit_simclr": ("pretrain_vit.py", [f"--config={ROOT / 'recipes' / 'configs' / 'pretrain_vit_simclr.yaml'}",
-                                       "data.max_train_images=256", "data.validation_images=32", "micro_batch_size=16",
-                                       "global_batch_size=16", "eval_batch_size=16"], False),
+                                       "data.max_train_images=256", "data.validation_images=32", "impl.micro_batch_size=16",
+                                       "train.global_batch_size=16", "eval.batch_size=16"], False),
     "vit_jigsaw": ("pretrain_vit.py", [f"--config={ROOT / 'recipes' / 'configs' / 'pretrain_vit_jigsaw.yaml'}",
-                                       "data.max_train_images=256", "data.validation_images=32", "micro_batch_size=16",
-                                       "global_batch_size=16"], False),
+                                       "data.max_train_images=256", "data.validation_images=32", "impl.micro_batch_size=16",
+                                       "train.global_batch_size=16"], False),
 }
 
 #: name -> one dict per logged step: every ``train_*loss`` value in the history.

@@ -15,8 +15,8 @@ from tests.helpers import ROOT, run_recipe
 pytestmark = pytest.mark.slow
 
 SMALL = [
-    "data.block_size=64", "micro_batch_size=8", "global_batch_size=8", "eval_every=6", "log_every=2",
-    "tokenizer.vocab_size=2000", "progress_bar=false", "data.validation_split=0.1",
+    "data.block_size=64", "impl.micro_batch_size=8", "train.global_batch_size=8", "eval.every=6", "log.every=2",
+    "tokenizer.vocab_size=2000", "log.progress_bar=false", "data.validation_split=0.1",
 ]
 #: The default architecture (ModernBERT) and classic post-LN BERT.
 ARCHS = {
@@ -36,7 +36,7 @@ def weights(folder):
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_recipe_checkpoint_loads_in_fill_mask_pipeline(tmp_path, wiki_jsonl, arch):
     out = tmp_path / "run"
-    proc = run_recipe("pretrain_mlm.py", *small_run(wiki_jsonl, out, "max_steps=12", "save_every=6", *ARCHS[arch]))
+    proc = run_recipe("pretrain_mlm.py", *small_run(wiki_jsonl, out, "train.max_steps=12", "save.every=6", *ARCHS[arch]))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     assert results["steps"] == 12 and results["eval_loss"] < 9.0
@@ -75,7 +75,7 @@ def test_recipe_checkpoint_loads_in_fill_mask_pipeline(tmp_path, wiki_jsonl, arc
 
 def test_resume_after_kill_gives_identical_weights(tmp_path, wiki_jsonl):
     # 40 documents make a few batches an epoch: the runs cross epoch boundaries, before and after the kill.
-    args = ["max_steps=16", "save_every=4", "save_total_limit=2", "data.max_train_documents=40"]
+    args = ["train.max_steps=16", "save.every=4", "save.total_limit=2", "data.max_train_documents=40"]
     straight = tmp_path / "straight"
     proc = run_recipe("pretrain_mlm.py", *small_run(wiki_jsonl, straight, *args))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -106,7 +106,7 @@ def test_resume_after_kill_gives_identical_weights(tmp_path, wiki_jsonl):
 
 
 def test_two_process_ddp_matches_one_process(tmp_path, wiki_jsonl):
-    args = ["max_steps=6", "save_every=100", "global_batch_size=16", "micro_batch_size=8"]
+    args = ["train.max_steps=6", "save.every=100", "train.global_batch_size=16", "impl.micro_batch_size=8"]
     one = tmp_path / "one"
     proc = run_recipe("pretrain_mlm.py", *small_run(wiki_jsonl, one, *args))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -174,7 +174,8 @@ def test_bad_input_fails_with_one_clear_line(tmp_path, wiki_jsonl, case, expecte
         tok = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())
         tok["added_tokens"] = [t for t in tok["added_tokens"] if t["content"] != "<mask>"]
         (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps(tok))
-    proc = run_recipe("pretrain_mlm.py", f"data.train_file={path}", f"output_dir={tmp_path}/out", *SMALL, "max_steps=2", *extra)
+    proc = run_recipe("pretrain_mlm.py", f"data.train_file={path}", f"output_dir={tmp_path}/out", *SMALL, "train.max_steps=2",
+                      *extra)
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected.format(path=path, tmp=tmp_path) in last, last

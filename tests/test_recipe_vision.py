@@ -12,18 +12,19 @@ import torch
 import yaml
 
 from nlp_ssl import checkpointing
+from nlp_ssl.config import build_config
 from tests.helpers import run_recipe
 
 pytestmark = pytest.mark.slow
 
 TINY_VIT = "model.config_overrides={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}"
 PRETRAIN = [
-    "data.max_train_images=512", "data.validation_images=64", "micro_batch_size=16", "global_batch_size=16",
-    "max_steps=6", "eval_every=3", "save_every=3", "log_every=1", "progress_bar=false", TINY_VIT,
+    "data.max_train_images=512", "data.validation_images=64", "impl.micro_batch_size=16", "train.global_batch_size=16",
+    "train.max_steps=6", "eval.every=3", "save.every=3", "log.every=1", "log.progress_bar=false", TINY_VIT,
 ]
 FINETUNE = [
-    "data.k_per_class=4", "data.validation_per_class=2", "data.max_test_images=200", "micro_batch_size=20",
-    "global_batch_size=20", "max_steps=6", "eval_every=2", "save_every=3", "log_every=1", "progress_bar=false",
+    "data.k_per_class=4", "data.validation_per_class=2", "data.max_test_images=200", "impl.micro_batch_size=20",
+    "train.global_batch_size=20", "train.max_steps=6", "eval.every=2", "save.every=3", "log.every=1", "log.progress_bar=false",
 ]
 
 
@@ -262,7 +263,7 @@ def test_study_smoke_runs_the_protocol_and_report_only_rebuilds_it(tmp_path, rot
     shutil.copytree(rotation_run, checkpoint)
     results_file = checkpoint / "all_results.json"
     results_file.write_text(json.dumps({**json.loads(results_file.read_text()), "train_runtime_s": 2.0}))
-    finetune = "[" + ", ".join([*FINETUNE[1:], "report_to=none"]) + "]"  # k comes from the study
+    finetune = "[" + ", ".join([*FINETUNE[1:], "log.report_to=none"]) + "]"  # k comes from the study
     args = [
         f"output_dir={out}", f"checkpoints.rotation={checkpoint}", "k_per_class=[2]", "seeds=[0]", "k_seeds={}",
         "k_args={}", "methods=[scratch, scratch_aux, pixels_logreg, pixels_knn, probe_rotation_cls]",
@@ -318,7 +319,7 @@ def test_the_shipped_study_config_passes_the_protocol_checks(tmp_path):
     method was dropped from ``methods`` once stopped the real study at k=100, hours in)."""
     proc = run_recipe("study_vision.py", f"output_dir={tmp_path}", "report_only=true")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "- k=100 also: `max_steps=4000`" in (tmp_path / "results.md").read_text()  # the report of no runs yet
+    assert "- k=100 also: `train.max_steps=4000`" in (tmp_path / "results.md").read_text()  # the report of no runs yet
 
 
 def test_load_best_restores_every_vit_tensor(tmp_path):
@@ -335,7 +336,10 @@ def test_load_best_restores_every_vit_tensor(tmp_path):
         intermediate_size=32, num_labels=10,
     ))
     data = load_digits_dataset().select(range(16))
-    config = TrainConfig(output_dir=str(tmp_path), micro_batch_size=8, global_batch_size=8, report_to=[], progress_bar=False)
+    config = build_config(TrainConfig, {
+        "output_dir": str(tmp_path), "impl.micro_batch_size": 8, "train.global_batch_size": 8, "log.report_to": [],
+        "log.progress_bar": False,
+    })
     trainer = Trainer(config, ImageClassificationTask(model), data, ImageClassificationCollator(8, num_channels=1))
     best = {k: v.clone() for k, v in model.state_dict().items()}
     trainer._save_model(tmp_path / "best_model")

@@ -18,8 +18,8 @@ from tests.helpers import ROOT
 pytestmark = pytest.mark.slow
 
 TINY_VIT = "model.config_overrides={hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}"
-SMALL = ["data.max_train_images=192", "data.validation_images=32", "global_batch_size=16", "eval_batch_size=16",
-         "log_every=1", "progress_bar=false", "report_to=[]", TINY_VIT]
+SMALL = ["data.max_train_images=192", "data.validation_images=32", "train.global_batch_size=16", "eval.batch_size=16",
+         "log.every=1", "log.progress_bar=false", "log.report_to=[]", TINY_VIT]
 DDP = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
        "--mixed_precision", "no", "--dynamo_backend", "no"]
 
@@ -50,7 +50,7 @@ def history(out) -> list[dict]:
 @pytest.fixture(scope="module")
 def simclr_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("simclr") / "run"
-    run("pretrain_vit_simclr", out, "max_steps=4", "eval_every=2", "save_every=2")
+    run("pretrain_vit_simclr", out, "train.max_steps=4", "eval.every=2", "save.every=2")
     return out
 
 
@@ -80,8 +80,8 @@ def test_finetune_vision_takes_the_encoder_of_both_checkpoints(tmp_path, simclr_
     checkpoint = simclr_run if config == "simclr" else jigsaw_run
     out = tmp_path / "ft"
     args = [f"model.name_or_path={checkpoint}", f"output_dir={out}", "data.k_per_class=2", "data.validation_per_class=1",
-            "data.max_test_images=50", "max_steps=2", "eval_every=2", "save_every=100", "global_batch_size=20",
-            "micro_batch_size=20", "progress_bar=false", "report_to=[]"]
+            "data.max_test_images=50", "train.max_steps=2", "eval.every=2", "save.every=100", "train.global_batch_size=20",
+            "impl.micro_batch_size=20", "log.progress_bar=false", "log.report_to=[]"]
     proc = subprocess.run([sys.executable, "-m", "nlp_ssl", "run", "finetune_vision", *args], capture_output=True,
                           text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -101,7 +101,7 @@ def test_micle_pairs_images_of_one_case_and_a_frozen_patch_projection_stays_put(
     cases.save_to_disk(str(source))
     out = tmp_path / "micle"
     run("pretrain_vit_simclr", out, f"data.source={source}", "simclr.group_column=case", "simclr.freeze_patch_projection=true",
-        "max_steps=3", "eval_every=3", "save_every=2")
+        "train.max_steps=3", "eval.every=3", "save.every=2")
     assert "two images of one 'case' group (MICLe)" in (out / "README.md").read_text()
     first, last = weights(out / "checkpoints" / "step_00000002" / "hf_model"), weights(out)
     patch = [k for k in last if "patch_embeddings.projection" in k]
@@ -120,11 +120,12 @@ def test_simclr_on_two_processes_trains_as_one_process_on_the_global_micro_batch
     """Two processes × 8 images contrast against all 16 (negatives gathered with gradients): the losses
     and weights equal one process × 16. Adam's epsilon is set large so that an update is proportional
     to its gradient: a gradient of the wrong scale would change the weights too."""
-    args = ["max_steps=3", "eval_every=3", "save_every=100", "adam_epsilon=1.0", "learning_rate=0.05", "warmup_ratio=0"]
+    args = ["train.max_steps=3", "eval.every=3", "save.every=100", "optim.adam_epsilon=1.0", "optim.learning_rate=0.05",
+            "optim.warmup_ratio=0"]
     one, two = tmp_path / "one", tmp_path / "two"
     run("pretrain_vit_simclr", one, *args)
     # eval_batch_size is per process, as micro_batch_size is: 8 each is the same 16 validation images.
-    proc = run("pretrain_vit_simclr", two, *args, "eval_batch_size=8", launcher=[*DDP, "--main_process_port", "29561"])
+    proc = run("pretrain_vit_simclr", two, *args, "eval.batch_size=8", launcher=[*DDP, "--main_process_port", "29561"])
     assert "micro-batch 8 × 1 accumulation × 2 process(es) = 16" in proc.stderr
     losses = [[h["train_loss"] for h in history(out) if "train_loss" in h] for out in (one, two)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
@@ -141,7 +142,8 @@ def test_simclr_on_two_processes_trains_as_one_process_on_the_global_micro_batch
 @pytest.fixture(scope="module")
 def jigsaw_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("jigsaw") / "run"
-    run("pretrain_vit_jigsaw", out, "max_steps=4", "eval_every=2", "save_every=2", "jigsaw.grid=2", "jigsaw.num_permutations=6")
+    run("pretrain_vit_jigsaw", out, "train.max_steps=4", "eval.every=2", "save.every=2", "jigsaw.grid=2",
+        "jigsaw.num_permutations=6")
     return out
 
 
@@ -162,7 +164,7 @@ def test_jigsaw_checkpoint_carries_its_permutations(jigsaw_run):
 
 @pytest.mark.parametrize("config", ["pretrain_vit_simclr", "pretrain_vit_jigsaw"])
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path, config):
-    args = ["max_steps=7", "eval_every=1", "save_every=3"]
+    args = ["train.max_steps=7", "eval.every=1", "save.every=3"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run(config, straight, *args)
     child = subprocess.Popen(command(config, killed, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

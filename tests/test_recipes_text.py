@@ -13,7 +13,8 @@ from nlp_ssl.data.mixing import AlternatingBatchSampler, interleaved_indices, pa
 from nlp_ssl.errors import ConfigError, DataError
 from tests.helpers import run_recipe, write_jsonl
 
-COMMON = ["progress_bar=false", "log_every=1", "save_every=100", "report_to=[]", "warmup_ratio=0.0", "learning_rate=0.003"]
+COMMON = ["log.progress_bar=false", "log.every=1", "save.every=100", "log.report_to=[]", "optim.warmup_ratio=0.0",
+          "optim.learning_rate=0.003"]
 
 
 def results_and_history(out):
@@ -112,8 +113,8 @@ def test_sampler_rejects_a_stream_smaller_than_a_batch():
 
 # --- CLM ----------------------------------------------------------------------------------------
 
-CLM_SMALL = ["data.block_size=64", "micro_batch_size=8", "global_batch_size=8", "eval_every=10", "eval_batches=4",
-             "tokenizer.vocab_size=600", "data.validation_split=0.1", "max_steps=20"]
+CLM_SMALL = ["data.block_size=64", "impl.micro_batch_size=8", "train.global_batch_size=8", "eval.every=10", "eval.batches=4",
+             "tokenizer.vocab_size=600", "data.validation_split=0.1", "train.max_steps=20"]
 
 
 @pytest.mark.slow
@@ -138,8 +139,9 @@ def test_clm_recipe_trains_and_loads_in_text_generation_pipeline(tmp_path, wiki_
 
 # --- BERT ---------------------------------------------------------------------------------------
 
-BERT_SMALL = ["data.max_seq_length=64", "data.dupe_factor=1", "micro_batch_size=16", "global_batch_size=16", "eval_every=10",
-              "eval_batches=4", "tokenizer.vocab_size=1000", "data.validation_split=0.1", "max_steps=20"]
+BERT_SMALL = ["data.max_seq_length=64", "data.dupe_factor=1", "impl.micro_batch_size=16", "train.global_batch_size=16",
+              "eval.every=10",
+              "eval.batches=4", "tokenizer.vocab_size=1000", "data.validation_split=0.1", "train.max_steps=20"]
 
 
 @pytest.mark.slow
@@ -170,7 +172,7 @@ def test_bert_recipe_trains_mlm_and_nsp_and_loads_as_bert_for_pretraining(tmp_pa
 def test_bert_recipe_sop_on_kjv_chapters(tmp_path):
     out = tmp_path / "sop"
     proc = run_recipe("pretrain_bert.py", "data.documents=kjv", "bert.sop=true", "data.max_train_documents=150",
-                      f"output_dir={out}", *COMMON, *BERT_SMALL, "max_steps=12")
+                      f"output_dir={out}", *COMMON, *BERT_SMALL, "train.max_steps=12")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results, _ = results_and_history(out)
     assert results["steps"] == 12 and results["eval_nsp_loss"] < 1.0
@@ -179,8 +181,9 @@ def test_bert_recipe_sop_on_kjv_chapters(tmp_path):
 
 # --- XLM ----------------------------------------------------------------------------------------
 
-XLM_SMALL = ["data.max_length=48", "data.max_documents=300", "micro_batch_size=16", "global_batch_size=16", "eval_every=15",
-             "eval_batches=4", "tokenizer.vocab_size=800", "max_steps=30"]
+XLM_SMALL = ["data.max_length=48", "data.max_documents=300", "impl.micro_batch_size=16", "train.global_batch_size=16",
+             "eval.every=15",
+             "eval.batches=4", "tokenizer.vocab_size=800", "train.max_steps=30"]
 
 
 @pytest.mark.slow
@@ -212,7 +215,7 @@ def test_xlm_recipe_resumes_mid_epoch_on_the_same_schedule(tmp_path):
     from safetensors.torch import load_file
 
     # No dropout: as in test_recipe_mlm, the dropout RNG is not part of what a resume restores exactly.
-    args = [*COMMON, *XLM_SMALL, "max_steps=8", "save_every=4", "eval_every=100", "tokenizer.vocab_size=400",
+    args = [*COMMON, *XLM_SMALL, "train.max_steps=8", "save.every=4", "eval.every=100", "tokenizer.vocab_size=400",
             "model.config_overrides={dropout: 0.0, attention_dropout: 0.0}"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     proc = run_recipe("pretrain_xlm.py", f"output_dir={straight}", *args)
@@ -268,7 +271,7 @@ def test_bad_input_exits_2_with_one_error_line(tmp_path, case, expected):
             "bad_direction": ["data.pairs=[en]"],
         }[case]
         args = ["pretrain_xlm.py", *XLM_SMALL, *extra]
-    proc = run_recipe(*args, f"output_dir={out}", *COMMON, "max_steps=2")
+    proc = run_recipe(*args, f"output_dir={out}", *COMMON, "train.max_steps=2")
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected in last, last

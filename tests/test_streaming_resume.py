@@ -16,6 +16,7 @@ from accelerate.state import AcceleratorState, GradientState
 from transformers import BertConfig, BertForMaskedLM
 
 from nlp_ssl import checkpointing as ckpt
+from nlp_ssl.config import build_config
 from nlp_ssl.data import text as text_data
 from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
 from nlp_ssl.objectives import MLMCollator
@@ -66,11 +67,11 @@ def run(out, corpus, tok, max_steps, resume=None, crash_at=None, monkeypatch=Non
     """Train a tiny BERT (with dropout) on the stream; with ``crash_at``, die right after that checkpoint."""
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    cfg = TrainConfig(
-        output_dir=str(out), max_steps=max_steps, global_batch_size=accumulation * MICRO, micro_batch_size=MICRO,
-        learning_rate=3e-3, eval_every=1000, save_every=save_every, save_total_limit=10, log_every=1, report_to=[],
-        progress_bar=False, seed=3, resume=resume,
-    )
+    cfg = build_config(TrainConfig, {
+        "output_dir": str(out), "train.max_steps": max_steps, "train.global_batch_size": accumulation * MICRO,
+        "impl.micro_batch_size": MICRO, "optim.learning_rate": 3e-3, "eval.every": 1000, "save.every": save_every,
+        "save.total_limit": 10, "log.every": 1, "log.report_to": [], "log.progress_bar": False, "seed": 3, "resume": resume,
+    })
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.3)

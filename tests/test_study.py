@@ -46,7 +46,7 @@ FAKE_RECIPE = textwrap.dedent('''
     (out / "trainer_history.json").write_text(json.dumps(history))
     (out / "all_results.json").write_text(json.dumps({
         "test_accuracy": acc, "test_macro_f1": acc - 0.1, "last_test_accuracy": acc - 0.02, "best_step": 4,
-        "steps": 4, "test_examples": 50, "lr": float(args.get("learning_rate", 0)), "end": time.time(),
+        "steps": 4, "test_examples": 50, "lr": float(args.get("optim.learning_rate", 0)), "end": time.time(),
     }))
 ''')
 
@@ -57,6 +57,16 @@ class FakeData:
 
 
 @dataclass
+class FakeOptim:
+    learning_rate: float = 0.0
+
+
+@dataclass
+class FakeTrain:
+    max_steps: int = 4
+
+
+@dataclass
 class FakeConfig:
     """What the stand-in recipe's config would be: the baseline receives it."""
 
@@ -64,9 +74,9 @@ class FakeConfig:
     seed: int = 0
     base: float = 0.0
     calls: str = ""
-    learning_rate: float = 0.0
     pause: float = 0.0
-    max_steps: int = 4
+    optim: FakeOptim = field(default_factory=FakeOptim)
+    train: FakeTrain = field(default_factory=FakeTrain)
 
 
 @pytest.fixture
@@ -190,8 +200,8 @@ def test_a_run_with_bad_input_raises_config_error_with_its_line(tmp_path, recipe
 
 def test_arguments_reach_runs_and_baselines_in_order(tmp_path, recipes):
     seen = []
-    cfg = config(tmp_path, k_per_class=[8], seeds=[3], finetune_args=["learning_rate=0.1", "base=0.2"],
-                 method_overrides={"pretrained": ["learning_rate=0.3"], "linear": ["learning_rate=0.4"]})
+    cfg = config(tmp_path, k_per_class=[8], seeds=[3], finetune_args=["optim.learning_rate=0.1", "base=0.2"],
+                 method_overrides={"pretrained": ["optim.learning_rate=0.3"], "linear": ["optim.learning_rate=0.4"]})
     results = run_study(cfg, make_study(tmp_path, seen))
     runs = tmp_path / "study" / "runs"
     lr = {m: json.loads((runs / f"{m}_k8_s3" / "all_results.json").read_text())["lr"] for m in ("scratch", "pretrained")}
@@ -200,7 +210,7 @@ def test_arguments_reach_runs_and_baselines_in_order(tmp_path, recipes):
     assert next(r for r in results["runs"] if r["method"] == "pretrained")["test_accuracy"] == pytest.approx(0.7 + 0.008 + 0.03)
     # The baseline gets the config a run of the same k and seed reads: recipe yaml, then the same arguments.
     assert len(seen) == 1
-    assert (seen[0].data.k_per_class, seen[0].seed, seen[0].learning_rate, seen[0].base) == (8, 3, 0.4, 0.2)
+    assert (seen[0].data.k_per_class, seen[0].seed, seen[0].optim.learning_rate, seen[0].base) == (8, 3, 0.4, 0.2)
 
 
 def test_baselines_are_saved_as_runs_and_fine_tuning_runs_go_workers_at_a_time(tmp_path, recipes, monkeypatch):
@@ -291,7 +301,7 @@ def test_a_one_seed_cell_prints_the_same_in_a_text_and_a_vision_report(tmp_path,
     "changes, message",
     [
         ({"methods": ["scratch", "simclr"]}, "methods: 'simclr' is not one of ['scratch', 'pretrained', 'linear']"),
-        ({"method_overrides": {"mim": ["learning_rate=1"]}}, "methods: 'mim' is not one of"),
+        ({"method_overrides": {"mim": ["optim.learning_rate=1"]}}, "methods: 'mim' is not one of"),
         ({"methods": []}, "methods: list at least one of"),
     ],
 )
@@ -368,9 +378,11 @@ def encoder_checkpoint(tmp_path_factory):
 
 def study_text_args(files, checkpoint, out, unlabeled, methods="checkpoint,checkpoint_continued,tfidf"):
     finetune = [f"data.train_file={files['en_train']}", f"data.test_file={files['en_test']}", "data.text_column=body",
-                "data.label_column=topic", "max_steps=4", "eval_every=2", "micro_batch_size=8", "global_batch_size=8",
+                "data.label_column=topic", "train.max_steps=4", "eval.every=2", "impl.micro_batch_size=8",
+                "train.global_batch_size=8",
                 "data.validation_per_class=2", "data.max_length=48"]
-    cont = ["max_steps=2", "eval_every=2", "save_every=2", "data.block_size=32", "micro_batch_size=8", "global_batch_size=8",
+    cont = ["train.max_steps=2", "eval.every=2", "save.every=2", "data.block_size=32", "impl.micro_batch_size=8",
+            "train.global_batch_size=8",
             "data.validation_split=0.2"]
     return [f"checkpoint={checkpoint}", f"output_dir={out}", "k_per_class=[4]", "seeds=[0]", f"methods=[{methods}]",
             f"unlabeled_files=[{unlabeled}]", "finetune_args=[" + ",".join(finetune) + "]",
@@ -411,7 +423,7 @@ def test_study_text_checkpoint_rows_continue_pretraining_on_the_task_texts_then_
     # Each checkpoint row fine-tuned its own starting point.
     for run, start in (("checkpoint_k4_s0", encoder_checkpoint), ("checkpoint_continued_k4_s0", continued)):
         command = (out / "runs" / f"{run}.log").read_text().splitlines()[0]
-        assert f"model.name_or_path={start} " in command and "learning_rate=1.0e-4" in command
+        assert f"model.name_or_path={start} " in command and "optim.learning_rate=1.0e-4" in command
         assert json.loads((out / "runs" / run / "all_results.json").read_text())["steps"] == 4
     table = (out / "results.md").read_text()
     assert f"| checkpoint ({encoder_checkpoint}) + continued pretraining, fine-tuned |" in table

@@ -8,10 +8,12 @@ from accelerate.state import AcceleratorState, GradientState
 from transformers import BertConfig, BertForMaskedLM
 
 from nlp_ssl import checkpointing as ckpt
+from nlp_ssl.config import build_config
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.objectives import MLMCollator
 from nlp_ssl.tasks.masked_lm import MaskedLMTask
 from nlp_ssl.trainer import TrainConfig, Trainer
+from nlp_ssl.training.config import MOVED_TRAIN_KEYS
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -31,12 +33,12 @@ def tiny_task(tok, seed=0):
 
 
 def train(tmp_path, tok, data, **overrides):
-    cfg = TrainConfig(
-        output_dir=str(tmp_path), max_steps=6, global_batch_size=16, micro_batch_size=16, learning_rate=3e-3,
-        eval_every=3, save_every=100, log_every=1, report_to=[], progress_bar=False, warmup_steps=2, seed=7,
-    )
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
+    cfg = build_config(TrainConfig, {
+        "output_dir": str(tmp_path), "train.max_steps": 6, "train.global_batch_size": 16, "impl.micro_batch_size": 16,
+        "optim.learning_rate": 3e-3, "eval.every": 3, "save.every": 100, "log.every": 1, "log.report_to": [],
+        "log.progress_bar": False, "optim.warmup_steps": 2, "seed": 7,
+        **{MOVED_TRAIN_KEYS.get(k, k): v for k, v in overrides.items()},
+    })
     task = tiny_task(tok)
     trainer = Trainer(cfg, task, data[0], MLMCollator(tok, seed=1), eval_dataset=data[1], processor=tok)
     results = trainer.fit()
@@ -64,7 +66,8 @@ def test_schedule_is_counted_in_optimizer_steps(tmp_path, wordpiece_tokenizer, d
 
 
 def test_eval_loss_is_the_token_mean_over_the_whole_set(tmp_path, wordpiece_tokenizer, data):
-    trainer, results = train(tmp_path, wordpiece_tokenizer, data, max_steps=1, eval_every=1, eval_batch_size=5)
+    trainer, results = train(tmp_path, wordpiece_tokenizer, data, max_steps=1, warmup_steps=0, eval_every=1,
+                             eval_batch_size=5)
     collator = MLMCollator(wordpiece_tokenizer, seed=1)
     model = trainer.unwrapped_task.model.eval()
     total, count = 0.0, 0
@@ -103,15 +106,15 @@ def test_fresh_start_over_an_earlier_runs_checkpoints_is_refused(tmp_path, wordp
     before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     latest = ckpt.latest_checkpoint(tmp_path / "checkpoints").name
     with pytest.raises(ConfigError, match=rf"already holds checkpoints of an earlier run \(latest: {latest}\); pass resume=auto"):
-        train(tmp_path, wordpiece_tokenizer, data, max_steps=2, save_every=1)
+        train(tmp_path, wordpiece_tokenizer, data, max_steps=2, warmup_steps=0, save_every=1)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
     _, results = train(tmp_path, wordpiece_tokenizer, data, max_steps=6, save_every=2, resume="auto")
     assert results["steps"] == 6
 
 
 def test_early_stopping(tmp_path, wordpiece_tokenizer, data):
-    # A learning rate of zero never improves the validation loss after the first evaluation.
-    trainer, results = train(tmp_path, wordpiece_tokenizer, data, learning_rate=0.0, max_steps=50, eval_every=1,
+    # A learning rate too small to move a float32 weight never improves the validation loss after the first evaluation.
+    trainer, results = train(tmp_path, wordpiece_tokenizer, data, learning_rate=1e-30, max_steps=50, eval_every=1,
                              early_stopping_patience=2)
     assert results["steps"] == 3 and results["best_step"] == 1
 
@@ -122,10 +125,11 @@ def test_resume_mid_epoch_with_dropout_gives_identical_weights(tmp_path, wordpie
     def run(out, max_steps, resume=None):
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
-        cfg = TrainConfig(
-            output_dir=str(out), max_steps=max_steps, global_batch_size=8, micro_batch_size=4, learning_rate=3e-3,
-            eval_every=100, save_every=3, log_every=1, report_to=[], progress_bar=False, seed=3, resume=resume,
-        )
+        cfg = build_config(TrainConfig, {
+            "output_dir": str(out), "train.max_steps": max_steps, "train.global_batch_size": 8, "impl.micro_batch_size": 4,
+            "optim.learning_rate": 3e-3, "eval.every": 100, "save.every": 3, "log.every": 1, "log.report_to": [],
+            "log.progress_bar": False, "seed": 3, "resume": resume,
+        })
         torch.manual_seed(0)
         config = BertConfig(vocab_size=len(wordpiece_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                             intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.3)
@@ -156,10 +160,10 @@ def test_resume_mid_epoch_with_dropout_gives_identical_weights(tmp_path, wordpie
 
 
 def test_score_model_results_are_saved_before_the_end(tmp_path, wordpiece_tokenizer, data):
-    cfg = TrainConfig(
-        output_dir=str(tmp_path), max_steps=4, global_batch_size=16, micro_batch_size=16, eval_every=2,
-        save_every=100, report_to=[], progress_bar=False, load_best_at_end=True,
-    )
+    cfg = build_config(TrainConfig, {
+        "output_dir": str(tmp_path), "train.max_steps": 4, "train.global_batch_size": 16, "impl.micro_batch_size": 16,
+        "eval.every": 2, "save.every": 100, "log.report_to": [], "log.progress_bar": False, "eval.load_best_at_end": True,
+    })
     task = tiny_task(wordpiece_tokenizer)
     trainer = Trainer(cfg, task, data[0], MLMCollator(wordpiece_tokenizer, seed=1), eval_dataset=data[1])
     scored = []
@@ -202,10 +206,11 @@ class EveryFourthTokenMasked:
 
 
 def mfu_config(tmp_path, **overrides):
-    return TrainConfig(
-        output_dir=str(tmp_path), max_steps=3, global_batch_size=16, micro_batch_size=16, log_every=1, eval_every=100,
-        save_every=100, report_to=[], progress_bar=False, seed=7, **overrides,
-    )
+    return build_config(TrainConfig, {
+        "output_dir": str(tmp_path), "train.max_steps": 3, "train.global_batch_size": 16, "impl.micro_batch_size": 16,
+        "log.every": 1, "eval.every": 100, "save.every": 100, "log.report_to": [], "log.progress_bar": False, "seed": 7,
+        **{MOVED_TRAIN_KEYS.get(k, k): v for k, v in overrides.items()},
+    })
 
 
 def test_mfu_of_a_sparse_mlm_head_counts_the_head_at_masked_positions_only(tmp_path, wordpiece_tokenizer, data):

@@ -14,7 +14,7 @@ from transformers import BertConfig, BertForMaskedLM
 
 from nlp_ssl import checkpointing as ckpt
 from nlp_ssl import machine
-from nlp_ssl.config import load_config
+from nlp_ssl.config import build_config, load_config
 from nlp_ssl.errors import ConfigError, RunComplete
 from nlp_ssl.objectives import MLMCollator
 from nlp_ssl.tasks.masked_lm import MaskedLMTask
@@ -26,6 +26,7 @@ from nlp_ssl.trainer import (
     resolve_micro_batch_size,
     resolve_mixed_precision,
 )
+from nlp_ssl.training.config import MOVED_TRAIN_KEYS
 from tests.helpers import ROOT
 
 CORES = len(os.sched_getaffinity(0))
@@ -49,9 +50,11 @@ def tiny_task(tok, dropout=0.0, layers=1):
 
 
 def config(out, **overrides):
-    values = dict(output_dir=str(out), max_steps=4, global_batch_size=16, learning_rate=3e-3, eval_every=100,
-                  save_every=100, log_every=1, report_to=[], progress_bar=False, seed=7, peak_flops=1e12)
-    return TrainConfig(**{**values, **overrides})
+    """A run config; ``overrides`` by their names in a section (``max_steps``, ``micro_batch_size`` ...)."""
+    values = {"output_dir": str(out), "train.max_steps": 4, "train.global_batch_size": 16, "optim.learning_rate": 3e-3,
+              "eval.every": 100, "save.every": 100, "log.every": 1, "log.report_to": [], "log.progress_bar": False,
+              "seed": 7, "impl.peak_flops": 1e12}
+    return build_config(TrainConfig, {**values, **{MOVED_TRAIN_KEYS.get(k, k): v for k, v in overrides.items()}})
 
 
 def trainer_for(out, tok, data, eval_data=True, dropout=0.0, layers=1, **overrides):
@@ -65,38 +68,40 @@ def trainer_for(out, tok, data, eval_data=True, dropout=0.0, layers=1, **overrid
 
 
 def test_micro_batch_size_auto_splits_the_global_batch_over_the_processes():
-    cfg = TrainConfig(global_batch_size=32)
-    assert cfg.micro_batch_size == "auto"
+    cfg = build_config(TrainConfig, {"train.global_batch_size": 32})
+    assert cfg.impl.micro_batch_size == "auto"
     assert [resolve_micro_batch_size(cfg, n) for n in (1, 2, 4)] == [32, 16, 8]
     assert [gradient_accumulation_steps(cfg, n) for n in (1, 2, 4)] == [1, 1, 1]
     with pytest.raises(ConfigError, match=r"^global_batch_size 30 cannot be split evenly over 4 processes "
                                           r"\(micro_batch_size auto\): use a multiple of 4, or set micro_batch_size$"):
-        resolve_micro_batch_size(TrainConfig(global_batch_size=30), 4)
+        resolve_micro_batch_size(build_config(TrainConfig, {"train.global_batch_size": 30}), 4)
     # An explicit cap is accumulated; one that does not divide keeps its one-line error.
-    assert gradient_accumulation_steps(TrainConfig(global_batch_size=32, micro_batch_size=8), 2) == 2
+    assert gradient_accumulation_steps(build_config(TrainConfig, {
+        "train.global_batch_size": 32, "impl.micro_batch_size": 8,
+    }), 2) == 2
     with pytest.raises(ConfigError, match=r"^global_batch_size 32 is not a multiple of micro_batch_size 32 × 2 process\(es\)$"):
-        gradient_accumulation_steps(TrainConfig(global_batch_size=32, micro_batch_size=32), 2)
+        gradient_accumulation_steps(build_config(TrainConfig, {"train.global_batch_size": 32, "impl.micro_batch_size": 32}), 2)
 
 
 @pytest.mark.parametrize("value, expected", [
     ("auto", "auto"), ("16", 16), ("16.0", 16),
-    ("abc", "micro_batch_size must be an integer or auto, got 'abc'"),
-    ("0", "micro_batch_size must be > 0, got 0"),
-    ("true", "micro_batch_size must be an integer or auto, got True"),
+    ("abc", "impl.micro_batch_size must be an integer or auto, got 'abc'"),
+    ("0", "impl.micro_batch_size must be > 0, got 0"),
+    ("true", "impl.micro_batch_size must be an integer or auto, got True"),
 ])
 def test_micro_batch_size_from_the_command_line(value, expected):
     if isinstance(expected, str) and expected != "auto":
         with pytest.raises(ConfigError, match=f"^{expected}$"):
-            load_config(TrainConfig, overrides=[f"micro_batch_size={value}"])
+            load_config(TrainConfig, overrides=[f"impl.micro_batch_size={value}"])
     else:
-        assert load_config(TrainConfig, overrides=[f"micro_batch_size={value}"]).micro_batch_size == expected
+        assert load_config(TrainConfig, overrides=[f"impl.micro_batch_size={value}"]).impl.micro_batch_size == expected
 
 
 def test_the_trainer_uses_the_resolved_micro_batch_also_for_a_batch_sampler(tmp_path, wordpiece_tokenizer, data):
     from torch.utils.data import BatchSampler, SequentialSampler
 
     trainer = trainer_for(tmp_path / "a", wordpiece_tokenizer, data, eval_data=False)
-    assert trainer.config.micro_batch_size == 16 and trainer.accumulation == 1
+    assert trainer.config.impl.micro_batch_size == 16 and trainer.accumulation == 1
     sampler = BatchSampler(SequentialSampler(range(len(data[0]))), 8, drop_last=True)
     AcceleratorState._reset_state(True)
     with pytest.raises(ConfigError, match=r"^batch_sampler gives batches of 8, not micro_batch_size 16$"):
@@ -105,7 +110,7 @@ def test_the_trainer_uses_the_resolved_micro_batch_also_for_a_batch_sampler(tmp_
     AcceleratorState._reset_state(True)
     trainer = Trainer(config(tmp_path / "c", global_batch_size=8), tiny_task(wordpiece_tokenizer), data[0],
                       MLMCollator(wordpiece_tokenizer), batch_sampler=sampler)
-    assert trainer.config.micro_batch_size == 8
+    assert trainer.config.impl.micro_batch_size == 8
 
 
 # ------------------------------------------------------------------ CPU threads
@@ -221,14 +226,14 @@ def test_tf32_only_on_cuda_capability_8_and_later(monkeypatch):
                                            (0.25, 0.25)])
 def test_time_budget_in_seconds_minutes_or_hours(text, seconds):
     assert parse_duration(text) == seconds
-    assert load_config(TrainConfig, overrides=[f"time_budget={text}"]).time_budget_s == seconds
+    assert load_config(TrainConfig, overrides=[f"train.time_budget={text}"]).train.time_budget_s == seconds
 
 
 @pytest.mark.parametrize("text", ["abc", "0", "-5", "10x", "inf", ""])
 def test_a_bad_time_budget_is_one_line(text):
-    with pytest.raises(ConfigError, match=r"^time_budget must be a positive number of seconds or a number with s, m "
+    with pytest.raises(ConfigError, match=r"^train.time_budget must be a positive number of seconds or a number with s, m "
                                           r"or h \(e\.g\. 1800, 30m, 2h\), got "):
-        TrainConfig(time_budget=text)
+        build_config(TrainConfig, {"train.time_budget": text})
 
 
 def test_time_budget_ends_the_run_as_max_steps_would_and_counts_over_resumes(tmp_path, wordpiece_tokenizer, data):
@@ -359,9 +364,15 @@ def test_compiled_training_saves_plain_folders_and_resumes_exactly(tmp_path, wor
     reloaded = BertForMaskedLM.from_pretrained(tmp_path / "straight").state_dict()
     for name, tensor in folder.items():
         assert torch.equal(reloaded[name], tensor), name
+    # Close to the eager run, measured against how far training moved each tensor: Adam divides by the
+    # gradient's own scale, so a last-bit difference in a gradient near zero (the tied decoder's rows of
+    # unseen tokens) moves an element by up to the learning rate, on one CPU's kernels and not another's.
+    init = tiny_task(wordpiece_tokenizer, layers=0).state_dict()
     a, b = plain.unwrapped_task.state_dict(), straight.unwrapped_task.state_dict()
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+        moved = torch.linalg.vector_norm((a[name] - init[name]).float())
+        assert moved > 0 or torch.equal(a[name], b[name]), name
+        assert torch.linalg.vector_norm((a[name] - b[name]).float()) <= 1e-2 * moved, name
 
     resumed = run(tmp_path / "resumed", True, resume=str(checkpoint))
     assert resumed.state.step == 4
@@ -379,9 +390,9 @@ def test_two_process_launch_with_the_default_micro_batch_and_a_time_budget(tmp_p
     takes half the global batch and half the cores; both stop together when the time budget is spent
     (resume=auto then finds a finished run: test_time_budget_ends_the_run_as_max_steps_would...)."""
     out = tmp_path / "run"
-    args = [f"data.train_file={wiki_jsonl}", f"output_dir={out}", "data.block_size=64", "global_batch_size=8",
-            "tokenizer.vocab_size=2000", "progress_bar=false", "data.validation_split=0.1", "eval_batches=2",
-            "max_steps=100000", "eval_every=100000", "save_every=100000", "log_every=5", "time_budget=2s"]
+    args = [f"data.train_file={wiki_jsonl}", f"output_dir={out}", "data.block_size=64", "train.global_batch_size=8",
+            "tokenizer.vocab_size=2000", "log.progress_bar=false", "data.validation_split=0.1", "eval.batches=2",
+            "train.max_steps=100000", "eval.every=100000", "save.every=100000", "log.every=5", "train.time_budget=2s"]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
                 "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29551"]

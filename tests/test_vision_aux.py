@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from transformers import ViTConfig, ViTForImageClassification, ViTForMaskedImageModeling
 
+from nlp_ssl.config import build_config
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.objectives.image_classification import ImageClassificationCollator, PretextAuxCollator
 from nlp_ssl.objectives.mim import MaskedAuxViews, MaskedImageCollator
@@ -104,9 +105,11 @@ def _fit(tmp_path, name, task, collator, steps=4):
     from nlp_ssl.trainer import TrainConfig, Trainer
 
     data = load_digits_dataset().select(range(16))
-    config = TrainConfig(output_dir=str(tmp_path / name), max_steps=steps, micro_batch_size=8, global_batch_size=8,
-                         learning_rate=1e-2, warmup_steps=1, report_to=[], progress_bar=False, save_every=1000,
-                         eval_every=1000, seed=3)
+    config = build_config(TrainConfig, {
+        "output_dir": str(tmp_path / name), "train.max_steps": steps, "impl.micro_batch_size": 8, "train.global_batch_size": 8,
+        "optim.learning_rate": 1e-2, "optim.warmup_steps": 1, "log.report_to": [], "log.progress_bar": False,
+        "save.every": 1000, "eval.every": 1000, "seed": 3,
+    })
     Trainer(config, task, data, collator).fit()
     return {k: v.detach().clone() for k, v in task.model.state_dict().items()}
 

@@ -59,7 +59,7 @@ def methods():
 def protocol_config(tmp_path, **changes):
     values = dict(output_dir=str(tmp_path), k_per_class=[10], seeds=[0, 1], learning_rates=[1e-3, 5e-4],
                   methods=["scratch", "rotation", "scratch_aux", "pixels_logreg"], lr_from={"scratch_aux": "scratch"},
-                  finetune_args=[f"max_steps={STEPS}"], speed_k=10, speed_steps=[50], speed_methods=["scratch"],
+                  finetune_args=[f"train.max_steps={STEPS}"], speed_k=10, speed_steps=[50], speed_methods=["scratch"],
                   compute_matched="rotation", report_only=True)
     values.update(changes)
     return load_config(ProtocolConfig, overrides=[f"{k}={json.dumps(v)}" for k, v in values.items()])
@@ -224,7 +224,7 @@ def test_a_baseline_is_fitted_once_and_saved_like_a_run(tmp_path):
     calls = []
 
     def baseline(ft):
-        calls.append((ft.data.k_per_class, ft.seed, ft.max_steps))
+        calls.append((ft.data.k_per_class, ft.seed, ft.train.max_steps))
         return {"test_accuracy": 0.25, "test_examples": 7}
 
     spec = {**methods(), "pixels_logreg": Method("pixels", baseline=baseline)}
@@ -244,10 +244,10 @@ def test_a_baseline_is_fitted_once_and_saved_like_a_run(tmp_path):
     ({"methods": ["rotation", "pixels_logreg"], "lr_from": {}, "speed_methods": ["rotation"]},
      "compute-matched run is scratch's, so methods must list scratch"),
     ({"methods": ["rotation", "pixels_logreg"], "lr_from": {}}, "speed_methods: 'scratch' must be in methods too"),
-    ({"k_args": {"10": "max_steps=5"}}, "k_args.10: 'max_steps=5' is not a list of key=value"),
-    ({"k_args": {"ten": ["max_steps=5"]}}, "k_args: key 'ten' is not a number of labels per class"),
+    ({"k_args": {"10": "train.max_steps=5"}}, "k_args.10: 'train.max_steps=5' is not a list of key=value"),
+    ({"k_args": {"ten": ["train.max_steps=5"]}}, "k_args: key 'ten' is not a number of labels per class"),
     ({"learning_rates": [-1.0]}, "learning_rates: [-1.0] must list positive rates"),
-    ({"k_args": {"10": ["max_steps=0"]}}, "max_steps must be > 0, got 0"),
+    ({"k_args": {"10": ["train.max_steps=0"]}}, "max_steps must be > 0, got 0"),
     ({"lr_seeds": [7]}, "lr_seeds: [7] holds none of the seeds of k=10 [0, 1]"),
 ])
 def test_bad_protocol_settings_are_refused_before_anything_runs(tmp_path, changes, message):
@@ -269,7 +269,7 @@ def test_a_checkpoint_kept_without_its_weights_serves_the_report_but_no_new_run(
     out = tmp_path / "study"
     args = [f"output_dir={out}", f"checkpoints.rotation={checkpoint}", "k_per_class=[10]", "seeds=[0]", "k_seeds={}",
             "k_args={}", "methods=[scratch, rotation]", "learning_rates=[1e-3]", "lr_from={}", "speed_methods=[]",
-            "compute_matched=null", f"finetune_args=[max_steps={STEPS}]", "workers=1"]
+            "compute_matched=null", f"finetune_args=[train.max_steps={STEPS}]", "workers=1"]
     runs = SimpleNamespace(output_dir=str(out))
     fake_run(runs, Job("scratch", 10, 0, 1e-3), last=0.5, best=0.5, val_last=0.5)
     with pytest.raises(ConfigError, match=f"^rotation checkpoint {checkpoint}: no weights \\(model.safetensors\\), and runs "

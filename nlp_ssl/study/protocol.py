@@ -113,7 +113,7 @@ class ProtocolStudy(Study):
 def main_steps(cfg: ProtocolConfig, study: ProtocolStudy, k: int) -> int:
     """The fine-tuning budget every method gets at k, read from the arguments as the recipe reads them."""
     args = [*cfg.finetune_args, *cfg.k_arguments(k)]
-    return parse_config(study.config_class, args, default_yaml=recipe_yaml(study.recipe)).max_steps
+    return parse_config(study.config_class, args, default_yaml=recipe_yaml(study.recipe)).train.max_steps
 
 
 # ------------------------------------------------------------------------------------ records

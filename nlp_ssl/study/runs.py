@@ -74,7 +74,7 @@ def run_recipe(recipe: str, args: list[str], out: Path, reuse: bool = True) -> d
         shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = out.parent / f"{out.name}.log"
-    cmd = [sys.executable, str(recipe_path(recipe)), *args, f"output_dir={out}", "progress_bar=false", "resume=auto"]
+    cmd = [sys.executable, str(recipe_path(recipe)), *args, f"output_dir={out}", "log.progress_bar=false", "resume=auto"]
     start = time.perf_counter()
     with log.open("a", encoding="utf-8") as handle:
         handle.write(f"$ {' '.join(cmd)}\n")
@@ -124,9 +124,9 @@ def job_args(cfg, study, job: Job) -> list[str]:
     args = [*cfg.finetune_args, *cfg.k_arguments(job.k), *study.methods[job.method].args,
             *cfg.method_overrides.get(job.method, [])]
     if job.learning_rate is not None:
-        args.append(f"learning_rate={job.learning_rate}")
+        args.append(f"optim.learning_rate={job.learning_rate}")
     if job.steps is not None:
-        args.append(f"max_steps={job.steps}")
+        args.append(f"train.max_steps={job.steps}")
     return [*args, f"data.k_per_class={job.k}", f"seed={job.seed}"]
 
 

@@ -56,7 +56,7 @@ def check_metric_for_best(config, accelerator, model, task, dataset, collator) -
     """Refuse an unknown ``metric_for_best`` before training, not at the first evaluation: the names
     a task reports are its losses' (known) and its metrics', read from one batch of validation data
     (eval mode, no gradients, the RNG untouched)."""
-    metric_for_best, batch_size = config.metric_for_best, config.eval_batch_size or config.micro_batch_size
+    metric_for_best, batch_size = config.eval.metric_for_best, config.eval.batch_size or config.impl.micro_batch_size
     name = metric_for_best.removeprefix("eval_")
     reported = {"loss"} | ({"perplexity"} if task.reports_perplexity else set())
     if len(task.loss_weights) > 1:
@@ -75,9 +75,9 @@ def check_metric_for_best(config, accelerator, model, task, dataset, collator) -
 
 def greater_is_better(config) -> bool:
     """``greater_is_better``, or by default: lower is better for loss and perplexity, higher for the rest."""
-    if config.greater_is_better is not None:
-        return config.greater_is_better
-    return config.metric_for_best not in ("loss", "perplexity")
+    if config.eval.greater_is_better is not None:
+        return config.eval.greater_is_better
+    return config.eval.metric_for_best not in ("loss", "perplexity")
 
 
 def track_best(state, result: dict, metric_for_best: str, greater: bool, patience: int) -> tuple[bool, bool]:

@@ -161,13 +161,13 @@ def count_skipped_step(state, max_bad_steps: int, checkpoint_root: Path, verbose
     state.bad_steps_in_row += 1
     step = state.step + 1
     if verbose:
-        logger.warning("step %d: non-finite loss or gradient norm; update skipped (%d in a row, max_bad_steps=%d)",
+        logger.warning("step %d: non-finite loss or gradient norm; update skipped (%d in a row, train.max_bad_steps=%d)",
                        step, state.bad_steps_in_row, max_bad_steps)
     if state.bad_steps_in_row >= max_bad_steps:
         raise Diverged(
             f"training diverged: steps {step - state.bad_steps_in_row + 1}-{step} had a non-finite loss or "
             f"gradient norm (updates skipped, nothing saved from them); {last_good(checkpoint_root)}. "
-            "Lower learning_rate or lengthen warmup, then resume from that checkpoint or start again"
+            "Lower optim.learning_rate or lengthen optim.warmup_steps, then resume from that checkpoint or start again"
         )
 
 

@@ -28,12 +28,12 @@ def is_iterable(dataset) -> bool:
 
 def train_loader(dataset, collator, config, accelerator, batch_sampler=None) -> DataLoader:
     """Shuffled (unless streamed), ``micro_batch_size`` examples a batch (or the ``batch_sampler``'s), last short one dropped."""
-    return make_loader(dataset, collator, config.micro_batch_size, True, config, accelerator, batch_sampler)
+    return make_loader(dataset, collator, config.impl.micro_batch_size, True, config, accelerator, batch_sampler)
 
 
 def eval_loader(dataset, collator, config, accelerator) -> DataLoader:
     """In order, ``eval_batch_size`` (else ``micro_batch_size``) examples a batch, every example."""
-    return make_loader(dataset, collator, config.eval_batch_size or config.micro_batch_size, False, config, accelerator)
+    return make_loader(dataset, collator, config.eval.batch_size or config.impl.micro_batch_size, False, config, accelerator)
 
 
 def make_loader(dataset, collator, batch_size: int, train: bool, config, accelerator, batch_sampler=None) -> DataLoader:
@@ -47,13 +47,13 @@ def make_loader(dataset, collator, batch_size: int, train: bool, config, acceler
     """
     iterable = is_iterable(dataset)
     generator = torch.Generator().manual_seed(config.seed)
-    workers = config.num_workers
+    workers = config.impl.num_workers
     options = dict(collate_fn=collator, num_workers=workers, generator=generator,
                    pin_memory=accelerator.device.type == "cuda")
     if workers:
         options["persistent_workers"] = not hasattr(collator, "set_epoch")
-        if config.prefetch_factor:
-            options["prefetch_factor"] = config.prefetch_factor
+        if config.impl.prefetch_factor:
+            options["prefetch_factor"] = config.impl.prefetch_factor
     if train and batch_sampler is not None:
         if getattr(batch_sampler, "batch_size", None) != batch_size:
             raise ConfigError(f"batch_sampler gives batches of {getattr(batch_sampler, 'batch_size', None)}, "

@@ -145,19 +145,19 @@ def results(state: TrainerState, config, mixed_precision: str, runtime: float, f
         # What the machine ran: CPU threads of each process, autocast precision, torch.compile.
         "threads_per_process": torch.get_num_threads(),
         "mixed_precision": mixed_precision,
-        "compile": config.compile,
+        "compile": config.impl.compile,
         **(final_eval or {}),
         **scores,
         **extra,
     }
     if state.skipped_steps:
         out["skipped_steps"] = state.skipped_steps
-    if state.step < config.max_steps:
+    if state.step < config.train.max_steps:
         out["stopped_early"] = True
         out["stop_reason"] = stop_reason or "early_stopping"
     if state.best_step is not None:
         out["best_step"] = state.best_step
-        out[f"best_{config.metric_for_best}"] = state.best_metric
+        out[f"best_{config.eval.metric_for_best}"] = state.best_metric
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from nlp_ssl.errors import ConfigError
 from nlp_ssl.hub import apply_timeout, resolve_hub_resume
 from nlp_ssl.training import guard
 from nlp_ssl.training.config import RESUME_SETTINGS, TrainConfig
+from nlp_ssl.training.main_first import RunAccelerator
 
 logger = logging.getLogger("nlp_ssl.trainer")
 
@@ -66,20 +68,25 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     GPUs, fp32 (said in a warning) where fp16 was asked for on a CPU. From then on SIGTERM and SIGINT
     are the run's (:class:`nlp_ssl.training.guard.StopSignals`).
     """
-    apply_timeout(config.hub_timeout)
-    if not config.progress_bar:
+    apply_timeout(config.hub.timeout)
+    if not config.log.progress_bar:
         quiet_progress_bars()
-    trackers = [t for t in config.report_to if t and t != "none"]
+    trackers = [t for t in config.log.report_to if t and t != "none"]
     # `accelerate launch --multi_gpu` on a machine without GPUs: run real DDP over gloo on CPU
     # instead of N independent copies of the run.
     cpu = _launched_distributed() and not torch.cuda.is_available()
-    precision = resolve_mixed_precision(config.mixed_precision)
+    precision = resolve_mixed_precision(config.impl.mixed_precision)
     if precision == "fp16" and (cpu or not torch.accelerator.is_available()):
         # accelerate accepts it and then runs fp32 without a word (fp16 autocast needs a GPU).
-        logger.warning("mixed_precision=fp16 needs a GPU: this run trains in fp32 on the CPU (mixed_precision=bf16 "
+        logger.warning("impl.mixed_precision=fp16 needs a GPU: this run trains in fp32 on the CPU (impl.mixed_precision=bf16 "
                        "gives reduced precision on a CPU)")
         precision = "no"
-    accelerator = Accelerator(
+    # Checked before the processes meet, so that a bad batch setting ends every process on every machine
+    # at once, before any launcher waits on another.
+    gradient_accumulation_steps(config, int(os.environ.get("WORLD_SIZE", "1")))
+    accelerator = RunAccelerator(
+        prepare_timeout=config.prepare_timeout,
+        prepare_on=config.prepare_on,
         cpu=cpu,
         mixed_precision=precision,
         log_with=trackers or None,
@@ -102,14 +109,14 @@ def take_run_setup(config: TrainConfig, accelerator: Accelerator) -> RunSetup:
 def set_up_run(config: TrainConfig, accelerator: Accelerator) -> RunSetup:
     """Batch arithmetic, machine, backend, lock, local resume point and stop signals, in that order
     (each but the last can fail)."""
-    config.micro_batch_size = resolve_micro_batch_size(config, accelerator.num_processes)
+    config.impl.micro_batch_size = resolve_micro_batch_size(config, accelerator.num_processes)
     accumulation = gradient_accumulation_steps(config, accelerator.num_processes)
     threads = set_up_machine(config, accelerator)
-    backends.configure(accelerator, config.micro_batch_size, accumulation, config.max_grad_norm)
+    backends.configure(accelerator, config.impl.micro_batch_size, accumulation, config.train.max_grad_norm)
     lock_output_dir(accelerator, config.output_dir, config.write_into_cwd)
     resume_from = None
     if not is_hub_resume(config.resume):
-        resume_from = ckpt.resolve_resume(config.resume, Path(config.output_dir) / "checkpoints", config.max_steps)
+        resume_from = ckpt.resolve_resume(config.resume, Path(config.output_dir) / "checkpoints", config.train.max_steps)
         if resume_from is not None:
             check_resume_settings(config, resume_from)
     output_dir = Path(config.output_dir)
@@ -122,14 +129,14 @@ def set_up_run(config: TrainConfig, accelerator: Accelerator) -> RunSetup:
     signals = guard.StopSignals(status_dir, step).install()
     if accelerator.is_local_main_process:
         log_machine(config, accelerator, accumulation, *threads)
-    return RunSetup(output_dir.resolve(), config.resume, config.micro_batch_size, accumulation, resume_from, signals)
+    return RunSetup(output_dir.resolve(), config.resume, config.impl.micro_batch_size, accumulation, resume_from, signals)
 
 
 def hub_resume_point(config: TrainConfig, accelerator: Accelerator) -> Path | None:
     """``resume=hub`` / ``hf://...``: the checkpoint downloaded (by the main process first) and verified."""
     output_dir = Path(config.output_dir)
     with accelerator.main_process_first():
-        path = resolve_hub_resume(config.resume, output_dir / ".hub_resume", config, output_dir)
+        path = resolve_hub_resume(config.resume, output_dir / ".hub_resume", config.hub, output_dir)
     if path is not None:
         ckpt.verify_checkpoint(path)
         check_resume_settings(config, path)
@@ -143,17 +150,34 @@ def check_resume_settings(config: TrainConfig, checkpoint: Path) -> None:
         saved = json.loads((checkpoint / ckpt.STATE_FILE).read_text(encoding="utf-8")).get("run_config") or {}
     except (OSError, ValueError):
         return  # verified already; a checkpoint without its run's config has nothing to compare
-    changed = [f"{key} {saved[key]!r} → {getattr(config, key)!r}" for key in RESUME_SETTINGS
-               if key in saved and key not in config.resume_changed and saved[key] != getattr(config, key)]
+    now = {key: operator.attrgetter(key)(config) for key in RESUME_SETTINGS}
+    then = {key: _saved_setting(saved, key) for key in RESUME_SETTINGS}
+    changed = [f"{key} {then[key]!r} → {now[key]!r}" for key in RESUME_SETTINGS
+               if then[key] is not _MISSING and key not in config.resume_changed and then[key] != now[key]]
     if changed:
         names = ",".join(c.split()[0] for c in changed)
         raise ConfigError(
             f"resume={config.resume}: {'; '.join(changed)} since checkpoint {checkpoint}, which changes the data order or "
             f"the learning-rate schedule of the run; go back to the checkpoint's values, or pass resume_changed=[{names}] "
             "to resume with the new ones")
-    if saved.get("max_steps") not in (None, config.max_steps) and config.lr_schedule != "constant":
-        logger.warning("resuming with max_steps %d (the checkpoint's run had %d): the %s schedule is now sized to %d steps",
-                       config.max_steps, saved["max_steps"], config.lr_schedule, config.max_steps)
+    steps = _saved_setting(saved, "train.max_steps")
+    if steps not in (_MISSING, config.train.max_steps) and config.optim.lr_schedule != "constant":
+        logger.warning("resuming with train.max_steps %d (the checkpoint's run had %d): the %s schedule is now sized to "
+                       "%d steps", config.train.max_steps, steps, config.optim.lr_schedule, config.train.max_steps)
+
+
+_MISSING = object()
+
+
+def _saved_setting(saved: dict, dotted: str):
+    """A setting of a checkpoint's saved run config, by its dotted name, or by its old flat name in a
+    checkpoint of before the config had sections; ``_MISSING`` when it is not there."""
+    node = saved
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return saved.get(dotted.rsplit(".", 1)[-1], _MISSING)
+        node = node[part]
+    return node
 
 
 def set_up_machine(config: TrainConfig, accelerator: Accelerator) -> tuple[int, str, bool]:
@@ -162,7 +186,7 @@ def set_up_machine(config: TrainConfig, accelerator: Accelerator) -> tuple[int, 
     threads, why = torch.get_num_threads(), "PyTorch's default"
     if device.type == "cpu":
         threads, why = machine.set_cpu_threads(machine.local_world_size(accelerator.num_processes))
-    return threads, why, machine.set_tf32(config.allow_tf32, device)
+    return threads, why, machine.set_tf32(config.impl.allow_tf32, device)
 
 
 def log_machine(config: TrainConfig, accelerator: Accelerator, accumulation: int, threads: int, why: str,
@@ -171,10 +195,10 @@ def log_machine(config: TrainConfig, accelerator: Accelerator, accumulation: int
     precision = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(accelerator.mixed_precision,
                                                                                    accelerator.mixed_precision)
     logger.info(
-        "%s, %d process(es), %d CPU thread(s) each (%s); precision %s%s (mixed_precision=%s); compile %s; "
+        "%s, %d process(es), %d CPU thread(s) each (%s); precision %s%s (impl.mixed_precision=%s); compile %s; "
         "micro-batch %d × %d accumulation × %d process(es) = %d", accelerator.device, accelerator.num_processes, threads,
-        why, precision, " + TF32" if tf32 else "", config.mixed_precision, "on" if config.compile else "off",
-        config.micro_batch_size, accumulation, accelerator.num_processes, config.global_batch_size,
+        why, precision, " + TF32" if tf32 else "", config.impl.mixed_precision, "on" if config.impl.compile else "off",
+        config.impl.micro_batch_size, accumulation, accelerator.num_processes, config.train.global_batch_size,
     )
 
 
@@ -185,24 +209,24 @@ def resolve_mixed_precision(choice: str) -> str:
 
 def resolve_micro_batch_size(config: TrainConfig, num_processes: int) -> int:
     """``micro_batch_size``, with ``auto`` as the global batch split evenly over the processes."""
-    if config.micro_batch_size != "auto":
-        return config.micro_batch_size
-    if config.global_batch_size % num_processes:
+    if config.impl.micro_batch_size != "auto":
+        return config.impl.micro_batch_size
+    if config.train.global_batch_size % num_processes:
         raise ConfigError(
-            f"global_batch_size {config.global_batch_size} cannot be split evenly over {num_processes} processes "
+            f"global_batch_size {config.train.global_batch_size} cannot be split evenly over {num_processes} processes "
             f"(micro_batch_size auto): use a multiple of {num_processes}, or set micro_batch_size"
         )
-    return config.global_batch_size // num_processes
+    return config.train.global_batch_size // num_processes
 
 
 def gradient_accumulation_steps(config: TrainConfig, num_processes: int) -> int:
     per_step = resolve_micro_batch_size(config, num_processes) * num_processes
-    if config.global_batch_size % per_step:
+    if config.train.global_batch_size % per_step:
         raise ConfigError(
-            f"global_batch_size {config.global_batch_size} is not a multiple of micro_batch_size "
-            f"{config.micro_batch_size} × {num_processes} process(es)"
+            f"global_batch_size {config.train.global_batch_size} is not a multiple of micro_batch_size "
+            f"{config.impl.micro_batch_size} × {num_processes} process(es)"
         )
-    return config.global_batch_size // per_step
+    return config.train.global_batch_size // per_step
 
 
 def lock_output_dir(accelerator: Accelerator, output_dir: str, write_into_cwd: bool = False) -> None:

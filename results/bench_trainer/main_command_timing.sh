@@ -10,7 +10,7 @@ for which in before after; do
   if [ $which = before ]; then dir=$BASE; pp=$BASE; else dir=$HERE; pp=; fi
   rm -rf $OUT/$which
   start=$(date +%s.%N)
-  (cd $dir && PYTHONPATH=$pp $HERE/.venv/bin/accelerate launch recipes/pretrain_mlm.py output_dir=$OUT/$which progress_bar=false \
+  (cd $dir && PYTHONPATH=$pp $HERE/.venv/bin/accelerate launch recipes/pretrain_mlm.py output_dir=$OUT/$which log.progress_bar=false \
      > $OUT/$which.log 2>&1)
   echo "$which exit=$? wall=$(echo "$(date +%s.%N) - $start" | bc) s load=$(cut -d' ' -f1-3 /proc/loadavg)"
 done

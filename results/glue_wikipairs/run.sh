@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../.."
 for init in pretrained scratch; do
   extra=""; [ $init = scratch ] && extra="model.load_weights=false"
   .venv/bin/python recipes/glue.py model.name_or_path=outputs/pretrain_mlm glue.data_dir=outputs/wiki_pairs \
-    "glue.tasks=[wikipairs]" "glue.seeds=[0,1,2]" learning_rate=1.0e-3 output_dir=outputs/glue_wikipairs_$init $extra
+    "glue.tasks=[wikipairs]" "glue.seeds=[0,1,2]" optim.learning_rate=1.0e-3 output_dir=outputs/glue_wikipairs_$init $extra
   cp outputs/glue_wikipairs_$init/glue_results.json results/glue_wikipairs/${init}_glue_results.json
   cp outputs/glue_wikipairs_$init/glue_results.md results/glue_wikipairs/${init}_glue_results.md
 done

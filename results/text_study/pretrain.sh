@@ -4,4 +4,4 @@
 cd "$(dirname "$0")/../.."
 NLP_SSL_CACHE=${NLP_SSL_CACHE:-/tmp/nlpcache} .venv/bin/python recipes/pretrain_mlm.py \
   output_dir=results/text_study/pretrain_modernbert tokenizer.name_or_path=outputs/pretrain_mlm \
-  max_steps=${STEPS:-9000} eval_every=1000 save_every=1000 progress_bar=false report_to=[]
+  train.max_steps=${STEPS:-9000} eval.every=1000 save.every=1000 log.progress_bar=false log.report_to=[]

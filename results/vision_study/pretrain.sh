@@ -3,8 +3,8 @@
 # each (two jobs can share the machine). TASK=mim or TASK=rotation.
 cd "$(dirname "$0")/../.."
 TASK=${TASK:-mim}
-if [ "$TASK" = mim ]; then ARGS="max_steps=${STEPS:-7000} global_batch_size=128 micro_batch_size=128"
-else ARGS="max_steps=${STEPS:-2000} global_batch_size=64 micro_batch_size=64"; fi
+if [ "$TASK" = mim ]; then ARGS="train.max_steps=${STEPS:-7000} train.global_batch_size=128 impl.micro_batch_size=128"
+else ARGS="train.max_steps=${STEPS:-2000} train.global_batch_size=64 impl.micro_batch_size=64"; fi
 NLP_SSL_CACHE=${NLP_SSL_CACHE:-/tmp/nlpcache} OMP_NUM_THREADS=1 .venv/bin/python recipes/pretrain_vit.py objective=$TASK \
-  output_dir=results/vision_study/pretrain_${TASK}_v2 $ARGS eval_every=1000 save_every=1000 save_total_limit=1 \
-  progress_bar=false report_to=[]
+  output_dir=results/vision_study/pretrain_${TASK}_v2 $ARGS eval.every=1000 save.every=1000 save.total_limit=1 \
+  log.progress_bar=false log.report_to=[]

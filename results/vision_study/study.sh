@@ -5,4 +5,4 @@ NLP_SSL_CACHE=${NLP_SSL_CACHE:-/tmp/nlpcache} OMP_NUM_THREADS=1 .venv/bin/python
   output_dir=${OUT:-results/vision_study/study_v2} "k_per_class=${KS:-[10, 100]}" "seeds=${SEEDS:-[0, 1, 2]}" \
   "methods=${METHODS:-[scratch, rotation, mim, pixels_logreg]}" \
   rotation_checkpoint=results/vision_study/pretrain_rotation_v2 mim_checkpoint=results/vision_study/pretrain_mim_v2 \
-  "finetune_args=[max_steps=${FT_STEPS:-1000}, eval_every=50, save_every=500]"
+  "finetune_args=[train.max_steps=${FT_STEPS:-1000}, eval.every=50, save.every=500]"
