@@ -29,7 +29,7 @@ from nlp_ssl.tasks.bert_pretraining import BertPretrainingTask
 from nlp_ssl.tasks.causal_lm import CausalLMTask
 from nlp_ssl.tasks.masked_lm import MaskedLMTask
 from nlp_ssl.tasks.xlm import XLMMaskedLMTask
-from nlp_ssl.tokenizer_setup import TokenizerConfig, load_or_train_tokenizer
+from nlp_ssl.text.tokenizers import TokenizerConfig, load_or_train_tokenizer
 
 BLOCK = 128
 

@@ -62,7 +62,7 @@ def write_corpus(path: Path, megabytes: float, seed: int = 0) -> Path:
 def bench_tokenizer(folder: Path) -> Path:
     """The MLM recipe's default tokenizer (WordPiece, 8,192 tokens), trained once on the built-in corpus."""
     from nlp_ssl.data.text import TextDataConfig, load_text_splits
-    from nlp_ssl.tokenizer_setup import TokenizerConfig, load_or_train_tokenizer
+    from nlp_ssl.text.tokenizers import TokenizerConfig, load_or_train_tokenizer
 
     if not (folder / "tokenizer.json").is_file():
         raw = load_text_splits(TextDataConfig(), seed=0)["train"]
@@ -126,7 +126,7 @@ def case_prepare(corpus: Path, tokenizer_dir: Path, work: Path, num_proc: int) -
     from nlp_ssl.data.prepare import PrepareConfig, prepare
     from nlp_ssl.data.prepared import read_manifest, store_bytes
     from nlp_ssl.data.text import TextDataConfig, load_text_splits
-    from nlp_ssl.tokenizer_setup import TokenizerConfig
+    from nlp_ssl.text.tokenizers import TokenizerConfig
 
     data = TextDataConfig(train_file=str(corpus), block_size=BLOCK, cache_dir=str(work / "cache"),
                           num_proc=num_proc if num_proc > 1 else None)

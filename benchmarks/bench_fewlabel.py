@@ -158,7 +158,7 @@ def write_split(task: Task, data: Path, k: int, seed: int, folder: Path) -> dict
     """The rows a fine-tuning run of this k and seed trains on, and the test rows, as jsonl for setfit."""
     from nlp_ssl import atomic
     from nlp_ssl.config import parse_config
-    from nlp_ssl.finetune_text import FinetuneTextConfig, load_splits, split_pool
+    from nlp_ssl.text.text_finetuning import FinetuneTextConfig, load_splits, split_pool
 
     cfg = parse_config(FinetuneTextConfig, [*task_args(task, data), f"data.k_per_class={k}", f"seed={seed}"],
                        default_yaml=ROOT / "recipes" / "configs" / "finetune_text.yaml")

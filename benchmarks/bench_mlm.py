@@ -21,7 +21,7 @@ from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageMod
 from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
 from nlp_ssl.objectives import MLMCollator
 from nlp_ssl.tasks.masked_lm import MaskedLMTask
-from nlp_ssl.tokenizer_setup import TokenizerConfig, load_or_train_tokenizer
+from nlp_ssl.text.tokenizers import TokenizerConfig, load_or_train_tokenizer
 
 
 def packed_blocks(block_size: int, n: int):

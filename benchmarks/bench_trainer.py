@@ -132,7 +132,7 @@ def prepare_data(folder: Path, steps: int, batch_size: int, eval_blocks: int) ->
     """The built-in corpus, its cached WordPiece tokenizer (the recipe's) and packed 128-token blocks,
     written to ``folder`` once for every run to load."""
     from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
-    from nlp_ssl.tokenizer_setup import TokenizerConfig, load_or_train_tokenizer
+    from nlp_ssl.text.tokenizers import TokenizerConfig, load_or_train_tokenizer
 
     raw = load_text_splits(TextDataConfig(), seed=42)
     tokenizer = load_or_train_tokenizer(TokenizerConfig(), raw["train"], "text")

@@ -132,7 +132,7 @@ def prepared_store(spec: dict, tokenizer, folder: Path):
     from nlp_ssl.data.prepare import PrepareConfig, prepare
     from nlp_ssl.data.prepared import PreparedStore, store_bytes
     from nlp_ssl.data.text import TextDataConfig
-    from nlp_ssl.tokenizer_setup import TokenizerConfig
+    from nlp_ssl.text.tokenizers import TokenizerConfig
 
     rng = np.random.default_rng(spec["seed"])
     # A block's worth of words and more per document (a block holds length - 2 of them between [CLS] and [SEP]),

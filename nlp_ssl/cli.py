@@ -14,8 +14,9 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nlp_ssl import atomic, run_lock
+from nlp_ssl import atomic
 from nlp_ssl.errors import EXIT_INTERRUPTED, ConfigError, NlpSslError, PreemptedBeforeTraining, RunEnded
+from nlp_ssl.training import run_lock
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable

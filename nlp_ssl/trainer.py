@@ -19,16 +19,15 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from nlp_ssl import backends, run_lock
-from nlp_ssl import checkpointing as ckpt
 from nlp_ssl.config import to_dict
 from nlp_ssl.errors import Preempted
 from nlp_ssl.hub import HubError, HubPusher
-from nlp_ssl.reporting import RunDescription
 from nlp_ssl.tasks.base import Task
-from nlp_ssl.training import compiling, evaluation, guard, loaders, optimization, saving, setup, throughput
-from nlp_ssl.training.config import TrainConfig, TrainerState, flat_hparams, parse_duration
+from nlp_ssl.training import backends, compiling, evaluation, guard, loaders, optimization, run_lock, saving, setup, throughput
+from nlp_ssl.training import checkpointing as ckpt
 from nlp_ssl.training.loaders import STREAM_STATE_FILE
+from nlp_ssl.training.reporting import RunDescription
+from nlp_ssl.training.run_config import TrainConfig, TrainerState, flat_hparams, parse_duration
 from nlp_ssl.training.setup import (
     gradient_accumulation_steps,
     make_accelerator,

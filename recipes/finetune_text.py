@@ -6,7 +6,7 @@ Starts from an nlp_ssl checkpoint (BERT, ModernBERT, GPT-2, XLM), any HF checkpo
 architecture with fresh weights (``model.load_weights=false``: the from-scratch baseline). Sentence
 pairs with ``data.text_pair_column``; similarity scores with ``finetune.problem_type=regression``;
 optional auxiliary LM loss (``finetune.aux_lm``; GPT-1 §3.2). The work is done by
-:func:`nlp_ssl.finetune_text.finetune`, which ``recipes/glue.py`` runs once per GLUE task.
+:func:`nlp_ssl.text.text_finetuning.finetune`, which ``recipes/glue.py`` runs once per GLUE task.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nlp_ssl.cli import run
 from nlp_ssl.config import parse_config
-from nlp_ssl.finetune_text import (  # noqa: F401 - re-exported for study_text.py
+from nlp_ssl.text.text_finetuning import (  # noqa: F401 - re-exported for study_text.py
     BUILTIN_TOPIC,
     ClassificationDataConfig,
     FinetuneConfig,
@@ -24,7 +24,7 @@ from nlp_ssl.finetune_text import (  # noqa: F401 - re-exported for study_text.p
     load_splits,
     split_pool,
 )
-from nlp_ssl.reporting import RunDescription, run_summary
+from nlp_ssl.training.reporting import RunDescription, run_summary
 
 
 def main(argv=None):

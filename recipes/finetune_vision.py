@@ -5,7 +5,7 @@
 
 ``model.name_or_path`` empty trains the same ViT from scratch. From a checkpoint, the ViT encoder
 weights are loaded and the classification head is new; every encoder tensor is checked to really
-come from the checkpoint (:func:`nlp_ssl.vision.finetuning.encoder_transfer`). A validation set
+come from the checkpoint (:func:`nlp_ssl.vision.image_finetuning.encoder_transfer`). A validation set
 disjoint from the k training images picks the best checkpoint by accuracy; that model is then
 scored on the test split (``test_accuracy``), and so is the last one (``last_test_accuracy``).
 ``finetune.aux_task=rotation|mim|auto finetune.aux_weight=0.5`` adds an auxiliary pretext loss,
@@ -23,11 +23,11 @@ from nlp_ssl.config import parse_config
 from nlp_ssl.data.card import data_card
 from nlp_ssl.data.image_splits import labelled_splits, validation_per_class
 from nlp_ssl.metrics import compute_classification_metrics
-from nlp_ssl.prediction import predict
-from nlp_ssl.reporting import RunDescription, run_summary
+from nlp_ssl.metrics.prediction import predict
 from nlp_ssl.trainer import Trainer, make_accelerator
-from nlp_ssl.vision.finetuning import FinetuneVisionConfig, build_classifier, check_aux, finetuning_parts
+from nlp_ssl.training.reporting import RunDescription, run_summary
 from nlp_ssl.vision.image import check_image_config, make_processor
+from nlp_ssl.vision.image_finetuning import FinetuneVisionConfig, build_classifier, check_aux, finetuning_parts
 
 
 def main(argv=None):

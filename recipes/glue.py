@@ -6,7 +6,7 @@
 ``glue.data_dir`` holds the classic GLUE download (``CoLA/train.tsv`` ...) or a local copy of the
 Hub dataset ``nyu-mll/glue`` (``cola/train-*.parquet`` ...); missing tasks are skipped and listed.
 Writes ``glue_results.json`` (per-task metrics and the leaderboard average) and ``glue_results.md``.
-Every task runs through :func:`nlp_ssl.finetune_text.finetune`, the code behind finetune_text.py.
+Every task runs through :func:`nlp_ssl.text.text_finetuning.finetune`, the code behind finetune_text.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nlp_ssl.cli import run
 from nlp_ssl.config import parse_config
-from nlp_ssl.glue import GlueConfig, results_table, run_glue
+from nlp_ssl.text.glue_harness import GlueConfig, results_table, run_glue
 
 
 def main(argv=None):

@@ -17,10 +17,10 @@ from nlp_ssl.data.nsp_pairs import build_nsp_dataset
 from nlp_ssl.models import ModelConfig, build_model, check_block_size
 from nlp_ssl.objectives import NSPCollator
 from nlp_ssl.objectives.mlm import MLMConfig
-from nlp_ssl.reporting import RunDescription, run_summary
 from nlp_ssl.tasks.bert_pretraining import BertPretrainingTask
-from nlp_ssl.tokenizer_setup import TokenizerConfig, load_or_train_tokenizer
+from nlp_ssl.text.tokenizers import TokenizerConfig, load_or_train_tokenizer
 from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
+from nlp_ssl.training.reporting import RunDescription, run_summary
 
 
 @dataclass

@@ -14,9 +14,9 @@ from nlp_ssl.data.card import data_card
 from nlp_ssl.data.text import TextCorpus, TextDataConfig, corpus_name
 from nlp_ssl.models import ModelConfig, check_block_size
 from nlp_ssl.objectives.registry import TextSetup, find_objective, objective_settings, with_objective_settings
-from nlp_ssl.reporting import RunDescription, run_summary
-from nlp_ssl.tokenizer_setup import TokenizerConfig
+from nlp_ssl.text.tokenizers import TokenizerConfig
 from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
+from nlp_ssl.training.reporting import RunDescription, run_summary
 
 
 @dataclass

@@ -22,8 +22,8 @@ from nlp_ssl.data.card import data_card
 from nlp_ssl.data.image_splits import ImagePoolConfig, load_image_pool
 from nlp_ssl.models import ModelConfig
 from nlp_ssl.objectives.registry import ImageSetup, find_objective, objective_settings, with_objective_settings
-from nlp_ssl.reporting import RunDescription, run_summary
 from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
+from nlp_ssl.training.reporting import RunDescription, run_summary
 from nlp_ssl.vision.image import ImageConfig, check_image_config, make_processor
 
 

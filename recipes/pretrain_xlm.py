@@ -29,11 +29,11 @@ from nlp_ssl.models.builders import xlm_fields
 from nlp_ssl.objectives import TLMCollator
 from nlp_ssl.objectives.mlm import MLMConfig
 from nlp_ssl.objectives.registry import find_objective
-from nlp_ssl.reporting import RunDescription, run_summary
 from nlp_ssl.tasks.causal_lm import CausalLMTask
 from nlp_ssl.tasks.xlm import XLMMaskedLMTask
-from nlp_ssl.tokenizer_setup import TokenizerConfig, load_or_train_tokenizer
+from nlp_ssl.text.tokenizers import TokenizerConfig, load_or_train_tokenizer
 from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
+from nlp_ssl.training.reporting import RunDescription, run_summary
 
 
 @dataclass

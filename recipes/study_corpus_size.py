@@ -21,10 +21,10 @@ from nlp_ssl.atomic import write_json, write_text
 from nlp_ssl.cli import run
 from nlp_ssl.config import parse_config
 from nlp_ssl.errors import ConfigError
-from nlp_ssl.finetune_text import FinetuneTextConfig
 from nlp_ssl.study import Method, Study, StudyConfig, corpus_size, provenance, run_study
 from nlp_ssl.study.grid import check_arguments
 from nlp_ssl.study.pretraining import pretrain_step, section
+from nlp_ssl.text.text_finetuning import FinetuneTextConfig
 
 
 @dataclass

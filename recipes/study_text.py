@@ -22,16 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nlp_ssl.baselines import frozen_embeddings_logreg, tfidf_logreg
 from nlp_ssl.cli import run
 from nlp_ssl.config import parse_config
 from nlp_ssl.errors import ConfigError
-from nlp_ssl.finetune_text import FinetuneTextConfig, load_splits, split_pool
 from nlp_ssl.models.builders import resolve_model_path
 from nlp_ssl.study import Method, Study, StudyConfig, provenance, run_study
+from nlp_ssl.study.baselines import frozen_embeddings_logreg, tfidf_logreg
 from nlp_ssl.study.grid import check_arguments, check_methods
 from nlp_ssl.study.pretraining import check_test_unseen, corpus_args, pretrain_step, section
 from nlp_ssl.study.runs import recipe_yaml
+from nlp_ssl.text.text_finetuning import FinetuneTextConfig, load_splits, split_pool
 
 #: Methods that need the from-scratch pretrained model (``pretrained``), and the continued checkpoint.
 USES_PRETRAINED = ("scratch", "pretrained", "pretrained_aux", "frozen_probe")

@@ -29,8 +29,8 @@ from nlp_ssl.objectives import registry
 from nlp_ssl.study import Method, provenance, run_recipe
 from nlp_ssl.study.grid import check_arguments
 from nlp_ssl.study.protocol import ProtocolConfig, ProtocolStudy, check_protocol, pending_methods, run_protocol
-from nlp_ssl.vision.baselines import frozen_knn, frozen_probe, knn_on_pixels, logreg_on_pixels
-from nlp_ssl.vision.finetuning import FinetuneVisionConfig
+from nlp_ssl.vision.image_finetuning import FinetuneVisionConfig
+from nlp_ssl.vision.probes import frozen_knn, frozen_probe, knn_on_pixels, logreg_on_pixels
 
 #: The pretext tasks the study can pretrain with: every image objective of the registry. Each brings the rows
 #: ``<task>`` (fine-tuned from its checkpoint), ``<task>_aux`` (+ its auxiliary loss, where it lends one),

@@ -11,7 +11,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 @pytest.fixture(scope="session")
 def wordpiece_tokenizer(tmp_path_factory):
-    from nlp_ssl.tokenization import train_tokenizer
+    from nlp_ssl.text.tokenizers import train_tokenizer
     from tests.helpers import toy_texts
 
     return train_tokenizer("wordpiece", toy_texts(300), 120, tmp_path_factory.mktemp("tok") / "wordpiece")

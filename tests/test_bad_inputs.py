@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
 import time
 
 import pytest
 
-from tests.helpers import run_recipe, toy_texts, write_jsonl
+from tests.helpers import assert_one_line_exit, run_recipe, silent_endpoint, toy_texts, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +23,8 @@ def corpus(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("corpus") / "train.jsonl", [{"text": t} for t in toy_texts(200)])
 
 
-def last_line(proc) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
 def assert_one_line(proc, pattern: str, code: int = 2) -> None:
-    assert proc.returncode == code, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert re.search(pattern, last_line(proc)), last_line(proc)
+    assert_one_line_exit(proc, code, pattern)
 
 
 def run(recipe: str, tmp_path, *args: str, env: dict | None = None, timeout: int = 300):
@@ -44,28 +35,8 @@ def run(recipe: str, tmp_path, *args: str, env: dict | None = None, timeout: int
 
 @pytest.fixture(scope="module")
 def silent_hub():
-    """An endpoint that accepts connections and never answers: what a hung proxy or Hub looks like."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    accepted, stop = [], threading.Event()
-
-    def accept_and_stay_silent():
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept_and_stay_silent, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}", accepted
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    server.close()
+    with silent_endpoint() as endpoint:
+        yield endpoint
 
 
 @pytest.mark.parametrize("load", [
@@ -149,7 +120,7 @@ def checkpoints(tmp_path_factory):
     """A tiny causal LM and a tiny masked LM, each saved with its own tokenizer."""
     from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
 
-    from nlp_ssl.tokenization import train_tokenizer
+    from nlp_ssl.text.tokenizers import train_tokenizer
 
     root = tmp_path_factory.mktemp("checkpoints")
     gpt2 = train_tokenizer("bytelevel_bpe", toy_texts(300), 400, root / "gpt2")
@@ -176,7 +147,7 @@ def test_fine_tuning_refuses_a_tokenizer_that_is_not_the_checkpoints(tmp_path, c
     """A larger vocabulary would index past the embeddings; one of the same size would scramble them."""
     import shutil
 
-    from nlp_ssl.tokenization import train_tokenizer
+    from nlp_ssl.text.tokenizers import train_tokenizer
 
     larger = train_tokenizer("wordpiece", toy_texts(300) + [f"zebra{i} yak{i} walrus{i}" for i in range(300)], 600,
                              tmp_path / "larger")
@@ -207,8 +178,8 @@ def test_fine_tuning_refuses_a_tokenizer_that_is_not_the_checkpoints(tmp_path, c
 def test_settings_that_would_train_on_nothing_are_refused(tmp_path, checkpoints):
     from nlp_ssl.config import load_config
     from nlp_ssl.errors import ConfigError
-    from nlp_ssl.finetune_text import FinetuneTextConfig
-    from nlp_ssl.glue import GlueConfig
+    from nlp_ssl.text.glue_harness import GlueConfig
+    from nlp_ssl.text.text_finetuning import FinetuneTextConfig
     from recipes.pretrain_clm import PretrainDecoderConfig
 
     for cls, override, says in [

@@ -7,9 +7,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from nlp_ssl import baselines
 from nlp_ssl.data.minilm import minilm_checkpoint
 from nlp_ssl.errors import DataError
+from nlp_ssl.study import baselines
 
 PYTHON = sys.executable
 

@@ -88,7 +88,7 @@ def test_bench_fewlabel_runs_setfit_and_both_finetunings_on_the_same_rows_and_re
     from nlp_ssl.config import parse_config
     from nlp_ssl.data.wiki import load_wiki_corpus
     from nlp_ssl.data.wiki_pairs import LABELS, topic_pairs
-    from nlp_ssl.finetune_text import FinetuneTextConfig, load_splits, split_pool
+    from nlp_ssl.text.text_finetuning import FinetuneTextConfig, load_splits, split_pool
     from tests.helpers import write_jsonl
 
     data = tmp_path / "data" / "wikipairs"

@@ -6,10 +6,11 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
 from nlp_ssl.errors import ConfigError
-from nlp_ssl.finetune_text import uses_token_types
 from nlp_ssl.models import ModelConfig, build_model, special_token_fields
-from nlp_ssl.objectives.classification import ClassificationCollator
-from nlp_ssl.tasks.classification import GPT1_TOKENS, SequenceClassificationTask, prepare_pair_layout, tokenize_texts
+from nlp_ssl.objectives.text_classification import ClassificationCollator
+from nlp_ssl.tasks.classification import SequenceClassificationTask
+from nlp_ssl.text.pairs import GPT1_TOKENS, prepare_pair_layout, tokenize_texts
+from nlp_ssl.text.text_finetuning import uses_token_types
 from tests.helpers import toy_texts
 
 A = "the cat sat on a mat"
@@ -19,7 +20,7 @@ B = "two dogs ran"
 @pytest.fixture(scope="module")
 def wordpiece(tmp_path_factory):
     """A WordPiece tokenizer whose vocabulary holds every toy word whole, so tokens read as words."""
-    from nlp_ssl.tokenization import train_tokenizer
+    from nlp_ssl.text.tokenizers import train_tokenizer
 
     return train_tokenizer("wordpiece", toy_texts(300), 400, tmp_path_factory.mktemp("wp") / "tok")
 
@@ -56,7 +57,7 @@ def test_truncation_cuts_the_longer_side_first(wordpiece):
 def test_modernbert_pair_uses_separators_and_no_segment_ids(wordpiece):
     import datasets
 
-    from nlp_ssl.finetune_text import tokenize
+    from nlp_ssl.text.text_finetuning import tokenize
 
     tok = wordpiece
     model = build_model(ModelConfig(arch="modernbert", size="tiny"), "sequence_classification", vocab_size=len(tok),
@@ -75,7 +76,7 @@ def test_modernbert_pair_uses_separators_and_no_segment_ids(wordpiece):
 
 @pytest.fixture(scope="module")
 def bpe_tokenizer(tmp_path_factory):
-    from nlp_ssl.tokenization import train_tokenizer
+    from nlp_ssl.text.tokenizers import train_tokenizer
 
     return train_tokenizer("bytelevel_bpe", toy_texts(300), 400, tmp_path_factory.mktemp("bpe") / "tok")
 

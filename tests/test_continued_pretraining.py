@@ -23,7 +23,7 @@ from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.models import ModelConfig
 from nlp_ssl.models.continued import build_pretraining_model
 from nlp_ssl.objectives import MLMCollator
-from nlp_ssl.tokenizer_setup import TokenizerConfig, load_or_train_tokenizer
+from nlp_ssl.text.tokenizers import TokenizerConfig, load_or_train_tokenizer
 from tests.helpers import ROOT, run_recipe, toy_texts, write_jsonl
 
 TOKENIZERS = ROOT / "tests" / "data" / "tokenizers"

@@ -1,7 +1,7 @@
 """Model-card data fields: the licence a built-in corpus carries, Hub datasets by id, nothing for local files."""
 
 from nlp_ssl.data.card import data_card
-from nlp_ssl.reporting import RunDescription, write_model_card
+from nlp_ssl.training.reporting import RunDescription, write_model_card
 
 
 def test_data_card_fields(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from nlp_ssl.data.prepared import PreparedStore, read_manifest
 from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
 from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.objectives.mlm import contiguous_word_index
-from nlp_ssl.tokenizer_setup import TokenizerConfig
+from nlp_ssl.text.tokenizers import TokenizerConfig
 from tests.helpers import ROOT, run_recipe, toy_texts, write_jsonl
 
 TOKENIZERS = ROOT / "tests" / "data" / "tokenizers"

@@ -16,13 +16,13 @@ from accelerate.utils import DistributedType
 from datasets import Dataset
 from transformers import BertConfig, BertForMaskedLM
 
-from nlp_ssl import backends
 from nlp_ssl.config import build_config
 from nlp_ssl.data.text import tokenize_and_pack
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.objectives import MLMCollator
 from nlp_ssl.tasks.masked_lm import MaskedLMTask
 from nlp_ssl.trainer import TrainConfig, Trainer
+from nlp_ssl.training import backends
 from tests.helpers import ROOT, toy_texts
 
 CONFIGS = ROOT / "recipes" / "configs" / "accelerate"
@@ -55,12 +55,12 @@ def fake_accelerator(kind, num_processes=2):
 
 def test_an_fsdp_launch_on_cpu_processes_says_it_runs_ddp(monkeypatch, caplog):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with caplog.at_level(logging.WARNING, logger="nlp_ssl.backends"):
+    with caplog.at_level(logging.WARNING, logger="nlp_ssl.training.backends"):
         backends.warn_if_replaced(fake_accelerator(DistributedType.MULTI_CPU))
     assert "FSDP was launched (ACCELERATE_USE_FSDP=true), but accelerate runs it only on GPUs: these 2 process(es) " \
            "train with MULTI_CPU instead" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="nlp_ssl.backends"):
+    with caplog.at_level(logging.WARNING, logger="nlp_ssl.training.backends"):
         backends.warn_if_replaced(fake_accelerator(DistributedType.FSDP))
         monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
         backends.warn_if_replaced(fake_accelerator(DistributedType.MULTI_CPU))

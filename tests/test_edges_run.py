@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, toy_texts, write_jsonl
+from tests.helpers import ROOT, assert_one_line_exit, toy_texts, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -40,17 +40,6 @@ def recipe(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.Compl
     cmd = [sys.executable, str(ROOT / "recipes" / "pretrain_mlm.py"), *SMALL, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
-
-
-def last_line(proc) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-def assert_one_line_exit(proc, code: int, pattern: str) -> None:
-    assert proc.returncode == code, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert re.search(pattern, last_line(proc)), last_line(proc)
 
 
 def status(out: Path) -> dict:
@@ -160,7 +149,7 @@ def test_resume_with_another_batch_size_is_refused_unless_said(tmp_path, corpus)
 def test_resume_changed_names_the_settings_that_may_differ(tmp_path, caplog):
     from nlp_ssl.config import build_config, to_dict
     from nlp_ssl.errors import ConfigError
-    from nlp_ssl.training.config import TrainConfig
+    from nlp_ssl.training.run_config import TrainConfig
     from nlp_ssl.training.setup import check_resume_settings
 
     checkpoint = tmp_path / "step_00000002"

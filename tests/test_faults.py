@@ -1,6 +1,6 @@
 """Faults as runs meet them on shared clusters, injected for real into recipe subprocesses:
-divergence, SIGTERM/SIGINT (one and two processes), a second run on the same output_dir, damaged
-checkpoints, a full disk, a Hub that never answers, and bad values and files.
+divergence, SIGTERM/SIGINT (one and two processes), a second run on the same output_dir, a Hub that
+never answers, and bad values and files (damaged checkpoints and a full disk: ``test_checkpoint_faults.py``).
 
 Every case ends in one documented exit code and one line on stderr, never a traceback, and never
 leaves non-finite weights or a lost checkpoint behind.
@@ -12,82 +12,28 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from nlp_ssl import checkpointing as ckpt
-from tests.helpers import ROOT, run_recipe, toy_texts, write_jsonl
+from nlp_ssl.training import checkpointing as ckpt
+from tests.fault_runs import args, same_weights, status, tensors_in, write_corpus
+from tests.helpers import ROOT, assert_one_line_exit, run_recipe, silent_endpoint, toy_texts, write_jsonl
 
 pytestmark = pytest.mark.slow
 
-SMALL = [
-    "data.block_size=64", "impl.micro_batch_size=8", "train.global_batch_size=8", "log.every=1", "eval.every=100",
-    "tokenizer.vocab_size=2000", "log.progress_bar=false", "data.validation_split=0.1", "log.report_to=[]",
-]
-#: A constant schedule: a run extended from max_steps 10 to 12 then equals a straight 12-step run.
-CONSTANT = ["optim.lr_schedule=constant", "optim.warmup_ratio=0", "save.every=4", "save.total_limit=3"]
 DDP = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
        "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("faults") / "train.jsonl", [{"text": t} for t in toy_texts(400)])
-
-
-def args(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return [f"data.train_file={corpus}", f"output_dir={out}", *SMALL, *extra]
-
-
-def last_line(proc) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-def assert_one_line_exit(proc, code: int, pattern: str) -> None:
-    assert proc.returncode == code, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert re.search(pattern, last_line(proc)), last_line(proc)
-
-
-def tensors_in(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor saved under ``folder``: safetensors files and torch pickles (optimizer state)."""
-    found = {}
-    for path in folder.rglob("*.safetensors"):
-        found.update({f"{path}:{k}": v for k, v in load_file(str(path)).items()})
-    for path in folder.rglob("*.bin"):
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        stack = [(str(path), state)]
-        while stack:
-            name, value = stack.pop()
-            if isinstance(value, torch.Tensor):
-                found[name] = value
-            elif isinstance(value, dict):
-                stack.extend((f"{name}:{k}", v) for k, v in value.items())
-            elif isinstance(value, (list, tuple)):
-                stack.extend((f"{name}:{i}", v) for i, v in enumerate(value))
-    return found
-
-
-def status(out: Path) -> dict:
-    return json.loads((out / "run_status.json").read_text())
-
-
-def same_weights(a: Path, b: Path) -> None:
-    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        assert torch.equal(wa[name], wb[name]), name
+    return write_corpus(tmp_path_factory.mktemp("faults"))
 
 
 def start(cmd_args: list[str], launcher: list[str] | None = None) -> subprocess.Popen:
@@ -231,147 +177,17 @@ def test_second_run_on_the_same_output_dir_is_refused_and_a_dead_runs_lock_is_ta
     assert json.loads((out / "all_results.json").read_text())["steps"] == newest + 4
 
 
-# ----------------------------------------------------------------------------------- damaged checkpoints
-
-
-@pytest.fixture(scope="module")
-def interrupted_run(tmp_path_factory, corpus) -> tuple[Path, Path]:
-    """(a 12-step straight run, a run that stopped at step 10 with checkpoints at steps 4 and 8)."""
-    root = tmp_path_factory.mktemp("damaged")
-    straight, partial = root / "straight", root / "partial"
-    for out, steps in ((straight, 12), (partial, 10)):
-        proc = run_recipe("pretrain_mlm.py", *args(corpus, out, *CONSTANT, f"train.max_steps={steps}"))
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    (partial / "all_results.json").unlink()  # as if it had been killed during its final save
-    assert [p.name for p in ckpt.list_checkpoints(partial / "checkpoints")] == ["step_00000004", "step_00000008"]
-    return straight, partial
-
-
-def truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-DAMAGE = {
-    "truncated model.safetensors": ("model.safetensors", truncate, "has \\d+ bytes, expected \\d+"),
-    "truncated optimizer.bin": ("optimizer.bin", truncate, "has \\d+ bytes, expected \\d+"),
-    "truncated trainer_state.json": ("trainer_state.json", truncate, "has \\d+ bytes, expected \\d+"),
-    "deleted model.safetensors": ("model.safetensors", Path.unlink, "is missing"),
-    "flipped byte in the HF export": ("hf_model/model.safetensors",
-                                      lambda p: p.write_bytes(bytes([p.read_bytes()[0] ^ 1]) + p.read_bytes()[1:]),
-                                      "does not match its checksum"),
-}
-
-
-@pytest.mark.parametrize("case", list(DAMAGE))
-def test_damaged_newest_checkpoint(tmp_path, corpus, interrupted_run, case):
-    straight, partial = interrupted_run
-    out = tmp_path / "run"
-    shutil.copytree(partial, out)
-    name, damage, says = DAMAGE[case]
-    newest = out / "checkpoints" / "step_00000008"
-    damage(newest / name)
-
-    explicit = run_recipe("pretrain_mlm.py", *args(corpus, out, *CONSTANT, "train.max_steps=12", f"resume={newest}"))
-    assert_one_line_exit(explicit, 2, rf"^error: checkpoint {re.escape(str(newest))} is damaged: {re.escape(name)} {says}$")
-
-    proc = run_recipe("pretrain_mlm.py", *args(corpus, out, *CONSTANT, "train.max_steps=12", "resume=auto"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert re.search(rf"skipping checkpoint {re.escape(str(newest))} is damaged: {re.escape(name)}", proc.stderr)
-    assert "resumed from" in proc.stderr and "step_00000004 at step 4" in proc.stderr
-    same_weights(straight, out)  # exact resume from the older checkpoint
-
-
-def test_resume_auto_on_a_finished_run_says_so_and_does_not_retrain(tmp_path, corpus, interrupted_run):
-    straight, _ = interrupted_run
-    out = tmp_path / "run"
-    shutil.copytree(straight, out)
-    before = (out / "all_results.json").read_bytes(), (out / "model.safetensors").stat().st_mtime_ns
-    proc = run_recipe("pretrain_mlm.py", *args(corpus, out, *CONSTANT, "train.max_steps=12", "resume=auto"))
-    assert_one_line_exit(proc, 0, rf"^output_dir {re.escape(str(out))} holds a finished run \(12 steps")
-    assert ((out / "all_results.json").read_bytes(), (out / "model.safetensors").stat().st_mtime_ns) == before
-    # all_results.json is written last: nothing of the final outputs is newer.
-    final = [p for p in out.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != "run_status.json"]
-    assert max(final, key=lambda p: p.stat().st_mtime_ns).name == "all_results.json"
-    # Files take the user's umask (safetensors alone would write them 0600).
-    mode = 0o666 & ~_umask()
-    assert {oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()} == {oct(mode)}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# ----------------------------------------------------------------------------------- full disk
-
-
-def test_full_disk_names_the_checkpoint_and_keeps_the_previous_one(tmp_path, corpus, interrupted_run):
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
-        pytest.skip("needs unshare -rm (a private mount namespace) to mount a small tmpfs")
-    _, partial = interrupted_run
-    one = sum(p.stat().st_size for p in (partial / "checkpoints" / "step_00000004").rglob("*") if p.is_file())
-    model = (partial / "model.safetensors").stat().st_size
-    # Room for the first checkpoint and the best model, not for the second checkpoint.
-    size_kb = (one + 2 * model + 512 * 1024) // 1024
-    out = tmp_path / "disk"
-    out.mkdir()
-    cmd = [sys.executable, str(ROOT / "recipes" / "pretrain_mlm.py"),
-           *args(corpus, out, *CONSTANT, "train.max_steps=12", "eval.every=4", "save.total_limit=5")]
-    after = tmp_path / "after"  # the tmpfs lives only in the run's namespace: copy out what it left
-    script = (f"mount -t tmpfs -o size={size_kb}k tmpfs {out} && cd {ROOT} && " + " ".join(map(_quote, cmd))
-              + f"; code=$?; cp -a {out} {after}; exit $code")
-    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert_one_line_exit(
-        proc, 74,
-        r"^stopped: no space left on device while saving checkpoint step 8 to \S+ \(checkpoint step_00000004 is intact\); "
-        r"free space, then continue with resume=auto$",
-    )
-    assert [p.name for p in (after / "checkpoints").iterdir()] == ["step_00000004"], "partial checkpoint left behind"
-    ckpt.verify_checkpoint(after / "checkpoints" / "step_00000004")
-    assert status(after)["status"] == "write_failed" and status(after)["exit_code"] == 74
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
-
-
 # ----------------------------------------------------------------------------------- Hub
 
 
 def test_a_hub_that_never_answers_fails_within_a_bounded_time(tmp_path, corpus):
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    accepted = []
-    stop = threading.Event()
-
-    def accept_and_stay_silent():
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept_and_stay_silent, daemon=True)
-    thread.start()
-    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
     began = time.monotonic()
-    try:
+    with silent_endpoint() as (endpoint, accepted):
         proc = run_recipe(
             "pretrain_mlm.py", *args(corpus, tmp_path / "run", "train.max_steps=4", "hub.push=true",
                                      "hub.model_id=someone/silent", "hub.timeout=1", "hub.retries=1"),
             env={"HF_ENDPOINT": endpoint, "HF_TOKEN": "hf_dummy_token_for_tests", "HF_HUB_OFFLINE": "0"}, timeout=240,
         )
-    finally:
-        stop.set()
-        thread.join()
-        for conn in accepted:
-            conn.close()
-        server.close()
     elapsed = time.monotonic() - began
     assert accepted, "the run never reached the server"
     assert_one_line_exit(proc, 2, r"^error: push to hub: create repo someone/silent failed .*[Tt]imeout")

@@ -7,12 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,16 +24,16 @@ from transformers import (
 )
 
 from nlp_ssl.errors import ConfigError
-from nlp_ssl.finetune_contrastive import ContrastiveFinetuneConfig
-from nlp_ssl.objectives.classification import ClassificationCollator
 from nlp_ssl.objectives.label_pairs import LabelPartners, PartnerCollator
+from nlp_ssl.objectives.text_classification import ClassificationCollator
 from nlp_ssl.tasks.contrastive_classification import (
     ContrastiveClassificationTask,
     classifier_layer,
     cosine_pair_sums,
     last_token,
 )
-from tests.helpers import ROOT, write_jsonl
+from nlp_ssl.text.contrastive_finetuning import ContrastiveFinetuneConfig
+from tests.helpers import ROOT, run_killed_and_resumed, start_cli, write_jsonl
 
 TOKENIZER = ROOT / "tests" / "data" / "tokenizers" / "wordpiece"
 
@@ -191,13 +185,6 @@ def test_bad_settings_are_one_line():
 # ------------------------------------------------------------------------------- the CLI, end to end
 
 
-def _cli(cwd: Path, *args: str) -> subprocess.Popen:
-    cli = Path(sys.executable).with_name("nlp-ssl")
-    return subprocess.Popen([str(cli), "run", "finetune_text", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}, start_new_session=True)
-
-
 #: Three topics in words of the test tokenizer's vocabulary (tests.helpers.WORDS).
 WORDS = {"animals": "cat dogs bird", "places": "fields walls rivers mountains", "verbs": "sat ran sang flowing"}
 
@@ -231,21 +218,10 @@ def test_contrastive_finetuning_with_the_aux_loss_resumes_exactly_and_pipeline_p
             "optim.learning_rate=3e-3", "log.progress_bar=false", "finetune.mode=contrastive", "finetune.aux_lm=mlm",
             "finetune.aux_weight=0.5"]
 
-    straight = _cli(tmp_path, *args, "output_dir=straight")
+    straight = start_cli(tmp_path, "finetune_text", *args, "output_dir=straight")
     log = straight.communicate(timeout=600)[0]
     assert straight.returncode == 0, log[-3000:]
-    stopped = _cli(tmp_path, *args, "output_dir=stopped")
-    lines = []
-    for line in stopped.stdout:
-        lines.append(line)
-        if re.search(r"step 16: eval_loss", line):
-            stopped.send_signal(signal.SIGTERM)
-            break
-    log = "".join(lines) + stopped.communicate(timeout=300)[0]
-    assert stopped.returncode == 75, log[-3000:]
-    resumed = _cli(tmp_path, *args, "output_dir=stopped", "resume=auto")
-    log = resumed.communicate(timeout=600)[0]
-    assert resumed.returncode == 0 and "resumed from" in log, log[-3000:]
+    run_killed_and_resumed(tmp_path, "finetune_text", [*args, "output_dir=stopped"], r"step 16: eval_loss")
     a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(tmp_path / "stopped" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

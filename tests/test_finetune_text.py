@@ -16,14 +16,14 @@ from transformers import (
 )
 
 from nlp_ssl.errors import ConfigError
-from nlp_ssl.finetune_text import FinetuneConfig
-from nlp_ssl.objectives.classification import ClassificationCollator
 from nlp_ssl.objectives.clm import clm_aux_keys
 from nlp_ssl.objectives.mlm import MLMAuxKeys
 from nlp_ssl.objectives.registry import OBJECTIVES
+from nlp_ssl.objectives.text_classification import ClassificationCollator
 from nlp_ssl.tasks.causal_lm import CausalLMAux, causal_lm_head
 from nlp_ssl.tasks.classification import SequenceClassificationTask
 from nlp_ssl.tasks.masked_lm import MaskedLMAux, masked_lm_head
+from nlp_ssl.text.text_finetuning import FinetuneConfig
 from tests.helpers import ROOT, run_recipe, toy_texts, write_jsonl
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -273,7 +273,7 @@ def test_recipe_transfers_encoder_and_saves_a_pipeline_ready_classifier(tmp_path
 def test_recipe_gpt2_checkpoint_with_clm_aux(tmp_path, topic_files):
     """A GPT-2 checkpoint (pad token = EOS) fine-tunes with the CLM aux loss and loads in a pipeline."""
     from nlp_ssl.data.wiki import load_wiki_corpus
-    from nlp_ssl.tokenization import train_tokenizer
+    from nlp_ssl.text.tokenizers import train_tokenizer
 
     texts = load_wiki_corpus()["en_train"].select(range(300))["text"]
     tok = train_tokenizer("bytelevel_bpe", texts, 600, tmp_path / "tok")
@@ -326,9 +326,9 @@ def test_bad_input_fails_with_one_clear_line(tmp_path, topic_files, case, expect
 
 @pytest.mark.slow
 def test_study_smoke_writes_table_plot_and_curves(tmp_path, pretrained_mlm, topic_files):
-    from nlp_ssl.baselines import tfidf_logreg
     from nlp_ssl.config import load_config
-    from nlp_ssl.finetune_text import FinetuneTextConfig, load_splits, split_pool
+    from nlp_ssl.study.baselines import tfidf_logreg
+    from nlp_ssl.text.text_finetuning import FinetuneTextConfig, load_splits, split_pool
 
     out = tmp_path / "study"
     args = [*data_args(topic_files), *TINY, "train.max_steps=4", "eval.every=2"]
@@ -423,7 +423,7 @@ def test_modernbert_mlm_aux_uses_its_pretrained_head_and_mean_pooling(tmp_path, 
 @pytest.fixture(scope="module")
 def tiny_bert_checkpoint(tmp_path_factory):
     """A tiny BERT with a WordPiece tokenizer that holds every toy word, saved as a checkpoint folder."""
-    from nlp_ssl.tokenization import train_tokenizer
+    from nlp_ssl.text.tokenizers import train_tokenizer
 
     folder = tmp_path_factory.mktemp("pairckpt") / "bert"
     tok = train_tokenizer("wordpiece", toy_texts(300), 400, folder)

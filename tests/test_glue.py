@@ -1,4 +1,4 @@
-"""The GLUE harness (nlp_ssl/data/glue.py, nlp_ssl/glue.py, recipes/glue.py) on small fixtures written
+"""The GLUE harness (nlp_ssl/data/glue.py, nlp_ssl/text/glue_harness.py, recipes/glue.py) on small fixtures written
 in both real layouts: the classic GLUE download (tsv) and a local copy of nyu-mll/glue (parquet)."""
 
 import json
@@ -168,7 +168,7 @@ def tiny_checkpoint(tmp_path_factory):
     """A tiny 'pretrained' BERT saved with a WordPiece tokenizer, as pretrain_mlm.py leaves one."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from nlp_ssl.tokenization import train_tokenizer
+    from nlp_ssl.text.tokenizers import train_tokenizer
     from tests.helpers import toy_texts
 
     folder = tmp_path_factory.mktemp("ckpt") / "bert"

@@ -24,7 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nlp_ssl import checkpointing as ckpt
+from nlp_ssl.training import checkpointing as ckpt
 from tests.helpers import ROOT, toy_texts, write_jsonl
 
 pytestmark = pytest.mark.slow

@@ -4,13 +4,8 @@ the study look objectives up in, and a researcher's own objective from a file ou
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +14,7 @@ from safetensors.torch import load_file
 from nlp_ssl.config import load_config
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.objectives import registry
-from tests.helpers import ROOT, toy_texts, write_jsonl
+from tests.helpers import ROOT, run_killed_and_resumed, start_cli, toy_texts, write_jsonl
 
 EXAMPLE = ROOT / "docs" / "examples" / "replaced_tokens.py"
 
@@ -104,13 +99,6 @@ SMALL = ["data.block_size=32", "impl.micro_batch_size=8", "train.global_batch_si
          "train.max_steps=12", "data.max_train_documents=60", "objective=replaced_tokens.py", "objective_args.replace_prob=0.2"]
 
 
-def _nlp_ssl(cwd: Path, *args: str) -> subprocess.Popen:
-    cli = Path(sys.executable).with_name("nlp-ssl")
-    return subprocess.Popen([str(cli), "run", "pretrain_mlm", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            start_new_session=True)
-
-
 @pytest.mark.slow
 def test_an_objective_from_a_file_outside_the_package_trains_and_resumes_exactly(tmp_path):
     """The docs' example, copied into a folder of the user's: no nlp_ssl file is edited."""
@@ -118,22 +106,10 @@ def test_an_objective_from_a_file_outside_the_package_trains_and_resumes_exactly
     corpus = write_jsonl(tmp_path / "train.jsonl", [{"text": t} for t in toy_texts(200)])
     run = [f"data.train_file={corpus}", *SMALL]
 
-    straight = _nlp_ssl(tmp_path, *run, "output_dir=straight")
+    straight = start_cli(tmp_path, "pretrain_mlm", *run, "output_dir=straight", threads=None)
     log = straight.communicate(timeout=600)[0]
     assert straight.returncode == 0, log[-3000:]
-
-    stopped = _nlp_ssl(tmp_path, *run, "output_dir=stopped")
-    lines = []
-    for line in stopped.stdout:
-        lines.append(line)
-        if re.search(r"step 5: eval_loss", line):
-            stopped.send_signal(signal.SIGTERM)
-            break
-    log = "".join(lines) + stopped.communicate(timeout=300)[0]
-    assert stopped.returncode == 75, log[-3000:]
-    resumed = _nlp_ssl(tmp_path, *run, "output_dir=stopped", "resume=auto")
-    log = resumed.communicate(timeout=600)[0]
-    assert resumed.returncode == 0 and "resumed from" in log, log[-3000:]
+    run_killed_and_resumed(tmp_path, "pretrain_mlm", [*run, "output_dir=stopped"], r"step 5: eval_loss", threads=None)
 
     a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(tmp_path / "stopped" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -8,7 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from nlp_ssl.data.text import tokenize_and_pack
 from nlp_ssl.objectives.clm import CLMCollator, document_position_ids
 from nlp_ssl.tasks.causal_lm import CausalLMTask
-from nlp_ssl.tokenization import train_tokenizer
+from nlp_ssl.text.tokenizers import train_tokenizer
 from tests.helpers import toy_texts
 
 

@@ -104,7 +104,7 @@ def test_matches_transformers_output_schema(wordpiece_tokenizer, blocks):
 
 
 def test_tokenizer_without_mask_token_is_rejected(tmp_path):
-    from nlp_ssl.tokenization import train_tokenizer
+    from nlp_ssl.text.tokenizers import train_tokenizer
 
     tok = train_tokenizer("wordpiece", toy_texts(50), 80, tmp_path / "t")
     tok.mask_token = None
@@ -133,7 +133,7 @@ def test_whole_word_masking_with_other_tokenizers(tmp_path, kind, vocab):
     """Word boundaries come from the fast tokenizer itself, not from WordPiece's ## prefixes."""
     from datasets import Dataset
 
-    from nlp_ssl.tokenization import train_tokenizer
+    from nlp_ssl.text.tokenizers import train_tokenizer
 
     tok = train_tokenizer(kind, toy_texts(300, seed=3), vocab, tmp_path / kind)
     blocks = tokenize_and_pack(Dataset.from_dict({"text": toy_texts(200, seed=4)}), tok, "text", 48, word_ids=True)
@@ -153,7 +153,7 @@ def test_whole_word_masking_with_other_tokenizers(tmp_path, kind, vocab):
 
 def test_tlm_masks_depend_on_the_example_not_its_batch(tmp_path):
     from nlp_ssl.objectives import TLMCollator
-    from nlp_ssl.tokenization import train_tokenizer
+    from nlp_ssl.text.tokenizers import train_tokenizer
 
     tok = train_tokenizer("bpe", toy_texts(200, seed=5), 80, tmp_path / "bpe")
     texts = toy_texts(8, seed=6)

@@ -6,12 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +19,7 @@ from nlp_ssl.models import ModelConfig
 from nlp_ssl.objectives import registry
 from nlp_ssl.objectives.simcse import SimCSECollator, SimCSEConfig, TruncatedTexts
 from nlp_ssl.tasks.sentence_embedding import SentenceEmbeddingTask, pool
-from tests.helpers import ROOT, toy_texts, write_jsonl
+from tests.helpers import ROOT, run_killed_and_resumed, start_cli, toy_texts, write_jsonl
 
 TOKENIZER = ROOT / "tests" / "data" / "tokenizers" / "wordpiece"
 
@@ -163,30 +157,6 @@ SMALL = ["data.block_size=24", "train.global_batch_size=8", "eval.batch_size=8",
          "save.every=3", "train.max_steps=8", "log.progress_bar=false", "log.report_to=[]", "data.validation_split=0.1"]
 
 
-def _cli(cwd: Path, recipe: str, *args: str) -> subprocess.Popen:
-    cli = Path(sys.executable).with_name("nlp-ssl")
-    return subprocess.Popen([str(cli), "run", recipe, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
-                            start_new_session=True)
-
-
-def run_killed_and_resumed(cwd: Path, recipe: str, args: list[str], stop_at: str) -> str:
-    """Run, SIGTERM once ``stop_at`` is logged (exit 75 after a checkpoint), then resume=auto; the logs."""
-    stopped = _cli(cwd, recipe, *args)
-    lines = []
-    for line in stopped.stdout:
-        lines.append(line)
-        if re.search(stop_at, line):
-            stopped.send_signal(signal.SIGTERM)
-            break
-    log = "".join(lines) + stopped.communicate(timeout=300)[0]
-    assert stopped.returncode == 75, log[-3000:]
-    resumed = _cli(cwd, recipe, *args, "resume=auto")
-    log = resumed.communicate(timeout=600)[0]
-    assert resumed.returncode == 0 and "resumed from" in log, log[-3000:]
-    return log
-
-
 @pytest.mark.slow
 def test_simcse_continues_a_bare_encoder_from_the_cli_resumes_exactly_and_fine_tunes(tmp_path, tokenizer):
     from transformers import AutoModel, AutoModelForSequenceClassification
@@ -198,7 +168,7 @@ def test_simcse_continues_a_bare_encoder_from_the_cli_resumes_exactly_and_fine_t
     args = ["--config", "pretrain_mlm_simcse.yaml", f"model.name_or_path={checkpoint}", f"data.train_file={corpus}", *SMALL,
             "optim.learning_rate=5e-4"]
 
-    straight = _cli(tmp_path, "pretrain_mlm", *args, "output_dir=straight")
+    straight = start_cli(tmp_path, "pretrain_mlm", *args, "output_dir=straight")
     log = straight.communicate(timeout=600)[0]
     assert straight.returncode == 0, log[-3000:]
     run_killed_and_resumed(tmp_path, "pretrain_mlm", [*args, "output_dir=stopped"], r"step 3: eval_loss")
@@ -219,7 +189,7 @@ def test_simcse_continues_a_bare_encoder_from_the_cli_resumes_exactly_and_fine_t
     # The continued encoder fine-tunes like any checkpoint.
     rows = [{"text": t, "label": ["short", "long"][len(t.split()) > 20]} for t in toy_texts(80, seed=6)]
     pool = write_jsonl(tmp_path / "pool.jsonl", rows)
-    finetune = _cli(tmp_path, "finetune_text", f"model.name_or_path={tmp_path / 'straight'}", f"data.train_file={pool}",
+    finetune = start_cli(tmp_path, "finetune_text", f"model.name_or_path={tmp_path / 'straight'}", f"data.train_file={pool}",
                     "data.k_per_class=8", "data.validation_per_class=4", "train.max_steps=3", "eval.every=3",
                     "train.global_batch_size=8",
                     "log.progress_bar=false", "output_dir=classifier")

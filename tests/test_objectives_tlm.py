@@ -11,7 +11,7 @@ from nlp_ssl.data.xlm_streams import prepare_monolingual_dataset, prepare_tlm_da
 from nlp_ssl.errors import DataError
 from nlp_ssl.objectives.tlm import TLMCollator
 from nlp_ssl.tasks.xlm import XLMMaskedLMTask
-from nlp_ssl.tokenization import train_tokenizer
+from nlp_ssl.text.tokenizers import train_tokenizer
 
 EN = "the cat sat on a mat while two dogs ran across green fields under the bright morning sun".split()
 ES = "el gato se sentó en una alfombra mientras dos perros corrían por campos verdes bajo el sol".split()

@@ -1,12 +1,12 @@
-"""nlp_ssl.prediction.predict: the one prediction loop that text and vision fine-tuning score their test sets with."""
+"""nlp_ssl.metrics.prediction.predict: the one prediction loop that text and vision fine-tuning score their test sets with."""
 
 import numpy as np
 import torch
 from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
 
 from nlp_ssl.data.images import load_digits_dataset
+from nlp_ssl.metrics.prediction import predict
 from nlp_ssl.objectives import ImageClassificationCollator
-from nlp_ssl.prediction import predict
 
 
 def test_image_predictions_are_the_models_argmax_in_dataset_order_and_modes_are_restored():

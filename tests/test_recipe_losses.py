@@ -9,7 +9,7 @@ commit named below, within float noise. A change that is meant to change the num
 writes the observed losses to that file (the tests then pass) to paste into ``PINS``.
 
 The text recipes get fixed tokenizers (``tests/data/tokenizers``, trained by
-``nlp_ssl.tokenization.train_tokenizer`` on the ``wiki_jsonl`` documents): 🤗 tokenizers' WordPiece
+``nlp_ssl.text.tokenizers.train_tokenizer`` on the ``wiki_jsonl`` documents): 🤗 tokenizers' WordPiece
 and BPE trainers number tokens of equal frequency in hash-map order, so a freshly trained tokenizer
 is not the same from one process to the next.
 """

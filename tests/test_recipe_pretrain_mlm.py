@@ -158,13 +158,13 @@ def test_bad_input_fails_with_one_clear_line(tmp_path, wiki_jsonl, case, expecte
             "earlier_run": [],
         }[case]
     if case == "earlier_run":
-        from nlp_ssl.checkpointing import STATE_FILE
+        from nlp_ssl.training.checkpointing import STATE_FILE
 
         earlier = tmp_path / "out" / "checkpoints" / "step_00000004"
         earlier.mkdir(parents=True)
         (earlier / STATE_FILE).write_text("{}")
     if case == "no_mask":
-        from nlp_ssl.tokenization import train_tokenizer
+        from nlp_ssl.text.tokenizers import train_tokenizer
         from tests.helpers import toy_texts
 
         train_tokenizer("bytelevel_bpe", toy_texts(50), 300, tmp_path / "tok").save_pretrained(tmp_path / "tok")

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from nlp_ssl import checkpointing
 from nlp_ssl.config import build_config
+from nlp_ssl.training import checkpointing
 from tests.helpers import run_recipe
 
 pytestmark = pytest.mark.slow
@@ -73,7 +73,7 @@ def accuracy_on_test_images(out, args):
 
     from nlp_ssl.config import load_config
     from nlp_ssl.data.image_splits import labelled_splits
-    from nlp_ssl.vision.finetuning import FinetuneVisionConfig
+    from nlp_ssl.vision.image_finetuning import FinetuneVisionConfig
 
     cfg = load_config(FinetuneVisionConfig, overrides=[a for a in args if a.startswith("data.")])
     test = labelled_splits(cfg.data, cfg.seed)["test"]
@@ -200,7 +200,7 @@ def test_checkpoint_encoders_load_and_heads_are_new(rotation_run, mim_run):
     from nlp_ssl.config import load_config
     from nlp_ssl.errors import ConfigError
     from nlp_ssl.models.grayscale_vit import from_checkpoint
-    from nlp_ssl.vision.finetuning import FinetuneVisionConfig, build_classifier
+    from nlp_ssl.vision.image_finetuning import FinetuneVisionConfig, build_classifier
 
     names = [f"c{i}" for i in range(10)]
     for run, cls in ((rotation_run, ViTForImageClassification), (mim_run, ViTForMaskedImageModeling)):

@@ -281,7 +281,7 @@ def test_bad_input_exits_2_with_one_error_line(tmp_path, case, expected):
 
 def test_tlm_collator_causal_mode_predicts_every_token_unmasked(tmp_path):
     from nlp_ssl.objectives import TLMCollator
-    from nlp_ssl.tokenization import train_tokenizer
+    from nlp_ssl.text.tokenizers import train_tokenizer
     from tests.helpers import toy_texts
 
     tok = train_tokenizer("bpe", toy_texts(100), 200, tmp_path / "bpe")

@@ -15,13 +15,13 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from transformers import BertConfig, BertForMaskedLM
 
-from nlp_ssl import checkpointing as ckpt
 from nlp_ssl.config import build_config
 from nlp_ssl.data import text as text_data
 from nlp_ssl.data.text import TextDataConfig, load_text_splits, tokenize_and_pack
 from nlp_ssl.objectives import MLMCollator
 from nlp_ssl.tasks.masked_lm import MaskedLMTask
 from nlp_ssl.trainer import STREAM_STATE_FILE, TrainConfig, Trainer
+from nlp_ssl.training import checkpointing as ckpt
 from tests.helpers import toy_texts, write_jsonl
 
 #: Documents per shuffled window and per tokenizer call: small, so that resuming at step 15 reads far

@@ -460,8 +460,8 @@ def test_study_text_refuses_unlabelled_text_that_holds_a_test_text(tmp_path, tas
 
 
 def test_the_pretraining_corpus_is_the_pool_plus_unlabelled_files_never_the_test_file(tmp_path):
-    from nlp_ssl.finetune_text import ClassificationDataConfig
     from nlp_ssl.study.pretraining import check_test_unseen, corpus_args
+    from nlp_ssl.text.text_finetuning import ClassificationDataConfig
 
     pool, test = tmp_path / "pool.jsonl", tmp_path / "test.jsonl"
     data = ClassificationDataConfig(train_file=str(pool), test_file=str(test), text_column="body")

@@ -7,13 +7,13 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from transformers import BertConfig, BertForMaskedLM
 
-from nlp_ssl import checkpointing as ckpt
 from nlp_ssl.config import build_config
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.objectives import MLMCollator
 from nlp_ssl.tasks.masked_lm import MaskedLMTask
 from nlp_ssl.trainer import TrainConfig, Trainer
-from nlp_ssl.training.config import MOVED_TRAIN_KEYS
+from nlp_ssl.training import checkpointing as ckpt
+from nlp_ssl.training.run_config import MOVED_TRAIN_KEYS
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 

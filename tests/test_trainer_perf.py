@@ -12,8 +12,6 @@ from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForMaskedLM
 
-from nlp_ssl import checkpointing as ckpt
-from nlp_ssl import machine
 from nlp_ssl.config import build_config, load_config
 from nlp_ssl.errors import ConfigError, RunComplete
 from nlp_ssl.objectives import MLMCollator
@@ -26,7 +24,9 @@ from nlp_ssl.trainer import (
     resolve_micro_batch_size,
     resolve_mixed_precision,
 )
-from nlp_ssl.training.config import MOVED_TRAIN_KEYS
+from nlp_ssl.training import checkpointing as ckpt
+from nlp_ssl.training import machine
+from nlp_ssl.training.run_config import MOVED_TRAIN_KEYS
 from tests.helpers import ROOT
 
 CORES = len(os.sched_getaffinity(0))
@@ -136,7 +136,7 @@ def test_threads_are_the_process_share_of_the_cores_unless_the_user_chose(monkey
 
 PROBE = """
 import json
-from nlp_ssl import machine
+from nlp_ssl.training import machine
 threads, why = machine.set_cpu_threads(machine.local_world_size(1))
 print("THREADS", json.dumps({"threads": threads, "why": why}))
 """

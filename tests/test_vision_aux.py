@@ -155,7 +155,7 @@ def test_aux_flops_and_patches_count_both_passes():
 
 def test_bad_aux_arguments_are_refused():
     model = ViTForImageClassification(tiny_config(num_labels=3))
-    from nlp_ssl.vision.finetuning import VisionAuxConfig
+    from nlp_ssl.vision.image_finetuning import VisionAuxConfig
 
     with pytest.raises(ConfigError, match="a rotation head has 4 outputs"):
         RotationHead(torch.nn.Linear(32, 3))

@@ -6,8 +6,8 @@ from transformers import ViTConfig, ViTModel
 
 from nlp_ssl.config import load_config
 from nlp_ssl.data.image_splits import labelled_splits
-from nlp_ssl.vision.baselines import frozen_knn, vit_features
-from nlp_ssl.vision.finetuning import FinetuneVisionConfig
+from nlp_ssl.vision.image_finetuning import FinetuneVisionConfig
+from nlp_ssl.vision.probes import frozen_knn, vit_features
 
 
 @pytest.fixture(scope="module")

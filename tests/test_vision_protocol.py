@@ -21,7 +21,7 @@ from nlp_ssl.study.protocol import (
     write_report,
 )
 from nlp_ssl.study.runs import Job, run_job
-from nlp_ssl.vision.finetuning import FinetuneVisionConfig
+from nlp_ssl.vision.image_finetuning import FinetuneVisionConfig
 
 
 def history(losses, every=10, evals=()):

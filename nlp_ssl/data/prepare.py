@@ -38,7 +38,7 @@ from nlp_ssl.data.prepared import (
 )
 from nlp_ssl.data.text import TextDataConfig, corpus_name, document_separator, load_text_splits, special_frame
 from nlp_ssl.errors import ConfigError, DataError
-from nlp_ssl.tokenizer_setup import TokenizerConfig, load_or_train_tokenizer
+from nlp_ssl.text.tokenizers import TokenizerConfig, load_or_train_tokenizer
 
 logger = logging.getLogger(__name__)
 

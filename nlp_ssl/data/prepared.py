@@ -32,7 +32,7 @@ import torch.utils.data
 
 from nlp_ssl.data.text import TextDataConfig
 from nlp_ssl.errors import ConfigError, DataError
-from nlp_ssl.tokenizer_setup import TokenizerConfig, has_tokenizer, load_or_train_tokenizer
+from nlp_ssl.text.tokenizers import TokenizerConfig, has_tokenizer, load_or_train_tokenizer
 
 FORMAT = "nlp_ssl.prepared/1"
 #: Documents packed together, as ``tokenize_and_pack``'s ``map`` batches: a batch's last partial block is dropped.

@@ -411,10 +411,10 @@ class TextCorpus:
             self.store, self.raw = None, load_text_splits(cfg, seed=seed)
 
     def tokenizer(self, tokenizer_cfg, model_cfg=None):
-        """The store's tokenizer, or :func:`~nlp_ssl.tokenizer_setup.load_or_train_tokenizer`'s."""
+        """The store's tokenizer, or :func:`~nlp_ssl.text.tokenizers.load_or_train_tokenizer`'s."""
         if self.store is not None:
             return self.store.tokenizer(tokenizer_cfg, model_cfg)
-        from nlp_ssl.tokenizer_setup import load_or_train_tokenizer
+        from nlp_ssl.text.tokenizers import load_or_train_tokenizer
 
         return load_or_train_tokenizer(tokenizer_cfg, self.raw["train"], self.cfg.text_column, self.cfg.cache_dir, model_cfg)
 

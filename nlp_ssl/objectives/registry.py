@@ -28,15 +28,15 @@ from nlp_ssl.errors import ConfigError
 from nlp_ssl.models import special_token_fields
 from nlp_ssl.models.architectures import is_causal, mlm_parts
 from nlp_ssl.models.continued import build_pretraining_model
-from nlp_ssl.objectives.base import Aux, ImageSetup, Modality, NoSettings, Objective, Parts, TextSetup
 from nlp_ssl.objectives.clm import CLMCollator, CLMConfig, clm_aux_keys
+from nlp_ssl.objectives.entry import Aux, ImageSetup, Modality, NoSettings, Objective, Parts, TextSetup
 from nlp_ssl.objectives.mlm import MLMAuxKeys, MLMCollator, MLMConfig, unigram_baseline_accuracy
 from nlp_ssl.objectives.rotation import RotationAuxViews
 from nlp_ssl.objectives.simcse import SimCSECollator, SimCSEConfig, whole_texts
 from nlp_ssl.tasks.causal_lm import CausalLMAux, CausalLMTask, causal_lm_head
 from nlp_ssl.tasks.masked_lm import MaskedLMAux, MaskedLMTask, masked_lm_head
 from nlp_ssl.tasks.sentence_embedding import SentenceEmbeddingTask
-from nlp_ssl.vision import pretraining as vision
+from nlp_ssl.vision import pretext as vision
 
 __all__ = [
     "OBJECTIVES", "Aux", "ImageSetup", "NoSettings", "Objective", "Parts", "TextSetup", "aux_choices", "auxiliary_objective",

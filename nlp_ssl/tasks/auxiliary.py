@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nlp_ssl.errors import ConfigError
+
 
 class AuxiliaryLoss(nn.Module):
     """Subclass this: set ``name``, implement ``count_items`` and ``forward``."""
@@ -39,3 +41,13 @@ class AuxiliaryLoss(nn.Module):
     def flops(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
         """Training FLOPs of an extra encoder pass and the head, for MFU (0: not counted)."""
         return 0.0
+
+
+def attach_auxiliary(task: nn.Module, aux: AuxiliaryLoss | None, aux_weight: float) -> None:
+    """Give a fine-tuning task its auxiliary loss and the weights ``L = L_cls + λ·L_aux``; with
+    λ = 0 no auxiliary module exists at all (DDP then sees no unused parameter)."""
+    if aux_weight < 0:
+        raise ConfigError(f"aux_weight must be >= 0, got {aux_weight}")
+    task.aux = aux if aux_weight > 0 else None
+    task.aux_weight = float(aux_weight) if task.aux is not None else 0.0
+    task.loss_weights = {"cls": 1.0} if task.aux is None else {"cls": 1.0, task.aux.name: task.aux_weight}

@@ -11,10 +11,7 @@ Losses are sums with counts (see :mod:`nlp_ssl.tasks.base`): ``cls`` counts labe
 the auxiliary loss its predicted tokens; the trainer weighs them by ``{"cls": 1, "lm": λ}``.
 With ``regression=True`` the head has one output and ``cls`` is the summed squared error (MSE).
 
-Sentence pairs are laid out by :func:`tokenize_texts` as each family expects: the tokenizer's own
-pair template for BERT (``[CLS] a [SEP] b [SEP]``, segment ids 0/1), ModernBERT and XLM
-(``</s> a </s> b </s>``), and GPT-1 §3.3's ``<|start|> a <|delim|> b <|extract|>`` for causal
-models (:func:`prepare_pair_layout`), whose classifier reads the last, *extract*, token.
+Inputs (single texts or pairs) are laid out by :mod:`nlp_ssl.text.pairs`.
 """
 
 from __future__ import annotations
@@ -23,48 +20,8 @@ import torch
 from torch import nn
 
 from nlp_ssl.errors import ConfigError
-from nlp_ssl.models.architectures import is_causal
-from nlp_ssl.tasks.auxiliary import AuxiliaryLoss
+from nlp_ssl.tasks.auxiliary import AuxiliaryLoss, attach_auxiliary
 from nlp_ssl.tasks.base import Sums, Task, cross_entropy_sum
-
-#: GPT-1 §3.3's tokens around a (pair of) text(s) for a causal model: start, delimiter, extract.
-GPT1_TOKENS = ("<|start|>", "<|delim|>", "<|extract|>")
-
-
-def prepare_pair_layout(tokenizer, config) -> bool:
-    """Give a causal model's tokenizer GPT-1's input layout; True when tokens were added.
-
-    ``<|start|> a <|extract|>`` and ``<|start|> a <|delim|> b <|extract|>``, as a post-processor
-    template saved in ``tokenizer.json``, so ``pipeline("text-classification")`` on the saved folder
-    lays out ``{"text": a, "text_pair": b}`` the same way. The extract token is not the pad token, so
-    GPT-2's classifier (which reads the last non-pad token) reads it. Encoders keep their tokenizer's
-    own template (``[CLS] a [SEP] b [SEP]``).
-    """
-    if not is_causal(config):
-        return False
-    from tokenizers import processors
-
-    before = len(tokenizer)
-    missing = [t for t in GPT1_TOKENS if t not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
-    start, delim, extract = GPT1_TOKENS
-    template = processors.TemplateProcessing(
-        single=f"{start} $A {extract}", pair=f"{start} $A {delim} $B:1 {extract}:1",
-        special_tokens=[(t, tokenizer.convert_tokens_to_ids(t)) for t in GPT1_TOKENS],
-    )
-    backend = tokenizer.backend_tokenizer
-    current = backend.post_processor
-    keep = [current] if isinstance(current, processors.ByteLevel) else []
-    backend.post_processor = processors.Sequence([*keep, template])
-    return len(tokenizer) > before
-
-
-def tokenize_texts(tokenizer, texts, pairs=None, max_length: int = 128) -> dict:
-    """The tokenizer's own layout of single texts or pairs; a pair too long loses tokens from its
-    longer side first (``truncation="longest_first"``), so neither sentence is dropped whole."""
-    return tokenizer(texts, pairs, truncation="longest_first" if pairs is not None else True, max_length=max_length)
-
 
 #: Keys of a batch that the classifier takes.
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "langs", "position_ids")
@@ -83,11 +40,7 @@ class SequenceClassificationTask(Task):
         self.regression = regression
         if regression and model.config.num_labels != 1:
             raise ConfigError(f"regression needs a one-output head, the model has num_labels={model.config.num_labels}")
-        if aux_weight < 0:
-            raise ConfigError(f"aux_weight must be >= 0, got {aux_weight}")
-        self.aux = aux if aux_weight > 0 else None
-        self.aux_weight = float(aux_weight) if self.aux is not None else 0.0
-        self.loss_weights = {"cls": 1.0} if self.aux is None else {"cls": 1.0, self.aux.name: self.aux_weight}
+        attach_auxiliary(self, aux, aux_weight)
 
     def count_items(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         labels = batch["labels"]

@@ -5,7 +5,7 @@ its log-softmax, then their gradients: four passes over a matrix far larger than
 MB for the default MLM's 1,200 masked tokens x 8,192 words). Here each chunk of rows gets its logits,
 its loss, its argmax and its share of the gradients while it is still in cache, and the backward pass
 only scales the gradients kept from the forward pass. The numbers are those of the plain
-formulation up to float summation order; on this repo's 2-core CPU the projection, loss and
+formulation up to float summation order; on a 2-core AVX2 CPU the projection, loss and
 gradients of that head took 30% less CPU time (``benchmarks/bench_trainer.py --profile``).
 """
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.models.architectures import training_flops
-from nlp_ssl.tasks.auxiliary import AuxiliaryLoss
+from nlp_ssl.tasks.auxiliary import AuxiliaryLoss, attach_auxiliary
 from nlp_ssl.tasks.base import Sums, Task, cross_entropy_sum
 from nlp_ssl.tasks.contrastive import ContrastiveTask
 
@@ -217,11 +217,7 @@ class PretextAuxTask(Task):
 
     def __init__(self, model: nn.Module, aux: AuxiliaryLoss | None = None, aux_weight: float = 0.5):
         super().__init__(model)
-        if aux_weight < 0:
-            raise ConfigError(f"aux_weight must be >= 0, got {aux_weight}")
-        self.aux = aux if aux_weight > 0 else None
-        self.aux_weight = float(aux_weight) if self.aux is not None else 0.0
-        self.loss_weights = {"cls": 1.0} if self.aux is None else {"cls": 1.0, self.aux.name: self.aux_weight}
+        attach_auxiliary(self, aux, aux_weight)
 
     def count_items(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         counts = {"cls": (batch["labels"] != -100).sum()}

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from nlp_ssl import atomic, backends
-from nlp_ssl import checkpointing as ckpt
+from nlp_ssl import atomic
 from nlp_ssl.errors import (
     EXIT_INTERRUPTED,
     EXIT_PREEMPTED,
@@ -32,6 +31,8 @@ from nlp_ssl.errors import (
     PreemptedBeforeTraining,
     RunEnded,
 )
+from nlp_ssl.training import backends
+from nlp_ssl.training import checkpointing as ckpt
 
 logger = logging.getLogger("nlp_ssl.trainer")
 

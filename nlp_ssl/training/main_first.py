@@ -19,8 +19,8 @@ from contextlib import contextmanager
 import torch.distributed as dist
 from accelerate import Accelerator
 
-from nlp_ssl import machine
 from nlp_ssl.errors import ConfigError, NlpSslError, PreemptedBeforeTraining, RunEnded
+from nlp_ssl.training import machine
 
 logger = logging.getLogger("nlp_ssl.trainer")
 

@@ -1,6 +1,6 @@
 """What a run writes: checkpoints (resumable state), plain Hugging Face model folders, and the final
 outputs, each written next door and swapped in, so that a crash or a full disk never leaves a
-half-written folder under a real name (:mod:`nlp_ssl.checkpointing` verifies and rotates them)."""
+half-written folder under a real name (:mod:`nlp_ssl.training.checkpointing` verifies and rotates them)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import torch
 import transformers
 
 from nlp_ssl import atomic
-from nlp_ssl import checkpointing as ckpt
 from nlp_ssl.errors import CheckpointError, CheckpointWriteFailed
 from nlp_ssl.hub import HF_MODEL_SUBDIR
-from nlp_ssl.reporting import plot_loss_curves, write_model_card
-from nlp_ssl.training.config import TrainerState
+from nlp_ssl.training import checkpointing as ckpt
 from nlp_ssl.training.loaders import StreamPosition
+from nlp_ssl.training.reporting import plot_loss_curves, write_model_card
+from nlp_ssl.training.run_config import TrainerState
 from nlp_ssl.training.throughput import averages
 
 logger = logging.getLogger("nlp_ssl.trainer")

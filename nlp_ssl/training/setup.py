@@ -22,13 +22,12 @@ import transformers
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list, set_seed
 
-from nlp_ssl import backends, machine, run_lock
-from nlp_ssl import checkpointing as ckpt
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.hub import apply_timeout, resolve_hub_resume
-from nlp_ssl.training import guard
-from nlp_ssl.training.config import RESUME_SETTINGS, TrainConfig
+from nlp_ssl.training import backends, guard, machine, run_lock
+from nlp_ssl.training import checkpointing as ckpt
 from nlp_ssl.training.main_first import RunAccelerator
+from nlp_ssl.training.run_config import RESUME_SETTINGS, TrainConfig
 
 logger = logging.getLogger("nlp_ssl.trainer")
 
@@ -203,7 +202,7 @@ def log_machine(config: TrainConfig, accelerator: Accelerator, accumulation: int
 
 
 def resolve_mixed_precision(choice: str) -> str:
-    """``auto``: bf16 on CUDA with bf16 and on CPUs with native bf16 (:mod:`nlp_ssl.machine`), else ``no``."""
+    """``auto``: bf16 on CUDA with bf16 and on CPUs with native bf16 (:mod:`nlp_ssl.training.machine`), else ``no``."""
     return machine.auto_mixed_precision() if choice == "auto" else choice
 
 

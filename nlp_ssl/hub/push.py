@@ -1,20 +1,4 @@
-"""Push training outputs to the Hugging Face Hub in the background, and resume from a pushed checkpoint.
-
-The trainer owns one :class:`HubPusher`. It calls ``start()`` before training (creates the repo, so a
-bad token fails in seconds, not after the first epoch), ``on_save(checkpoint_dir, step)`` after each
-checkpoint, ``on_end(output_dir)`` after the final save, then ``wait()``. Uploads run on one worker
-thread, so commits land in order and training never waits on the network.
-
-Uploads go through ``HfApi.upload_folder``: it already retries transient HTTP errors on the requests
-it knows to be idempotent (preupload, commit on an explicit branch). Around the whole upload this
-module adds a few slower retries for what is left (a dropped connection on another request, a Hub
-that stays down for a minute) and turns errors into one-line :class:`HubError` messages. Failures
-that a retry cannot fix (401/403, a missing repo) are not retried.
-
-The token is resolved by ``huggingface_hub`` as usual (``HF_TOKEN``, then ``hf auth login``). It is
-never logged, never part of an error message, and a folder whose small text files contain it is
-refused rather than uploaded.
-"""
+"""Pushing a run's outputs in the background: in order, with retries, never waiting the training loop."""
 
 from __future__ import annotations
 
@@ -28,21 +12,25 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, TypeVar
+from typing import Callable, TypeVar
 
-from nlp_ssl.config import check_ranges
-from nlp_ssl.errors import ConfigError, NlpSslError
+from nlp_ssl.errors import ConfigError
+from nlp_ssl.hub.settings import (
+    CHECKPOINT_PATH,
+    HF_MODEL_SUBDIR,
+    STAGING_DIR,
+    HubConfig,
+    HubError,
+    apply_timeout,
+    first_line,
+    http_status,
+    is_network_error,
+)
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Where the resumable training state lives inside the Hub repo (overwritten by every push).
-CHECKPOINT_PATH = "checkpoints/last"
-#: Sub-folder of a checkpoint holding the plain HF model export (what goes to the repo root).
-HF_MODEL_SUBDIR = "hf_model"
-#: Folder inside ``output_dir`` where checkpoints are copied before a background upload.
-STAGING_DIR = ".hub_staging"
 #: Files of a checkpoint that are training state, not model: not copied to the repo root.
 STATE_PATTERNS = (
     "optimizer*", "scheduler*", "scaler*", "random_states*", "rng_state*", "custom_checkpoint*", "*.pkl",
@@ -55,109 +43,6 @@ END_IGNORE_PATTERNS = (
 #: Text files scanned for the token before upload (binary weights are not scanned).
 _SCANNED_SUFFIXES = {".json", ".yaml", ".yml", ".txt", ".md", ".log", ".cfg", ".ini", ".toml", ".csv", ".py", ""}
 _SCAN_LIMIT = 2 * 1024 * 1024
-
-Strategy = Literal["end", "every_save", "checkpoint"]
-
-
-class HubError(NlpSslError):
-    """A push to, or a download from, the Hub that failed: one line, never containing the token."""
-
-
-class HubCheckpointMissing(HubError):
-    """The repo, revision or its ``checkpoints/last`` does not exist (``resume`` can then start fresh)."""
-
-
-@dataclass
-class HubConfig:
-    """The Hub: where the run's outputs are pushed, how, and how long a request may wait. The token is
-    never an option: it comes from ``HF_TOKEN`` or ``hf auth login``, so no config, log or saved file can hold it."""
-
-    #: Push to the Hugging Face Hub.
-    push: bool = False
-    #: ``user/name``, or ``name`` in the token owner's namespace; default: the output folder's name.
-    model_id: str | None = None
-    private: bool = False
-    revision: str | None = None
-    #: ``end``: the final model; ``every_save``: also the model at each save; ``checkpoint``: also
-    #: the resumable state under checkpoints/last (then ``resume=hub`` continues from it).
-    strategy: Strategy = "end"
-    #: Seconds a Hub request may wait for a connection or for the next bytes of an answer (loads too).
-    timeout: float = 60.0
-    #: Retries of a failed push (network errors, 5xx), 2 s apart and doubling: 5 ride out about a
-    #: minute of Hub trouble.
-    retries: int = 5
-
-    def __post_init__(self):
-        check_ranges(self, timeout="(0, inf)", retries="[0, inf)")
-
-
-def apply_timeout(seconds: float) -> None:
-    """Give every ``huggingface_hub`` request connect and read timeouts.
-
-    Its client waits forever by default, so a server that accepts the connection and never answers
-    would hang a run before training, printing nothing. A timed-out request is then retried like any
-    network error, so the whole wait stays bounded.
-    """
-    import httpx2
-    from huggingface_hub import close_session, set_client_factory
-    from huggingface_hub.utils import _http
-
-    timeout = httpx2.Timeout(seconds, connect=min(seconds, 10.0))
-
-    def bound(request):
-        """Callers pass their own timeouts: ``None`` (``HfApi.model_info``, which transformers calls to
-        resolve a revision), which httpx takes as "wait forever", or a longer one (10 s for a file's
-        metadata): every request waits at most the run's timeout."""
-        given = request.extensions.get("timeout", {})
-        request.extensions["timeout"] = {
-            name: limit if given.get(name) is None else min(given[name], limit) for name, limit in timeout.as_dict().items()
-        }
-
-    def client_factory():
-        client = _http.default_client_factory()
-        client.timeout = timeout
-        client.event_hooks["request"].append(bound)
-        return client
-
-    set_client_factory(client_factory)
-    close_session()  # the next request builds a client with the timeouts
-    _applied_timeout[0] = seconds
-
-
-_applied_timeout = [HubConfig.timeout]
-_known_repos: set[tuple[str, str]] = set()  # names the Hub confirmed in this process
-
-
-def check_hub_repo(name: str, repo_type: Literal["model", "dataset"], key: str) -> None:
-    """Ask the Hub about ``name`` once, before a loader does: a Hub that does not answer, or a name it
-    does not know, is then one line naming ``key`` after at most ``hub.timeout`` seconds (the loaders
-    retry each file for minutes, then raise). Offline (``HF_HUB_OFFLINE=1``) nothing is asked: the
-    loaders read the local cache."""
-    import httpx2
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, HFValidationError, RepositoryNotFoundError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        raise ConfigError(f"{key} {name}: no such folder (nor a Hub name: those look like user/name)") from None
-    if constants.HF_HUB_OFFLINE or (name, repo_type) in _known_repos:
-        return
-    try:
-        HfApi().repo_info(name, repo_type=repo_type)
-        _known_repos.add((name, repo_type))
-    except GatedRepoError:
-        raise ConfigError(f"{key} {name}: a gated {repo_type}: accept its terms on the Hub and set HF_TOKEN") from None
-    except RepositoryNotFoundError:
-        raise ConfigError(f"{key} {name}: not a local folder, and no {repo_type} of that name on the Hub "
-                          f"(a private one needs HF_TOKEN)") from None
-    except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError) as e:
-        raise HubError(f"{key} {name}: the Hub at {constants.ENDPOINT} did not answer within hub.timeout="
-                       f"{_applied_timeout[0]:g}s ({type(e).__name__}); try again later, or set HF_HUB_OFFLINE=1 "
-                       f"to use a copy in the local cache") from None
-    except HfHubHTTPError as e:
-        raise HubError(f"{key} {name}: the Hub answered {_http_status(e)}: {_first_line(e)}") from None
 
 
 @dataclass
@@ -173,26 +58,6 @@ class PushSummary:
     repo_id: str | None
     pushed: list[PushResult] = field(default_factory=list)
     superseded: int = 0
-
-
-def _http_status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def _is_network_error(exc: BaseException) -> bool:
-    try:
-        import httpx2
-    except ImportError:  # pragma: no cover - older huggingface_hub used requests/httpx
-        httpx2 = None
-    if httpx2 is not None and isinstance(exc, httpx2.TransportError):
-        return True
-    return isinstance(exc, (ConnectionError, TimeoutError))
-
-
-def _first_line(text: str, limit: int = 200) -> str:
-    line = next((part.strip() for part in str(text).splitlines() if part.strip()), "")
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 class HubPusher:
@@ -243,7 +108,7 @@ class HubPusher:
         try:
             validate_repo_id(self.repo_name)
         except HFValidationError as e:
-            raise ConfigError(f"hub.model_id {self.repo_name!r} is not a valid repo id: {_first_line(e)}") from None
+            raise ConfigError(f"hub.model_id {self.repo_name!r} is not a valid repo id: {first_line(e)}") from None
 
     @property
     def repo_name(self) -> str:
@@ -289,7 +154,7 @@ class HubPusher:
 
     # ------------------------------------------------------------------ errors and retries
     def _error(self, exc: BaseException, what: str) -> HubError:
-        status = _http_status(exc)
+        status = http_status(exc)
         where = f"for repo {self.repo_id or self.repo_name} at {self.api.endpoint}"
         if status is not None:
             try:
@@ -304,18 +169,18 @@ class HubPusher:
             else:
                 server = getattr(exc, "server_message", None)
                 if server:
-                    msg += f": {_first_line(server)}"
+                    msg += f": {first_line(server)}"
         else:
             name = type(exc).__name__
-            msg = f"push to hub: {what} failed {where}: {name}: {_first_line(exc)}"
+            msg = f"push to hub: {what} failed {where}: {name}: {first_line(exc)}"
         return HubError(self._scrub(msg))
 
     @staticmethod
     def _retryable(exc: BaseException) -> bool:
-        status = _http_status(exc)
+        status = http_status(exc)
         if status is not None:
             return status >= 500 or status in (408, 429)
-        return _is_network_error(exc)
+        return is_network_error(exc)
 
     def _call(self, fn: Callable[[], T], what: str) -> T:
         """``fn()``, retried on network errors and 5xx with exponential backoff; other errors raise at once."""
@@ -500,7 +365,7 @@ class HubPusher:
             except HubError as e:
                 errors.append(str(e))
             except Exception as e:  # noqa: BLE001 - reported in the one-line summary
-                errors.append(self._scrub(f"push to hub: {what} failed: {type(e).__name__}: {_first_line(e)}"))
+                errors.append(self._scrub(f"push to hub: {what} failed: {type(e).__name__}: {first_line(e)}"))
         if errors:
             more = f" ({len(errors)} of {len(futures)} pushes failed)" if len(errors) > 1 else ""
             raise HubError(errors[0] + more)
@@ -511,95 +376,3 @@ class HubPusher:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-
-
-# ---------------------------------------------------------------------- resuming from the Hub
-def download_checkpoint(repo_id: str, revision: str | None, local_dir: str | os.PathLike,
-                        endpoint: str | None = None) -> Path:
-    """Download ``checkpoints/last`` of ``repo_id`` into ``local_dir``; returns the checkpoint folder.
-
-    The revision is pinned to one commit for the listing and the download, and files left in
-    ``local_dir`` by an earlier download but no longer on the Hub are removed: the folder is then
-    exactly one pushed checkpoint, never a mix of two.
-    """
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-    from huggingface_hub.hf_api import RepoFile
-
-    api = HfApi(endpoint=endpoint)
-    where = f"repo {repo_id}" + (f" revision {revision}" if revision else "")
-    missing = f"resume from hub: {where} has no {CHECKPOINT_PATH}/ (push with hub.strategy=checkpoint)"
-    try:
-        sha = api.repo_info(repo_id, revision=revision).sha
-        remote = [f.path for f in api.list_repo_tree(repo_id, path_in_repo=CHECKPOINT_PATH, recursive=True,
-                                                    revision=sha) if isinstance(f, RepoFile)]
-        if not remote:
-            raise HubCheckpointMissing(missing)
-        snapshot_download(repo_id, revision=sha, allow_patterns=[f"{CHECKPOINT_PATH}/*"], local_dir=local_dir,
-                          endpoint=endpoint)
-    except HubError:
-        raise
-    except OfflineModeIsEnabled:
-        raise HubError(f"resume from hub: {where}: HF_HUB_OFFLINE=1 is set: unset it to download") from None
-    except (RepositoryNotFoundError, RevisionNotFoundError):
-        raise HubCheckpointMissing(f"resume from hub: {where} not found (or no access: check HF_TOKEN)") from None
-    except RemoteEntryNotFoundError:
-        raise HubCheckpointMissing(missing) from None
-    except HfHubHTTPError as e:
-        status = _http_status(e)
-        hint = ": check HF_TOKEN or `hf auth login`" if status in (401, 403) else ""
-        raise HubError(f"resume from hub: {where}: {_first_line(e)}{hint}") from None
-    folder = Path(local_dir) / CHECKPOINT_PATH
-    keep = {p[len(CHECKPOINT_PATH) + 1:] for p in remote}
-    for path in sorted(folder.rglob("*"), reverse=True):  # children before their folders
-        if path.is_file() and path.relative_to(folder).as_posix() not in keep:
-            path.unlink()
-        elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
-    return folder
-
-
-def resolve_hub_resume(spec, cache_dir: str | os.PathLike, config: HubConfig | None = None,
-                       output_dir: str | os.PathLike | None = None) -> Path | None:
-    """Turn ``resume=hub`` or ``resume=hf://user/name[@revision]`` into a local checkpoint folder.
-
-    ``hub`` means the repo this run pushes to (``config.model_id``, else the output folder's name,
-    in the token owner's namespace). Any other spec returns None: it is not a Hub resume.
-    """
-    from huggingface_hub.errors import HfUriError
-    from huggingface_hub.utils import parse_hf_uri
-
-    if not isinstance(spec, str) or not (spec == "hub" or spec.startswith("hf://")):
-        return None
-    apply_timeout(config.timeout if config is not None else HubConfig.timeout)
-    if spec == "hub":
-        if config is None or (config.model_id is None and output_dir is None):
-            raise ConfigError("resume=hub needs hub.model_id (or an output_dir to name the repo)")
-        repo_id = config.model_id or Path(output_dir).resolve().name
-        revision = config.revision
-    elif spec.startswith("hf://"):
-        try:
-            uri = parse_hf_uri(spec)
-        except HfUriError as e:
-            raise ConfigError(f"resume {spec!r}: {_first_line(e)}") from None
-        if uri.type != "model" or uri.path_in_repo.strip("/") not in ("", CHECKPOINT_PATH):
-            raise ConfigError(f"resume {spec!r}: expected hf://namespace/name[@revision] of a model repo")
-        repo_id, revision = uri.id, uri.revision
-    else:
-        return None
-    if "/" not in repo_id:
-        from huggingface_hub import HfApi
-
-        try:
-            repo_id = f"{HfApi().whoami()['name']}/{repo_id}"
-        except Exception as e:  # noqa: BLE001 - any failure means we cannot name the repo
-            raise HubError(f"resume from hub: cannot find your Hub user name to locate {repo_id!r}: "
-                           f"{type(e).__name__} (check HF_TOKEN or `hf auth login`)") from None
-    local_dir = Path(cache_dir) / "hub-resume" / repo_id.replace("/", "--") / (revision or "main").replace("/", "--")
-    return download_checkpoint(repo_id, revision, local_dir)

@@ -20,7 +20,7 @@ from pathlib import Path
 from nlp_ssl import atomic
 from nlp_ssl.errors import CheckpointError, ConfigError, RunComplete
 
-logger = logging.getLogger("nlp_ssl.checkpointing")
+logger = logging.getLogger("nlp_ssl.training.checkpointing")
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"

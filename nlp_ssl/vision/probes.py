@@ -1,6 +1,6 @@
 """The vision study's baselines, fitted on exactly the images a fine-tuning run of the same k and seed sees.
 
-- ``pixels_logreg``: logistic regression on raw pixels (:func:`nlp_ssl.baselines.pixels_logreg`);
+- ``pixels_logreg``: logistic regression on raw pixels (:func:`nlp_ssl.study.baselines.pixels_logreg`);
 - ``pixels_knn``: k-nearest neighbours on raw pixels, the number of neighbours chosen on the run's
   validation images (as the ViTs choose their learning rate there);
 - ``frozen_probe``: the same logistic regression on a frozen pretrained ViT's features, the final
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from nlp_ssl.baselines import pixels_logreg
 from nlp_ssl.data.image_splits import labelled_splits
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.metrics import compute_classification_metrics
+from nlp_ssl.study.baselines import pixels_logreg
 
 #: Candidate numbers of neighbours for kNN (those above the number of training images are skipped).
 NEIGHBOURS = (1, 3, 5, 10, 20)

@@ -19,7 +19,7 @@ from accelerate.utils import DistributedType
 
 from nlp_ssl.errors import ConfigError
 
-logger = logging.getLogger("nlp_ssl.backends")
+logger = logging.getLogger("nlp_ssl.training.backends")
 
 #: The launcher's switch for each sharding backend (``accelerate launch`` sets it from the config file).
 REQUESTED = {"ACCELERATE_USE_FSDP": DistributedType.FSDP, "ACCELERATE_USE_DEEPSPEED": DistributedType.DEEPSPEED}

@@ -25,7 +25,7 @@ from nlp_ssl.errors import ConfigError
 from nlp_ssl.models import ModelConfig, build_model
 from nlp_ssl.models.grayscale_vit import from_checkpoint
 from nlp_ssl.objectives import registry
-from nlp_ssl.objectives.base import ImageSetup
+from nlp_ssl.objectives.entry import ImageSetup
 from nlp_ssl.objectives.image_classification import ImageClassificationCollator, PretextAuxCollator
 from nlp_ssl.tasks.vision import ImageClassificationTask, PretextAuxTask
 from nlp_ssl.trainer import TrainConfig

@@ -20,20 +20,21 @@ import numpy as np
 from nlp_ssl.config import check_ranges
 from nlp_ssl.data.labels import drop_classes, few_label_split, load_labeled_dataset
 from nlp_ssl.errors import ConfigError, DataError
-from nlp_ssl.finetune_contrastive import ContrastiveFinetuneConfig, contrastive_parts, describe
 from nlp_ssl.metrics import SCORES, compute_scores
+from nlp_ssl.metrics.prediction import predict
 from nlp_ssl.models import ModelConfig, build_model, special_token_fields
 from nlp_ssl.models.architectures import is_causal
 from nlp_ssl.models.builders import loads_checkpoint, max_positions, resolve_model_path
 from nlp_ssl.models.continued import check_vocabulary
 from nlp_ssl.objectives import registry
-from nlp_ssl.objectives.classification import ClassificationCollator
-from nlp_ssl.prediction import predict
-from nlp_ssl.reporting import RunDescription
-from nlp_ssl.tasks.classification import SequenceClassificationTask, prepare_pair_layout, tokenize_texts
+from nlp_ssl.objectives.text_classification import ClassificationCollator
+from nlp_ssl.tasks.classification import SequenceClassificationTask
+from nlp_ssl.text.contrastive_finetuning import ContrastiveFinetuneConfig, contrastive_parts, describe
+from nlp_ssl.text.pairs import prepare_pair_layout, tokenize_texts
 from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
+from nlp_ssl.training.reporting import RunDescription
 
-logger = logging.getLogger("nlp_ssl.finetune_text")
+logger = logging.getLogger("nlp_ssl.text.text_finetuning")
 
 BUILTIN_TOPIC = "builtin:wiki_topic"
 

@@ -1,4 +1,4 @@
-"""The GLUE harness: fine-tune one checkpoint on each task with :func:`nlp_ssl.finetune_text.finetune`
+"""The GLUE harness: fine-tune one checkpoint on each task with :func:`nlp_ssl.text.text_finetuning.finetune`
 (the same code, trainer and results writer as ``recipes/finetune_text.py``) and tabulate the dev scores.
 
 Each task's best checkpoint is chosen on rows held out of its *training* set
@@ -33,10 +33,10 @@ from nlp_ssl.data.glue import (
     task_score,
 )
 from nlp_ssl.errors import ConfigError, DataError
-from nlp_ssl.finetune_text import FinetuneTextConfig, finetune
-from nlp_ssl.reporting import RunDescription
+from nlp_ssl.text.text_finetuning import FinetuneTextConfig, finetune
+from nlp_ssl.training.reporting import RunDescription
 
-logger = logging.getLogger("nlp_ssl.glue")
+logger = logging.getLogger("nlp_ssl.text.glue_harness")
 
 
 @dataclass

@@ -22,7 +22,7 @@ from nlp_ssl.errors import ConfigError
 from nlp_ssl.models import ModelConfig, build_model
 from nlp_ssl.models.grayscale_vit import from_checkpoint
 from nlp_ssl.objectives import MaskedImageCollator, RotationCollator
-from nlp_ssl.objectives.base import Parts
+from nlp_ssl.objectives.entry import Parts
 from nlp_ssl.objectives.jigsaw import JigsawCollator, check_grid, permutation_labels, permutation_set
 from nlp_ssl.objectives.mim import MaskedAuxViews, check_mask_sizes
 from nlp_ssl.objectives.simclr import GroupPartners, TwoViewCollator, ViewAugmentation

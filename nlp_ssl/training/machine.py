@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-logger = logging.getLogger("nlp_ssl.machine")
+logger = logging.getLogger("nlp_ssl.training.machine")
 
 #: Whether ``mixed_precision=auto`` picks bf16 on CPUs with bf16 in hardware (AVX-512 BF16 or AMX),
 #: as it does on CUDA. Off until fp32 and bf16 default runs have been compared side by side on such
-#: a CPU (issue #16): the CPUs this project has run on so far have only AVX2, where a bf16 matmul is
-#: ~58x slower than fp32, so the comparison could not be made. ``mixed_precision=bf16`` opts in.
+#: a CPU: on a CPU with only AVX2 a bf16 matmul is ~58x slower than fp32, so the comparison needs
+#: one with bf16 in hardware. ``impl.mixed_precision=bf16`` opts in.
 CPU_BF16_AUTO = False
 
 #: Launchers that write OMP_NUM_THREADS=1 into the processes they start when the user gave no thread

@@ -1,0 +1,1 @@
+"""Text: tokenizers, input layout, fine-tuning on labelled texts and the GLUE harness."""
