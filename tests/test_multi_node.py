@@ -249,8 +249,8 @@ def test_a_bad_batch_setting_ends_both_machines_at_once_even_with_restarts(tmp_p
     # machine waiting for a partner that has gone.
     pair = Pair(tmp_path / "logs", run_args(corpus, out, "train.global_batch_size=7"), launch_args=("--max_restarts", "1"))
     codes = pair.wait(timeout=BOUNDED)
-    expected = ("error: global_batch_size 7 cannot be split evenly over 2 processes (micro_batch_size auto): use a "
-                "multiple of 2, or set micro_batch_size")
+    expected = ("error: train.global_batch_size 7 cannot be split evenly over 2 processes (impl.micro_batch_size auto): "
+                "use a multiple of 2, or set impl.micro_batch_size")
     for rank in (0, 1):
         log = pair.text(rank)
         assert codes[rank] != 0, log[-3000:]
@@ -279,14 +279,14 @@ def test_a_prepare_timeout_shorter_than_the_preparation_ends_both_machines_namin
     assert float(pair_run.with_name("waited").read_text()) > SHORT_WAIT
     out = tmp_path / "short"
     cold = f"data.cache_dir={tmp_path / 'cache'}"  # as cold as the reference run's
-    pair = Pair(tmp_path / "logs", run_args(corpus, out, f"prepare_timeout={SHORT_WAIT:g}", cold))
+    pair = Pair(tmp_path / "logs", run_args(corpus, out, f"impl.prepare_timeout={SHORT_WAIT:g}", cold))
     codes = pair.wait(timeout=BOUNDED)
     assert codes[0] != 0 and codes[1] != 0
     waiting, preparing = one_line_errors(pair.text(1)), one_line_errors(pair.text(0))
-    assert waiting == [f"error: process 1 waited prepare_timeout={SHORT_WAIT:g} seconds for the data to be prepared, "
-                       "and it was not: raise prepare_timeout, or prepare the corpus once beforehand (nlp-ssl prepare, "
+    assert waiting == [f"error: process 1 waited impl.prepare_timeout={SHORT_WAIT:g} seconds for the data to be prepared, "
+                       "and it was not: raise impl.prepare_timeout, or prepare the corpus once beforehand (nlp-ssl prepare, "
                        "then data.prepared=<dir>)"], pair.text(1)[-3000:]
-    assert len(preparing) == 1 and f"prepare_timeout={SHORT_WAIT:g} " in preparing[0], pair.text(0)[-3000:]
+    assert len(preparing) == 1 and f"impl.prepare_timeout={SHORT_WAIT:g} " in preparing[0], pair.text(0)[-3000:]
     assert not worker_traceback(pair.text(0) + pair.text(1))
 
 

@@ -72,14 +72,15 @@ def test_micro_batch_size_auto_splits_the_global_batch_over_the_processes():
     assert cfg.impl.micro_batch_size == "auto"
     assert [resolve_micro_batch_size(cfg, n) for n in (1, 2, 4)] == [32, 16, 8]
     assert [gradient_accumulation_steps(cfg, n) for n in (1, 2, 4)] == [1, 1, 1]
-    with pytest.raises(ConfigError, match=r"^global_batch_size 30 cannot be split evenly over 4 processes "
-                                          r"\(micro_batch_size auto\): use a multiple of 4, or set micro_batch_size$"):
+    with pytest.raises(ConfigError, match=r"^train.global_batch_size 30 cannot be split evenly over 4 processes "
+                                          r"\(impl.micro_batch_size auto\): use a multiple of 4, or set impl.micro_batch_size$"):
         resolve_micro_batch_size(build_config(TrainConfig, {"train.global_batch_size": 30}), 4)
     # An explicit cap is accumulated; one that does not divide keeps its one-line error.
     assert gradient_accumulation_steps(build_config(TrainConfig, {
         "train.global_batch_size": 32, "impl.micro_batch_size": 8,
     }), 2) == 2
-    with pytest.raises(ConfigError, match=r"^global_batch_size 32 is not a multiple of micro_batch_size 32 × 2 process\(es\)$"):
+    with pytest.raises(ConfigError, match=r"^train.global_batch_size 32 is not a multiple of impl.micro_batch_size 32 × 2 "
+                                          r"process\(es\)$"):
         gradient_accumulation_steps(build_config(TrainConfig, {"train.global_batch_size": 32, "impl.micro_batch_size": 32}), 2)
 
 

@@ -67,7 +67,7 @@ class RunAccelerator(Accelerator):
             failure = self._received(group)
             if failure is None:
                 if self.is_local_main_process:
-                    logger.info("waited %.1f s for the %s to prepare the data (prepare_timeout %g s)",
+                    logger.info("waited %.1f s for the %s to prepare the data (impl.prepare_timeout %g s)",
                                 time.monotonic() - began, "first process of this machine" if per_machine else
                                 "main process", self.prepare_timeout)
                 try:
@@ -96,8 +96,8 @@ class RunAccelerator(Accelerator):
             if error is not None:
                 return  # the leader's own failure is the one to report
             raise ConfigError(
-                f"the other processes stopped waiting for this one to prepare the data (after prepare_timeout="
-                f"{self.prepare_timeout:g} seconds, unless they were killed): raise prepare_timeout, or prepare the corpus "
+                f"the other processes stopped waiting for this one to prepare the data (after impl.prepare_timeout="
+                f"{self.prepare_timeout:g} seconds, unless they were killed): raise impl.prepare_timeout, or prepare the corpus "
                 "once beforehand (nlp-ssl prepare, then data.prepared=<dir>)") from None
 
     def _received(self, group: dist.ProcessGroup) -> BaseException | None:
@@ -108,8 +108,8 @@ class RunAccelerator(Accelerator):
             if not _timed_out(error):
                 return _ended_without_a_word(self.process_index)
             return ConfigError(
-                f"process {self.process_index} waited prepare_timeout={self.prepare_timeout:g} seconds for the data to "
-                "be prepared, and it was not: raise prepare_timeout, or prepare the corpus once beforehand "
+                f"process {self.process_index} waited impl.prepare_timeout={self.prepare_timeout:g} seconds for the data to "
+                "be prepared, and it was not: raise impl.prepare_timeout, or prepare the corpus once beforehand "
                 "(nlp-ssl prepare, then data.prepared=<dir>)")
         return shared[0]
 
@@ -125,8 +125,8 @@ class RunAccelerator(Accelerator):
             if not _timed_out(error):
                 raise _ended_without_a_word(self.process_index) from None
             raise ConfigError(
-                f"process {self.process_index} waited prepare_timeout={self.prepare_timeout:g} seconds for the other "
-                "processes to finish preparing the data: raise prepare_timeout") from None
+                f"process {self.process_index} waited impl.prepare_timeout={self.prepare_timeout:g} seconds for the other "
+                "processes to finish preparing the data: raise impl.prepare_timeout") from None
         first = failure or next((o for o in outcomes if o is not None), None)
         if first is not None:
             raise first

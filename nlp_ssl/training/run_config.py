@@ -74,7 +74,7 @@ class OptimConfig:
 @dataclass
 class ImplConfig:
     """How it runs (the numbers do not change with these, up to floating point): micro batches, precision,
-    compilation, data loading."""
+    compilation, data loading and who prepares it."""
 
     #: Examples per forward pass on one process. ``auto``: global_batch_size / processes, one forward
     #: pass per optimizer step; a number caps it and the rest is accumulated. ``make_accelerator``
@@ -91,8 +91,15 @@ class ImplConfig:
     prefetch_factor: int | None = None
     #: Hardware peak FLOP/s for MFU (None: looked up for known GPUs, else measured by a short matmul probe).
     peak_flops: float | None = None
+    #: Seconds the other processes wait while the data is prepared (tokenized, packed, downloaded) by
+    #: the process that goes first; past it every process stops with one line naming this setting.
+    prepare_timeout: float = 3600.0
+    #: Who prepares the data first: ``main`` (the run's main process; the disk is shared by the
+    #: machines) or ``each_machine`` (each machine's first process, for its own disk).
+    prepare_on: Literal["main", "each_machine"] = "main"
 
     def __post_init__(self):
+        check_ranges(self, prepare_timeout="(0, inf)")
         if isinstance(self.micro_batch_size, float) and self.micro_batch_size.is_integer():
             self.micro_batch_size = int(self.micro_batch_size)
         if self.micro_batch_size != "auto":
@@ -167,6 +174,7 @@ MOVED_TRAIN_KEYS = {
     "log_every": "log.every", "report_to": "log.report_to", "progress_bar": "log.progress_bar",
     "push_to_hub": "hub.push", "hub_model_id": "hub.model_id", "hub_private": "hub.private", "hub_revision": "hub.revision",
     "hub_strategy": "hub.strategy", "hub_timeout": "hub.timeout", "hub_retries": "hub.retries",
+    "prepare_timeout": "impl.prepare_timeout", "prepare_on": "impl.prepare_on",
 }
 
 
@@ -189,12 +197,6 @@ class TrainConfig:
     #: Settings of RESUME_SETTINGS that may differ from the checkpoint's run (e.g. ``[train.global_batch_size]``):
     #: a resume that finds another value is refused unless the setting is named here.
     resume_changed: list[str] = field(default_factory=list)
-    #: Seconds the other processes wait while the data is prepared (tokenized, packed, downloaded) by
-    #: the process that goes first; past it every process stops with one line naming this setting.
-    prepare_timeout: float = 3600.0
-    #: Who prepares the data first: ``main`` (the run's main process; the disk is shared by the
-    #: machines) or ``each_machine`` (each machine's first process, for its own disk).
-    prepare_on: Literal["main", "each_machine"] = "main"
     train: TrainSteps = field(default_factory=TrainSteps)
     optim: OptimConfig = field(default_factory=OptimConfig)
     impl: ImplConfig = field(default_factory=ImplConfig)
@@ -204,7 +206,7 @@ class TrainConfig:
     hub: HubConfig = field(default_factory=HubConfig)
 
     def __post_init__(self):
-        check_ranges(self, seed="[0, 4294967295]", prepare_timeout="(0, inf)")
+        check_ranges(self, seed="[0, 4294967295]")
         if not str(self.output_dir).strip():
             raise ConfigError("output_dir is empty (an unset variable in a job script?): name the folder the run writes to")
         if self.optim.warmup_steps and self.optim.warmup_steps >= self.train.max_steps:

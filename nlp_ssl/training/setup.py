@@ -84,8 +84,8 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     # at once, before any launcher waits on another.
     gradient_accumulation_steps(config, int(os.environ.get("WORLD_SIZE", "1")))
     accelerator = RunAccelerator(
-        prepare_timeout=config.prepare_timeout,
-        prepare_on=config.prepare_on,
+        prepare_timeout=config.impl.prepare_timeout,
+        prepare_on=config.impl.prepare_on,
         cpu=cpu,
         mixed_precision=precision,
         log_with=trackers or None,
@@ -212,8 +212,8 @@ def resolve_micro_batch_size(config: TrainConfig, num_processes: int) -> int:
         return config.impl.micro_batch_size
     if config.train.global_batch_size % num_processes:
         raise ConfigError(
-            f"global_batch_size {config.train.global_batch_size} cannot be split evenly over {num_processes} processes "
-            f"(micro_batch_size auto): use a multiple of {num_processes}, or set micro_batch_size"
+            f"train.global_batch_size {config.train.global_batch_size} cannot be split evenly over {num_processes} processes "
+            f"(impl.micro_batch_size auto): use a multiple of {num_processes}, or set impl.micro_batch_size"
         )
     return config.train.global_batch_size // num_processes
 
@@ -222,7 +222,7 @@ def gradient_accumulation_steps(config: TrainConfig, num_processes: int) -> int:
     per_step = resolve_micro_batch_size(config, num_processes) * num_processes
     if config.train.global_batch_size % per_step:
         raise ConfigError(
-            f"global_batch_size {config.train.global_batch_size} is not a multiple of micro_batch_size "
+            f"train.global_batch_size {config.train.global_batch_size} is not a multiple of impl.micro_batch_size "
             f"{config.impl.micro_batch_size} × {num_processes} process(es)"
         )
     return config.train.global_batch_size // per_step
