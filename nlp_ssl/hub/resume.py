@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -16,8 +15,6 @@ from nlp_ssl.hub.settings import (
     first_line,
     http_status,
 )
-
-logger = logging.getLogger(__name__)
 
 
 def download_checkpoint(repo_id: str, revision: str | None, local_dir: str | os.PathLike,

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Literal
 
 from nlp_ssl.config import check_ranges
 from nlp_ssl.errors import ConfigError, NlpSslError
-
-logger = logging.getLogger(__name__)
 
 #: Where the resumable training state lives inside the Hub repo (overwritten by every push).
 CHECKPOINT_PATH = "checkpoints/last"
@@ -17,6 +14,7 @@ CHECKPOINT_PATH = "checkpoints/last"
 HF_MODEL_SUBDIR = "hf_model"
 #: Folder inside ``output_dir`` where checkpoints are copied before a background upload.
 STAGING_DIR = ".hub_staging"
+
 Strategy = Literal["end", "every_save", "checkpoint"]
 
 
