@@ -27,7 +27,7 @@ from nlp_ssl.hub import apply_timeout, resolve_hub_resume
 from nlp_ssl.training import backends, guard, machine, run_lock
 from nlp_ssl.training import checkpointing as ckpt
 from nlp_ssl.training.main_first import RunAccelerator
-from nlp_ssl.training.run_config import RESUME_SETTINGS, TrainConfig
+from nlp_ssl.training.run_config import MOVED_TRAIN_KEYS, RESUME_SETTINGS, TrainConfig
 
 logger = logging.getLogger("nlp_ssl.trainer")
 
@@ -169,12 +169,13 @@ _MISSING = object()
 
 
 def _saved_setting(saved: dict, dotted: str):
-    """A setting of a checkpoint's saved run config, by its dotted name, or by its old flat name in a
-    checkpoint of before the config had sections; ``_MISSING`` when it is not there."""
+    """A setting of a checkpoint's saved run config, by its dotted name, or by its old flat name
+    (``MOVED_TRAIN_KEYS``) in a checkpoint of before the config had sections; ``_MISSING`` when it is not there."""
     node = saved
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            return saved.get(dotted.rsplit(".", 1)[-1], _MISSING)
+            old = next((o for o, new in MOVED_TRAIN_KEYS.items() if new == dotted), dotted)
+            return saved.get(old, _MISSING)
         node = node[part]
     return node
 
