@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nlp_ssl.data.images import ImageTransform
+from nlp_ssl.data.image_transforms import ImageTransform
 from nlp_ssl.errors import DataError
 from nlp_ssl.objectives.simclr import GroupPartners, TwoViewCollator, ViewAugmentation, gaussian_blur
 from nlp_ssl.tasks.contrastive import anchors_in, info_nce

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nlp_ssl.data.images import ImageTransform
+from nlp_ssl.data.image_transforms import ImageTransform
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.objectives.jigsaw import (
     JigsawCollator,

@@ -8,14 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nlp_ssl.data.images import (
-    FASHION_MNIST_CLASSES,
-    ImageTransform,
-    load_fashion_mnist,
-    load_image_dataset,
-    load_image_folder,
-    random_resized_crop_box,
-)
+from nlp_ssl.data.image_transforms import ImageTransform, random_resized_crop_box
+from nlp_ssl.data.images import FASHION_MNIST_CLASSES, load_fashion_mnist, load_image_dataset, load_image_folder
 from nlp_ssl.errors import DataError
 from nlp_ssl.objectives.image_classification import ImageClassificationCollator
 from nlp_ssl.objectives.mim import MaskedImageCollator

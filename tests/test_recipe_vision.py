@@ -109,7 +109,8 @@ def test_vision_recipes_drive_the_shared_trainer():
 def test_rotation_checkpoint_is_a_plain_hf_image_classifier(rotation_run):
     from transformers import AutoImageProcessor, AutoModelForImageClassification, ViTForImageClassification, pipeline
 
-    from nlp_ssl.data.images import FASHION_MNIST_MEAN, FASHION_MNIST_STD, ImageTransform
+    from nlp_ssl.data.image_transforms import ImageTransform
+    from nlp_ssl.data.images import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
     out = rotation_run
     assert_trainer_artifacts(out, steps=6, save_every=3)

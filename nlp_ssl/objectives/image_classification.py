@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from nlp_ssl.data.images import ImageTransform, example_generator, images_of
+from nlp_ssl.data.image_transforms import ImageTransform, example_generator, images_of
 from nlp_ssl.errors import ConfigError, DataError
 
 #: Independent per-example draws: the classification view, the auxiliary task's rotation or mask of

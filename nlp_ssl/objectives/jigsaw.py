@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from nlp_ssl.data.images import ImageTransform, example_generator, images_of
+from nlp_ssl.data.image_transforms import ImageTransform, example_generator, images_of
 from nlp_ssl.errors import ConfigError
 
 #: Above this many permutations of the tiles, the greedy search runs on a seeded random sample of them.

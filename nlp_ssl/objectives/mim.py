@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from nlp_ssl.data.images import ImageTransform, example_generator, images_of
+from nlp_ssl.data.image_transforms import ImageTransform, example_generator, images_of
 from nlp_ssl.errors import ConfigError
 
 
@@ -38,7 +38,7 @@ class MaskedImageCollator:
 
     Every image gets exactly ``round(mask_ratio * (image_size / mask_patch_size) ** 2)`` masked
     blocks (Python's ``round``), chosen uniformly without replacement. Augmentation and mask are drawn
-    per example from ``(seed, epoch, image)`` (:func:`~nlp_ssl.data.images.example_generator`), so
+    per example from ``(seed, epoch, image)`` (:func:`~nlp_ssl.data.image_transforms.example_generator`), so
     they do not depend on the batch, and change every epoch (:meth:`set_epoch`, which the trainer
     calls). ``bool_masked_pos`` is in the row-major order of the ViT's patch sequence.
     """

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from nlp_ssl.data.images import ImageTransform, example_generator, images_of
+from nlp_ssl.data.image_transforms import ImageTransform, example_generator, images_of
 from nlp_ssl.errors import ConfigError, DataError
 
 NUM_ROTATIONS = 4
@@ -45,7 +45,7 @@ class RotationCollator:
     ``image_size×image_size``, stretching non-square images), because a quarter turn of a non-square
     image would change its shape and give the label away. Other fields of the examples (an original
     class label, say) are ignored. Augmentation and the rotation are drawn per example from
-    ``(seed, epoch, image)`` (:func:`~nlp_ssl.data.images.example_generator`); the trainer calls
+    ``(seed, epoch, image)`` (:func:`~nlp_ssl.data.image_transforms.example_generator`); the trainer calls
     :meth:`set_epoch`.
     """
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from nlp_ssl.config import check_ranges
-from nlp_ssl.data.images import ImageTransform, example_generator, image_fingerprint, images_of
+from nlp_ssl.data.image_transforms import ImageTransform, example_generator, image_fingerprint, images_of
 from nlp_ssl.errors import ConfigError, DataError
 
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)

@@ -71,7 +71,7 @@ def vit_features(checkpoint: str, images, image_config, pooling: str, batch_size
     import torch
     from transformers import AutoConfig, ViTModel
 
-    from nlp_ssl.data.images import ImageTransform
+    from nlp_ssl.data.image_transforms import ImageTransform
     from nlp_ssl.models.grayscale_vit import from_checkpoint
 
     if pooling not in ("cls", "mean"):
