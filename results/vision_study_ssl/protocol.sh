@@ -7,8 +7,7 @@
 #   bash results/vision_study_ssl/protocol.sh "k_per_class=[10]"   # one k (extra key=value arguments go last)
 #   REPORT_ONLY=true bash results/vision_study_ssl/protocol.sh     # tables and plots again from runs/, nothing run
 # Git keeps the checkpoints' config and results, not their weights: a run still to come from one is refused
-# until it is pretrained again (move results/vision_study_ssl/pretrain_<objective> away). The kNN rows on RotNet's
-# features need results/vision_study/pretrain_rotation's weights (results/vision_study/protocol.sh pretrains it).
+# until it is pretrained again (move results/vision_study_ssl/pretrain_<objective> away).
 cd "$(dirname "$0")/../.."
 NLP_SSL_CACHE=${NLP_SSL_CACHE:-/tmp/nlpcache} OMP_NUM_THREADS=1 .venv/bin/python recipes/study_vision.py \
   --config recipes/configs/study_vision_ssl.yaml report_only=${REPORT_ONLY:-false} "$@"
