@@ -18,7 +18,12 @@ from PIL import Image
 
 from nlp_ssl.errors import ConfigError, DataError
 
-_LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601, the weights PIL's convert("L") uses
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)  # ITU-R 601, the weights PIL's convert("L") uses
+
+
+def luminance(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (1 or 3 × H × W, in [0, 1]) as one grey channel, weighted as PIL weighs RGB."""
+    return x if x.shape[0] == 1 else (x * _LUMA).sum(0, keepdim=True)
 
 
 def _pil_to_8bit(image: Image.Image) -> Image.Image:
@@ -78,7 +83,7 @@ def image_to_tensor(image, num_channels: int) -> torch.Tensor:
     if x.shape[0] == 1 and num_channels == 3:
         x = x.expand(3, -1, -1)
     elif x.shape[0] == 3 and num_channels == 1:
-        x = (x * _LUMA[:, None, None]).sum(0, keepdim=True)
+        x = luminance(x)
     elif num_channels not in (1, 3):
         raise ConfigError(f"num_channels must be 1 or 3, got {num_channels}")
     return x.contiguous()

@@ -18,10 +18,8 @@ import numpy as np
 import torch
 
 from nlp_ssl.config import check_ranges
-from nlp_ssl.data.image_transforms import ImageTransform, example_generator, image_fingerprint, images_of
+from nlp_ssl.data.image_transforms import ImageTransform, example_generator, image_fingerprint, images_of, luminance
 from nlp_ssl.errors import ConfigError, DataError
-
-_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -30,10 +28,6 @@ def _uniform(generator: torch.Generator, low: float, high: float) -> float:
 
 def _chance(generator: torch.Generator, p: float) -> bool:
     return float(torch.rand((), generator=generator)) < p
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    return x if x.shape[0] == 1 else (x * _LUMA).sum(0, keepdim=True)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -88,13 +82,13 @@ class ViewAugmentation:
         """Brightness, contrast, then (colour only) saturation and random grayscale, on pixels in [0, 1]."""
         if _chance(generator, self.jitter_prob):
             x = (x * _uniform(generator, 1 - self.brightness, 1 + self.brightness)).clamp(0, 1)
-            mean = _gray(x).mean()
+            mean = luminance(x).mean()
             x = ((x - mean) * _uniform(generator, 1 - self.contrast, 1 + self.contrast) + mean).clamp(0, 1)
             if x.shape[0] == 3:
-                gray = _gray(x)
+                gray = luminance(x)
                 x = ((x - gray) * _uniform(generator, 1 - self.saturation, 1 + self.saturation) + gray).clamp(0, 1)
         if x.shape[0] == 3 and _chance(generator, self.grayscale_prob):
-            x = _gray(x).expand(3, -1, -1).contiguous()
+            x = luminance(x).expand(3, -1, -1).contiguous()
         return x
 
 
