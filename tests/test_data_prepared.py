@@ -217,10 +217,10 @@ def test_a_run_from_a_store_has_the_first_losses_of_a_run_that_tokenizes(tmp_pat
         assert proc.returncode == 0, proc.stderr[-3000:]
         losses[name] = first_losses(out)
         results[name] = json.loads((out / "all_results.json").read_text())
-    # The same batches give the same first loss, bit for bit. Later steps have differed in the 7th digit on CI (a
-    # loader worker changes where tensors land in memory, and BLAS may sum in another order): a different batch
-    # moves the loss in the 2nd or 3rd.
-    assert len(losses["store"]) == 4 and losses["store"][0] == losses["text"][0]
+    # The same batches give the same losses to float noise: on CI even the first has differed in the 7th digit (a loader
+    # worker changes where tensors land in memory, and BLAS may sum in another order). A different batch moves the loss
+    # in the 2nd or 3rd digit, so 1e-5 still tells the batches apart.
+    assert len(losses["store"]) == 4
     assert losses["store"] == pytest.approx(losses["text"], rel=1e-5, abs=0)
     assert results["store"]["eval_loss"] == pytest.approx(results["text"]["eval_loss"], rel=1e-5, abs=0)
     # The MLM's unigram floor counts the store's tokens from its memory map: the same count.
