@@ -88,6 +88,8 @@ def bad_files(tmp):
         "null at the start, streamed": (jsonl("null.jsonl", 0, '{"text": null}'), True, "line 1: field 'text' is null"),
         "integer mid-file, streamed": (jsonl("int.jsonl", 250, '{"text": 7}'), True, "line 251: field 'text' holds 7, not text"),
         "integer mid-file": (jsonl("int2.jsonl", 250, '{"text": 7}'), False, "line 251: field 'text' holds 7, not text"),
+        "null after a blank line": (jsonl("null2.jsonl", 120, "\n" + '{"text": null}'), False,
+                                    "line 122: field 'text' is null"),
         "malformed line, streamed": (jsonl("bad.jsonl", 200, '{"text": "no end'), True, "line 201: not valid JSON"),
         "malformed line": (jsonl("bad2.jsonl", 200, '{"text": "no end'), False, "line 201: not valid JSON"),
         "csv line with extra fields": (csv, False, "line 152: 4 fields where the header has 2"),
@@ -95,7 +97,8 @@ def bad_files(tmp):
 
 
 @pytest.mark.parametrize("case", ["null at the start, streamed", "integer mid-file, streamed", "integer mid-file",
-                                  "malformed line, streamed", "malformed line", "csv line with extra fields"])
+                                  "null after a blank line", "malformed line, streamed", "malformed line",
+                                  "csv line with extra fields"])
 def test_a_bad_line_is_named_by_file_and_line_before_training(tmp_path, case):
     path, streamed, says = bad_files(tmp_path)[case]
     proc = run("pretrain_mlm.py", tmp_path, f"data.train_file={path}", f"data.streaming={str(streamed).lower()}",

@@ -86,7 +86,7 @@ def test_streaming_gives_iterable_splits(tmp_path, wordpiece_tokenizer, texts):
         ("w.txt", b"  \n\n", "file is empty (only whitespace)"),
         ("u.txt", b"ok\nstill ok\n\xc3\x28 broken\n", "line 3: not valid UTF-8 (byte 0xc3)"),
         ("c.csv", b"body\nhello\n", "no column 'text' (columns: body)"),
-        ("m.csv", b"text,n\nhello,1\n,2\n", "line 3: field 'text' missing"),
+        ("m.csv", b"text,n\nhello,1\n,2\n", "line 3: field 'text' is empty"),
         ("x.xml", b"<a/>", "unsupported extension '.xml'"),
     ],
 )

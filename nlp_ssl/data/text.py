@@ -122,6 +122,8 @@ def check_text_column(ds: Dataset, column: str, where: str, path: Path | None = 
             raise_for_bad_line(path, column, where)
         raise DataError(f"{where}: field {column!r} holds {arrow.type} values, not text; set data.text_column to a text column")
     if arrow.null_count:
+        if path is not None:  # the reader's row is not the file's line (blank lines, quoted line breaks)
+            raise_for_bad_line(path, column, where)
         first = pc.index(pc.is_null(arrow), True).as_py()
         at = _row_to_line(path, first) if path else f"row {first}"
         raise DataError(f"{where} {at}: field {column!r} missing")
