@@ -233,7 +233,7 @@ def test_a_run_from_a_store_killed_and_resumed_ends_with_the_weights_of_an_unint
     from safetensors.torch import load_file
 
     store = prepared_store(tmp_path, wiki_jsonl, "wordpiece")
-    run = [f"data.prepared={store}", *[a for a in RUN if not a.startswith("eval_every")], "train.max_steps=12", "save.every=4",
+    run = [f"data.prepared={store}", *[a for a in RUN if not a.startswith("eval.every")], "train.max_steps=12", "save.every=4",
            "eval.every=1"]  # a "step N:" line each step, to kill the run at
     straight = tmp_path / "straight"
     assert run_recipe("pretrain_mlm.py", f"output_dir={straight}", *run).returncode == 0

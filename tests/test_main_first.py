@@ -1,7 +1,7 @@
 """``RunAccelerator.main_process_first`` on 2 "machines" × 2 processes (four gloo processes here, the
-launcher's LOCAL_WORLD_SIZE=2 making two machines of them): who goes first, that a failure in the block
-reaches every process as one line. The wait's bound, ``prepare_timeout``, is tested on a launcher pair in
-``tests/test_multi_node.py``.
+launcher's LOCAL_WORLD_SIZE=2 making two machines of them): who goes first, that a preparation slower than
+the training backend's timeout does not end the run, that a failure in the block reaches every process as
+one line. The wait's bound, ``prepare_timeout``, is tested on a launcher pair in ``tests/test_multi_node.py``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 import socket
 import time
 import traceback
+from datetime import timedelta
 
 import pytest
 
@@ -19,6 +20,9 @@ pytestmark = pytest.mark.slow
 WORLD, PER_MACHINE = 4, 2
 #: How long the process that goes first stays in the block: the others' entry times are measured against it.
 PREPARING_S = 1.0
+#: The training backend's timeout while the data is prepared (NCCL's ten minutes, scaled down): shorter
+#: than the preparation, so a wait in the backend's barrier (plain Accelerate's) would end the run.
+BACKEND_TIMEOUT_S = PREPARING_S / 4
 
 
 def _entered_and_left(accelerator, local_block: bool) -> tuple[float, float]:
@@ -48,14 +52,23 @@ def _process(rank: int, port: int, results) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank % PER_MACHINE), WORLD_SIZE=str(WORLD),
                       LOCAL_WORLD_SIZE=str(PER_MACHINE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
+        import torch
+        import torch.distributed as dist
+        from torch.distributed.distributed_c10d import _set_pg_timeout
+
         from nlp_ssl.errors import DataError
         from nlp_ssl.training.main_first import RunAccelerator
 
         accelerator = RunAccelerator(cpu=True, prepare_timeout=30, prepare_on="main")
+        _set_pg_timeout(timedelta(seconds=BACKEND_TIMEOUT_S))
         found = {"main": _entered_and_left(accelerator, local_block=False)}
         found["machine"] = _entered_and_left(accelerator, local_block=True)
         accelerator.prepare_on = "each_machine"  # main_process_first as prepare_on=each_machine makes it
         found["each_machine"] = _entered_and_left(accelerator, local_block=False)
+        _set_pg_timeout(timedelta(seconds=60))  # training starts: its first collective, on the backend's group
+        total = torch.ones(1)
+        dist.all_reduce(total)
+        found["trained"] = total.item()
         found["machine fails"] = _outcome(accelerator, 2, DataError("data.train_file x.jsonl: no such file"))
         accelerator.prepare_on = "main"
         found["main fails"] = _outcome(accelerator, 0, DataError("data.train_file x.jsonl line 3: field 'text' missing"))
@@ -94,6 +107,14 @@ def found() -> dict[int, dict]:
 def test_the_main_process_prepares_before_all_others(found):
     main_left = found[0]["main"][1]
     assert all(found[rank]["main"][0] >= main_left for rank in (1, 2, 3))
+
+
+def test_a_preparation_slower_than_the_backends_timeout_still_starts_the_run(found):
+    # Each block kept the others waiting PREPARING_S, four times the backend's timeout, and every process
+    # went on to train together.
+    for kind in ("main", "machine", "each_machine"):
+        assert found[1][kind][0] - found[0][kind][0] >= PREPARING_S > 3 * BACKEND_TIMEOUT_S, kind
+    assert [found[rank]["trained"] for rank in range(WORLD)] == [WORLD] * WORLD
 
 
 def test_each_machine_prepares_on_its_first_process_without_waiting_for_the_other_machine(found):
