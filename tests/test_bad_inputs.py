@@ -41,9 +41,10 @@ def silent_hub():
 
 @pytest.mark.parametrize("load", [
     ["model.name_or_path=someone/model"],
+    ["tokenizer.name_or_path=someone/tokenizer"],
     ["data.source=someone/corpus"],
     ["data.source=someone/corpus", "data.streaming=true"],
-], ids=["model", "dataset", "streamed dataset"])
+], ids=["model", "tokenizer", "dataset", "streamed dataset"])
 def test_a_silent_hub_ends_every_load_in_one_line_within_the_timeout(tmp_path, silent_hub, load):
     endpoint, accepted = silent_hub
     began = time.monotonic()

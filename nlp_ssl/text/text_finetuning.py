@@ -31,6 +31,7 @@ from nlp_ssl.objectives.text_classification import ClassificationCollator
 from nlp_ssl.tasks.classification import SequenceClassificationTask
 from nlp_ssl.text.contrastive_finetuning import ContrastiveFinetuneConfig, contrastive_parts, describe
 from nlp_ssl.text.pairs import prepare_pair_layout, tokenize_texts
+from nlp_ssl.text.tokenizers import load_tokenizer_from
 from nlp_ssl.trainer import TrainConfig, Trainer, make_accelerator
 from nlp_ssl.training.reporting import RunDescription
 
@@ -233,15 +234,10 @@ def tokenize(ds, tokenizer, max_length: int, keep_token_types: bool = True):
 
 
 def load_tokenizer(cfg: FinetuneTextConfig):
-    from transformers import AutoTokenizer
-
     source = cfg.tokenizer_name_or_path or (cfg.model.name_or_path and resolve_model_path(cfg.model.name_or_path))
     if not source:
         raise ConfigError("set model.name_or_path (a checkpoint folder) or tokenizer_name_or_path")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"no tokenizer at {source}: {error}") from None
+    tokenizer = load_tokenizer_from(source, "tokenizer_name_or_path" if cfg.tokenizer_name_or_path else "model.name_or_path")
     if tokenizer.pad_token is None:  # GPT-2: pad with EOS; the classifier pools the last non-pad token
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer

@@ -140,7 +140,13 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
                    "sentencepiece.bpe.model", "tokenizer.model")
 
 
-def _load(source: str, key: str):
+def load_tokenizer_from(source: str, key: str):
+    """The tokenizer at ``source`` (a folder or a Hub name, asked about once within ``hub.timeout``), or
+    one line naming ``key``."""
+    if not Path(source).exists():
+        from nlp_ssl.hub import check_hub_repo  # the loader would retry a silent Hub for minutes
+
+        check_hub_repo(source, "model", key)
     try:
         return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
@@ -159,11 +165,11 @@ def load_or_train_tokenizer(cfg: TokenizerConfig, texts_dataset, text_column: st
     embeddings only make sense with its own ids); else a ``cfg.kind`` tokenizer trained once per corpus
     and settings. A checkpoint whose weights are loaded but that has no tokenizer is an error."""
     if cfg.name_or_path:
-        return _load(cfg.name_or_path, "tokenizer.name_or_path")
+        return load_tokenizer_from(cfg.name_or_path, "tokenizer.name_or_path")
     if model is not None and model.name_or_path:
         path = resolve_model_path(model.name_or_path)
         if has_tokenizer(path):
-            return _load(path, "model.name_or_path")
+            return load_tokenizer_from(path, "model.name_or_path")
         if loads_checkpoint(model):
             raise ConfigError(
                 f"model.name_or_path {model.name_or_path}: the checkpoint has no tokenizer; "
