@@ -14,10 +14,11 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel
 
+from nlp_ssl.data.whole_texts import TruncatedTexts
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.models import ModelConfig
 from nlp_ssl.objectives import registry
-from nlp_ssl.objectives.simcse import SimCSECollator, SimCSEConfig, TruncatedTexts
+from nlp_ssl.objectives.simcse import SimCSECollator, SimCSEConfig
 from nlp_ssl.tasks.sentence_embedding import SentenceEmbeddingTask, pool
 from tests.helpers import ROOT, run_killed_and_resumed, start_cli, toy_texts, write_jsonl
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nlp_ssl.config import build_section
+from nlp_ssl.data.whole_texts import whole_texts
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.models import special_token_fields
 from nlp_ssl.models.architectures import is_causal, mlm_parts
@@ -32,7 +33,7 @@ from nlp_ssl.objectives.clm import CLMCollator, CLMConfig, clm_aux_keys
 from nlp_ssl.objectives.entry import Aux, ImageSetup, Modality, NoSettings, Objective, Parts, TextSetup
 from nlp_ssl.objectives.mlm import MLMAuxKeys, MLMCollator, MLMConfig, unigram_baseline_accuracy
 from nlp_ssl.objectives.rotation import RotationAuxViews
-from nlp_ssl.objectives.simcse import SimCSECollator, SimCSEConfig, whole_texts
+from nlp_ssl.objectives.simcse import SimCSECollator, SimCSEConfig
 from nlp_ssl.tasks.causal_lm import CausalLMAux, CausalLMTask, causal_lm_head
 from nlp_ssl.tasks.masked_lm import MaskedLMAux, MaskedLMTask, masked_lm_head
 from nlp_ssl.tasks.sentence_embedding import SentenceEmbeddingTask

@@ -3,8 +3,7 @@ positive pair; the other texts of the global micro-batch are its negatives.
 
 Dropout is the only augmentation, so the collator draws nothing: it puts each text twice, side by
 side (rows ``2i`` and ``2i + 1``), and the encoder's dropout masks make the two views differ. The
-examples are whole texts truncated to ``data.block_size`` tokens, not packed blocks: a sentence
-embedding is of one text, and a block that straddles two documents has no single meaning.
+examples are whole texts truncated to ``data.block_size`` tokens (:mod:`nlp_ssl.data.whole_texts`).
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from typing import Literal
 import torch
 
 from nlp_ssl.config import check_ranges
-from nlp_ssl.errors import ConfigError, DataError
+from nlp_ssl.errors import DataError
 from nlp_ssl.objectives.masking import attention_mask_from_lengths, pad_column
 
 Pooling = Literal["mean", "cls"]
@@ -56,33 +55,3 @@ class SimCSECollator:
         twice = [e for e in examples for _ in range(2)]
         ids, lengths = pad_column(twice, "input_ids", self.pad_token_id, self.pad_to_multiple_of)
         return {"input_ids": torch.from_numpy(ids), "attention_mask": attention_mask_from_lengths(lengths, ids.shape[1])}
-
-
-class TruncatedTexts:
-    """Batched ``datasets.map`` function: each text as one example of at most ``max_length`` tokens
-    (the tokenizer's own special tokens included); texts with no token of their own are dropped.
-    A picklable class, so ``datasets`` fingerprints it and reuses the cache."""
-
-    def __init__(self, tokenizer, text_column: str, max_length: int):
-        self.tokenizer, self.text_column, self.max_length = tokenizer, text_column, max_length
-        self.specials = len(tokenizer("", add_special_tokens=True)["input_ids"])
-
-    def __call__(self, batch: dict) -> dict:
-        texts = [t for t in batch[self.text_column] if isinstance(t, str)]
-        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        return {"input_ids": [row for row in ids if len(row) > self.specials]}
-
-
-def whole_texts(corpus, tokenizer) -> dict:
-    """``{"train", "validation"}`` examples of a ``TextCorpus``: one per text, truncated to ``data.block_size``."""
-    cfg = corpus.cfg
-    if corpus.raw is None:
-        raise ConfigError("data.prepared holds packed blocks; simcse reads whole texts: drop data.prepared")
-    out = {}
-    for split, ds in corpus.raw.items():
-        kwargs = {} if cfg.streaming else {"num_proc": cfg.num_proc, "desc": f"Tokenizing texts (≤ {cfg.block_size} tokens)"}
-        out[split] = ds.map(TruncatedTexts(tokenizer, cfg.text_column, cfg.block_size), batched=True,
-                            remove_columns=ds.column_names, **kwargs)
-        if not cfg.streaming and len(out[split]) == 0:
-            raise DataError(f"simcse: the {split} split has no text with a token in it")
-    return out
