@@ -22,7 +22,9 @@ from typing import NamedTuple
 from nlp_ssl.config import check_ranges
 from nlp_ssl.data.image_splits import LabeledImagesConfig
 from nlp_ssl.errors import ConfigError
+from nlp_ssl.hub import apply_timeout
 from nlp_ssl.models import ModelConfig, build_model
+from nlp_ssl.models.builders import resolve_model_path
 from nlp_ssl.models.grayscale_vit import from_checkpoint
 from nlp_ssl.objectives import registry
 from nlp_ssl.objectives.entry import ImageSetup
@@ -65,14 +67,22 @@ class _FinetuneVision(TrainConfig):
 FinetuneVisionConfig = registry.with_objective_settings(_FinetuneVision, "image")
 
 
-def check_checkpoint_geometry(path: str, image: ImageConfig) -> None:
-    """The checkpoint's ViT must see the images the data pipeline produces."""
+def checkpoint_config(path: str):
+    """The checkpoint's HF config; a Hub name is asked about once within ``hub.timeout`` (the loader
+    would retry a silent Hub for minutes), and what fails is one line."""
     from transformers import AutoConfig
 
+    source = resolve_model_path(path)
     try:
-        config = AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"model.name_or_path {path}: not a loadable HF model folder ({err})") from None
+        raise ConfigError(f"model.name_or_path {path}: not a loadable HF model folder ({str(err).splitlines()[0][:200]})"
+                          ) from None
+
+
+def check_checkpoint_geometry(path: str, image: ImageConfig) -> None:
+    """The checkpoint's ViT must see the images the data pipeline produces."""
+    config = checkpoint_config(path)
     if config.model_type != "vit":
         raise ConfigError(f"model.name_or_path {path}: a {config.model_type!r} model, expected a ViT")
     for name, want in vit_fields(image).items():
@@ -133,9 +143,7 @@ def aux_objective(cfg: FinetuneVisionConfig):
     model = cfg.model
     source = None
     if model.name_or_path and model.load_weights and cfg.finetune.aux_task == "auto":
-        from transformers import AutoConfig
-
-        source = AutoConfig.from_pretrained(model.name_or_path)
+        source = checkpoint_config(model.name_or_path)
     return registry.auxiliary_objective(cfg.finetune.aux_task, "image", checkpoint=source, key="finetune.aux_task")
 
 
@@ -145,6 +153,7 @@ def image_setup(cfg: FinetuneVisionConfig) -> ImageSetup:
 
 def check_aux(cfg: FinetuneVisionConfig) -> None:
     """The auxiliary objective's own checks (SimMIM's mask grid must tile the image), before any data is read."""
+    apply_timeout(cfg.hub.timeout)  # the checkpoint's config may come from the Hub, before make_accelerator
     aux = aux_objective(cfg)
     if aux is not None and aux.check is not None:
         aux.check(registry.objective_settings(cfg, aux), image_setup(cfg))
