@@ -25,6 +25,8 @@ from nlp_ssl.training.reporting import RunDescription, run_summary
 
 @dataclass
 class BertObjectiveConfig:
+    """BERT's sentence-pair loss beside masked words: next-sentence prediction, or sentence order with sop=true."""
+
     #: ALBERT's sentence order prediction instead of next sentence prediction.
     sop: bool = False
 

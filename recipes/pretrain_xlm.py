@@ -38,6 +38,8 @@ from nlp_ssl.training.reporting import RunDescription, run_summary
 
 @dataclass
 class XLMObjectiveConfig:
+    """XLM's objective on the monolingual streams (CLM or MLM) and how it alternates with translation LM on pairs."""
+
     objective: Literal["mlm", "clm"] = "mlm"
     #: Optimizer steps per round: ``mlm`` (or ``clm``) steps rotate over the languages, ``tlm`` steps
     #: over the pairs. Default: ``mlm:1,tlm:1``, or ``clm:1`` for the causal objective.

@@ -115,3 +115,21 @@ def test_help_prints_the_groups_with_what_each_is_for(capsys):
     assert "optim: What is learned: the optimizer." in text
     assert text.index("output_dir") < text.index("optim:") < text.index("optim.learning_rate = 0.001")
     assert "\ninner:\n" in text and "inner.size = 1" in text
+
+
+def test_every_recipes_help_says_what_each_section_is_for():
+    import dataclasses
+    import runpy
+
+    from nlp_ssl.config import describe
+    from tests.helpers import ROOT
+
+    bare = []
+    for recipe in sorted(p for p in (ROOT / "recipes").glob("*.py") if p.name != "__init__.py"):
+        names = runpy.run_path(str(recipe), run_name="recipe_help")
+        configs = [c for c in names.values() if isinstance(c, type) and dataclasses.is_dataclass(c)
+                   and any(f.name == "output_dir" for f in dataclasses.fields(c))]  # a run's config
+        assert configs, recipe.name
+        for config in configs:
+            bare += [f"{recipe.name} {line}" for line in describe(config).splitlines() if line.endswith(":")]
+    assert bare == []

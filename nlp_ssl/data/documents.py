@@ -227,6 +227,8 @@ SENTENCE_CORPORA = {"kjv": load_kjv_chapters, "python_docs": load_python_docs}
 
 @dataclass
 class DocumentDataConfig:
+    """The documents that sentence pairs are drawn from, and how long a pair may be."""
+
     #: ``wiki`` (built-in Wikipedia leads, a text per document), ``kjv`` (Bible chapters of verses)
     #: or ``python_docs`` (pages of the Python documentation). Ignored when ``train_file`` is set.
     documents: Literal["wiki", "kjv", "python_docs"] = "wiki"

@@ -23,6 +23,8 @@ VALIDATION_SEED_OFFSET = 1_000_003
 
 @dataclass
 class ImagePoolConfig:
+    """The unlabelled images a pretext task learns from, and the rows held out to evaluate it."""
+
     #: ``fashion_mnist``, ``digits``, an image folder, a ``save_to_disk`` folder or a Hub dataset.
     source: str = "fashion_mnist"
     split: str = "train"
@@ -40,6 +42,8 @@ class ImagePoolConfig:
 
 @dataclass
 class LabeledImagesConfig:
+    """The labelled images: where they come from, k per class, and the validation and test rows."""
+
     #: ``fashion_mnist``, ``digits``, an image folder with class sub-folders, a ``save_to_disk`` folder or Hub name.
     source: str = "fashion_mnist"
     train_split: str = "train"

@@ -163,6 +163,8 @@ def load_monolingual_corpus(lang: str, cache_dir: str | Path | None = None) -> D
 
 @dataclass
 class XLMDataConfig:
+    """The monolingual streams and the parallel pairs, and the languages they are in."""
+
     #: Languages of the monolingual streams (built-in Wikipedia leads: en, fr, es).
     languages: list[str] = field(default_factory=lambda: ["en", "fr", "es"])
     #: Translation directions ``src-tgt`` for TLM (built-in pairs: en-es Bible verses).

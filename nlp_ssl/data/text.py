@@ -30,6 +30,8 @@ FILE_BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "js
 
 @dataclass
 class TextDataConfig:
+    """The corpus (a file, the Hub, a built-in or a prepared store) and how it is cut into blocks."""
+
     #: ``builtin:wiki`` (English, test split held out), ``builtin:wiki_fr``, ``builtin:wiki_es``,
     #: a ``save_to_disk`` folder, or a Hub dataset name. Ignored when ``train_file`` is set.
     source: str = "builtin:wiki"

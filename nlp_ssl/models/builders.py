@@ -46,6 +46,8 @@ AUTO_CLASSES: dict[str, str] = {
 
 @dataclass
 class ModelConfig:
+    """The model: a checkpoint to start from, or an architecture and its size to build from scratch."""
+
     arch: Arch = "bert"
     size: str = "tiny"
     #: An HF config or checkpoint folder (or a Hub name): overrides ``arch``/``size``.

@@ -41,6 +41,8 @@ logger = logging.getLogger("nlp_ssl.text.glue_harness")
 
 @dataclass
 class GlueSettings:
+    """Which GLUE tasks run, from where, on which seeds, and the settings each task overrides."""
+
     #: A folder in the classic layout or a local copy of nyu-mll/glue, or the Hub name itself.
     data_dir: str = "glue_data"
     #: Tasks to run, in order; those missing from data_dir are skipped and listed as such.

@@ -42,6 +42,8 @@ BUILTIN_TOPIC = "builtin:wiki_topic"
 
 @dataclass
 class ClassificationDataConfig:
+    """The labelled texts (or pairs): where they come from, k per class, and the held-out rows."""
+
     #: ``builtin:wiki_topic``: the built-in corpus's ``topic`` labels, 11 classes ("Uncategorized"
     #: dropped), pool = en_train, test = en_test. Ignored when ``train_file`` is set.
     source: str = BUILTIN_TOPIC
@@ -73,6 +75,8 @@ class ClassificationDataConfig:
 
 @dataclass
 class FinetuneConfig:
+    """How the classifier learns: the problem type, the mode and the auxiliary loss."""
+
     #: The objective whose loss is the auxiliary one (``mlm``, ``clm``: any text objective that lends
     #: one), ``none``, or ``auto``: next-token loss for causal models, masked LM for the others.
     aux_lm: str = "none"

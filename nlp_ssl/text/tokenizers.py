@@ -121,6 +121,8 @@ def train_tokenizer(
 
 @dataclass
 class TokenizerConfig:
+    """The tokenizer: one to load, or the kind and vocabulary of one to train on the corpus."""
+
     #: A tokenizer folder or Hub name; empty: the one of ``model.name_or_path`` when it has one,
     #: else one trained on the training texts (cached).
     name_or_path: str | None = None

@@ -44,12 +44,16 @@ ROTATION_LABELS = {0: "0", 1: "90", 2: "180", 3: "270"}
 
 @dataclass
 class RotationConfig:
+    """RotNet: each image turned by a multiple of 90 degrees, the model names the turn."""
+
     #: ``all``: each image at the four rotations (RotNet); ``one``: one random rotation per image.
     mode: Literal["all", "one"] = "all"
 
 
 @dataclass
 class MIMConfig:
+    """SimMIM: the masked share of patches and the size of a masked square."""
+
     #: Side of the square blocks that are hidden; a multiple of image.patch_size dividing image.image_size.
     mask_patch_size: int = 4
     mask_ratio: float = 0.5
@@ -60,6 +64,8 @@ class MIMConfig:
 
 @dataclass
 class SimCLRConfig:
+    """SimCLR: two augmented views of an image (or MICLe's two images of one case) pulled together."""
+
     #: NT-Xent temperature (SimCLR used 0.1-0.5).
     temperature: float = 0.2
     #: Layers of the projection MLP, 2 or 3; the first is the ViT's pooler (saved), the rest are dropped.
@@ -80,6 +86,8 @@ class SimCLRConfig:
 
 @dataclass
 class JigsawConfig:
+    """The jigsaw puzzle: the grid, how many permutations, and the jitter of each tile."""
+
     #: Tiles per side (grid × grid tiles).
     grid: int = 3
     #: Size of the fixed permutation set (the classes); at most (grid²)!.
