@@ -27,7 +27,7 @@ from nlp_ssl.text.text_finetuning import FinetuneConfig
 from tests.helpers import ROOT, run_recipe, toy_texts, write_jsonl
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-#: One thread per recipe subprocess: on a shared 2-core machine two threads each run several times slower.
+#: One thread per recipe subprocess: the tests run side by side, and oversubscribed threads run several times slower.
 ENV = {"OMP_NUM_THREADS": "1"}
 
 
