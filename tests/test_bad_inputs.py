@@ -57,16 +57,20 @@ def test_a_silent_hub_ends_every_load_in_one_line_within_the_timeout(tmp_path, s
     assert elapsed < 90  # start-up and one timed-out request, not the loaders' minutes of retries
 
 
-def test_a_silent_hub_ends_a_vision_checkpoints_load_in_one_line(tmp_path, silent_hub):
-    """Vision fine-tuning reads a checkpoint's config before the run is set up, to pick its auxiliary loss."""
+@pytest.mark.parametrize("recipe, load", [
+    ("finetune_vision.py", ["model.name_or_path=someone/vit", "finetune.aux_weight=0.5", "finetune.aux_task=auto"]),
+    ("glue.py", ["glue.data_dir=someone/glue", "model.name_or_path=someone/model"]),
+], ids=["vision checkpoint", "glue tasks"])
+def test_a_silent_hub_ends_a_load_before_the_run_is_set_up_in_one_line(tmp_path, silent_hub, recipe, load):
+    """Vision fine-tuning reads a checkpoint's config to pick its auxiliary loss, and GLUE reads its tasks,
+    before a run sets up the Hub's timeout."""
     endpoint, accepted = silent_hub
     began = time.monotonic()
-    proc = run_recipe("finetune_vision.py", f"output_dir={tmp_path / 'run'}", "model.name_or_path=someone/vit",
-                      "finetune.aux_weight=0.5", "finetune.aux_task=auto", "train.max_steps=2", "hub.timeout=2",
+    proc = run_recipe(recipe, f"output_dir={tmp_path / 'run'}", *load, "train.max_steps=2", "hub.timeout=2",
                       env={"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"}, timeout=120)
     assert accepted, "the run never reached the server"
-    assert_one_line(proc, rf"^error: model.name_or_path someone/vit: the Hub at {endpoint} did not answer within "
-                          r"hub.timeout=2s")
+    key, name = load[0].split("=")
+    assert_one_line(proc, rf"^error: {re.escape(key)} {name}: the Hub at {endpoint} did not answer within hub.timeout=2s")
     assert time.monotonic() - began < 90
     assert not (tmp_path / "run").exists()
 

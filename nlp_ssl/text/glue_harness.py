@@ -33,6 +33,7 @@ from nlp_ssl.data.glue import (
     task_score,
 )
 from nlp_ssl.errors import ConfigError, DataError
+from nlp_ssl.hub import apply_timeout
 from nlp_ssl.text.text_finetuning import FinetuneTextConfig, finetune
 from nlp_ssl.training.reporting import RunDescription
 
@@ -121,6 +122,8 @@ def run_glue(cfg: GlueConfig) -> dict:
         raise ConfigError("glue.seeds is empty")
     out = Path(cfg.output_dir)
     local = Path(settings.data_dir).is_dir()
+    if not local:
+        apply_timeout(cfg.hub.timeout)  # the tasks are read from the Hub before any run sets the timeout up
     skipped, per_task, runs = {}, {}, {}
     for task in tasks:
         if local and find_layout(settings.data_dir, task) is None:
