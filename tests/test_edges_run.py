@@ -128,7 +128,7 @@ def test_an_unknown_metric_for_best_is_refused_before_training(tmp_path, corpus)
     out = tmp_path / "run"
     proc = recipe(f"data.train_file={corpus}", f"output_dir={out}", "train.max_steps=4", "save.every=1",
                   "eval.metric_for_best=f1")
-    assert_one_line_exit(proc, 2, r"^error: metric_for_best 'f1' is not reported; "
+    assert_one_line_exit(proc, 2, r"^error: eval.metric_for_best 'f1' is not reported; "
                                   r"choose one of \['accuracy', 'loss', 'perplexity'\]$")
     assert not (out / "checkpoints").exists(), "it trained (and saved) before refusing"
 

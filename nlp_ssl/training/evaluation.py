@@ -70,7 +70,7 @@ def check_metric_for_best(config, accelerator, model, task, dataset, collator) -
         model.eval()
         reported |= set(model(**batch).get("metrics", {}))
     if name not in reported:
-        raise ConfigError(f"metric_for_best {metric_for_best!r} is not reported; choose one of {sorted(reported)}")
+        raise ConfigError(f"eval.metric_for_best {metric_for_best!r} is not reported; choose one of {sorted(reported)}")
 
 
 def greater_is_better(config) -> bool:
@@ -84,7 +84,7 @@ def track_best(state, result: dict, metric_for_best: str, greater: bool, patienc
     """Update the state's best metric from one evaluation: (it is the best so far, early stopping says stop)."""
     key = metric_for_best if metric_for_best.startswith("eval_") else f"eval_{metric_for_best}"
     if key not in result:
-        raise ConfigError(f"metric_for_best {metric_for_best!r} is not reported; "
+        raise ConfigError(f"eval.metric_for_best {metric_for_best!r} is not reported; "
                           f"choose one of {sorted(k[5:] for k in result)}")
     value = result[key]
     best = state.best_metric
