@@ -91,6 +91,22 @@ def test_an_empty_output_dir_or_the_current_directory_is_refused_unless_meant(tm
     assert_one_line_exit(meant, 2, r"^error: .*/nonexistent/train.jsonl")
 
 
+@pytest.mark.parametrize("name", ["study_vision", "glue"])
+def test_studies_and_glue_refuse_an_empty_output_dir_and_the_current_directory(tmp_path, name):
+    """They write results of their own beside their runs' folders (a study's first run started in the
+    current directory, unasked)."""
+    here = tmp_path / "job"
+    here.mkdir()
+
+    def nlp_ssl_run(*args):
+        return subprocess.run([sys.executable, "-m", "nlp_ssl", "run", name, *args], capture_output=True, text=True,
+                              timeout=300, cwd=here, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
+
+    assert_one_line_exit(nlp_ssl_run("output_dir="), 2, r"^error: output_dir is empty \(an unset variable in a job script\?\)")
+    assert_one_line_exit(nlp_ssl_run("output_dir=."), 2, r"^error: output_dir \. is the current directory.*write_into_cwd=true")
+    assert list(here.iterdir()) == []
+
+
 def test_a_read_only_output_dir_gets_one_line(tmp_path):
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
         pytest.skip("needs unshare -rm (a private mount namespace) to mount a read-only tmpfs")

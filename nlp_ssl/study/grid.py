@@ -19,6 +19,7 @@ from nlp_ssl.config import check_ranges, save_config, to_dict
 from nlp_ssl.errors import ConfigError
 from nlp_ssl.study import plots, report
 from nlp_ssl.study.runs import HISTORY_FILE, Job, read_history, read_results, run_folder, run_jobs, summarise_history
+from nlp_ssl.training.run_config import check_not_current_directory, check_output_dir_named
 
 #: What a fine-tuning run's all_results.json contributes to its record.
 RESULT_KEYS = ("test_accuracy", "test_macro_f1", "last_test_accuracy", "best_step", "steps", "train_runtime_s")
@@ -31,6 +32,8 @@ class StudyConfig:
     """The keys every study shares; a study page adds its checkpoints."""
 
     output_dir: str = "results/study"
+    #: Let ``output_dir`` be the current directory.
+    write_into_cwd: bool = False
     #: Labelled training examples per class, one point of the curve each.
     k_per_class: list[int] = field(default_factory=lambda: [8, 32])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -50,6 +53,8 @@ class StudyConfig:
     report_only: bool = False
 
     def __post_init__(self):
+        check_output_dir_named(self.output_dir)
+        check_not_current_directory(self.output_dir, self.write_into_cwd)
         if not self.k_per_class or not self.seeds:
             raise ConfigError("k_per_class and seeds must each list at least one value")
         bad = [k for k in self.k_per_class if k <= 0]

@@ -36,6 +36,7 @@ from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.hub import apply_timeout
 from nlp_ssl.text.text_finetuning import FinetuneTextConfig, finetune
 from nlp_ssl.training.reporting import RunDescription
+from nlp_ssl.training.run_config import check_not_current_directory
 
 logger = logging.getLogger("nlp_ssl.text.glue_harness")
 
@@ -120,6 +121,7 @@ def run_glue(cfg: GlueConfig) -> dict:
         raise ConfigError(f"glue.task_overrides: {unknown} are not among glue.tasks {[t.name for t in tasks]}")
     if not settings.seeds:
         raise ConfigError("glue.seeds is empty")
+    check_not_current_directory(cfg.output_dir, cfg.write_into_cwd)  # each task's run checks its own folder
     out = Path(cfg.output_dir)
     local = Path(settings.data_dir).is_dir()
     if not local:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from accelerate.utils import LoggerType
@@ -207,8 +208,7 @@ class TrainConfig:
 
     def __post_init__(self):
         check_ranges(self, seed="[0, 4294967295]")
-        if not str(self.output_dir).strip():
-            raise ConfigError("output_dir is empty (an unset variable in a job script?): name the folder the run writes to")
+        check_output_dir_named(self.output_dir)
         if self.optim.warmup_steps and self.optim.warmup_steps >= self.train.max_steps:
             raise ConfigError(f"optim.warmup_steps {self.optim.warmup_steps} is not below train.max_steps "
                               f"{self.train.max_steps}: the learning rate would never leave its warmup; lower "
@@ -266,3 +266,16 @@ def flat_hparams(config: dict, prefix: str = "") -> dict:
         elif value is not None:
             out[name] = str(value)
     return out
+
+
+def check_output_dir_named(output_dir: str) -> None:
+    """An empty ``output_dir`` (an unset ``$OUT``) would write into the current directory."""
+    if not str(output_dir).strip():
+        raise ConfigError("output_dir is empty (an unset variable in a job script?): name the folder the run writes to")
+
+
+def check_not_current_directory(output_dir: str, write_into_cwd: bool) -> None:
+    """The current directory is no ``output_dir`` unless ``write_into_cwd`` says so."""
+    if Path(output_dir).resolve() == Path.cwd().resolve() and not write_into_cwd:
+        raise ConfigError(f"output_dir {output_dir} is the current directory, where the run's files would mix with "
+                          "yours: choose a subfolder, or pass write_into_cwd=true if you mean it")

@@ -27,7 +27,7 @@ from nlp_ssl.hub import apply_timeout, resolve_hub_resume
 from nlp_ssl.training import backends, guard, machine, run_lock
 from nlp_ssl.training import checkpointing as ckpt
 from nlp_ssl.training.main_first import RunAccelerator
-from nlp_ssl.training.run_config import MOVED_TRAIN_KEYS, RESUME_SETTINGS, TrainConfig
+from nlp_ssl.training.run_config import MOVED_TRAIN_KEYS, RESUME_SETTINGS, TrainConfig, check_not_current_directory
 
 logger = logging.getLogger("nlp_ssl.trainer")
 
@@ -260,9 +260,7 @@ def check_output_dir(output_dir: str, write_into_cwd: bool) -> None:
     above = next(p for p in path.parents if p.exists())
     if not above.is_dir():
         raise ConfigError(f"output_dir {output_dir} is under {above}, which is a file, not a folder")
-    if path.resolve() == Path.cwd().resolve() and not write_into_cwd:
-        raise ConfigError(f"output_dir {output_dir} is the current directory, where the run's files would mix with "
-                          "yours: choose a subfolder, or pass write_into_cwd=true if you mean it")
+    check_not_current_directory(output_dir, write_into_cwd)
     names = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     if names and not any(name in RUN_MARKERS for name in names):
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
