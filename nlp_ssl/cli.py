@@ -7,6 +7,7 @@ import ast
 import importlib
 import importlib.util
 import logging
+import os
 import signal
 import sys
 import threading
@@ -15,11 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nlp_ssl import atomic
+from nlp_ssl.config import first_parsed, forget_parsed
 from nlp_ssl.errors import EXIT_INTERRUPTED, ConfigError, NlpSslError, PreemptedBeforeTraining, RunEnded
 from nlp_ssl.training import run_lock
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
+
+
+class PreemptedBeforeSetUp(PreemptedBeforeTraining):
+    """SIGTERM before the run took its output_dir: the run has written no ``run_status.json`` yet."""
 
 
 def run(main) -> None:
@@ -28,11 +34,12 @@ def run(main) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     def preempted(signum, frame):
-        raise PreemptedBeforeTraining("SIGTERM before the run was set up: nothing was lost; continue with resume=auto")
+        raise PreemptedBeforeSetUp("SIGTERM before the run was set up: nothing was lost; continue with resume=auto")
 
     # Until the run is set up (make_accelerator takes over), SIGTERM loses nothing: exit 75, requeue.
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, preempted) if main_thread else None
+    forget_parsed()
     try:
         main()
     except NlpSslError as e:
@@ -40,6 +47,9 @@ def run(main) -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
     except (RunEnded, PreemptedBeforeTraining) as e:
+        if isinstance(e, PreemptedBeforeSetUp):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the record short
+            record_preemption(first_parsed(), str(e))
         print(str(e) if e.exit_code == 0 else f"stopped: {e}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:  # before training: there is nothing to save yet
@@ -48,6 +58,29 @@ def run(main) -> None:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def record_preemption(cfg, message: str) -> None:
+    """``preempted`` in the run_status.json of a run stopped before it was set up, so that a requeue loop
+    requeues its first launch too: written by the main process, as the run itself would, and only into
+    a folder the run may write to (the run's own checks) that no live run holds (its lock, not waited
+    for). Before the config is read there is no folder to write to."""
+    if not getattr(cfg, "STATUS_IN_OUTPUT_DIR", False) or int(os.environ.get("RANK", "0")) != 0:
+        return
+    # Imported already by the recipe that read cfg.
+    from nlp_ssl.training import checkpointing, guard, setup
+
+    try:
+        setup.check_output_dir(cfg.output_dir, cfg.write_into_cwd)
+        run_lock.acquire(cfg.output_dir)
+    except ConfigError:
+        return
+    try:
+        newest = checkpointing.latest_checkpoint(Path(cfg.output_dir) / "checkpoints")
+        step = checkpointing.checkpoint_step(newest) if newest is not None else 0
+        guard.write_status(Path(cfg.output_dir), "preempted", PreemptedBeforeSetUp.exit_code, step, message)
+    finally:
+        run_lock.release_all()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -270,6 +270,19 @@ def _check_keys(cls, values: dict, where: str, source: str) -> None:
             _check_keys(sub, v, key, source)
 
 
+#: The first config that parse_config read since forget_parsed(): the run's own (a study's inner
+#: configs come later), whose output_dir a SIGTERM before the run is set up reports to (``nlp_ssl.cli.run``).
+_first_parsed: list = []
+
+
+def first_parsed():
+    return _first_parsed[0] if _first_parsed else None
+
+
+def forget_parsed() -> None:
+    _first_parsed.clear()
+
+
 def parse_config(cls: type[T], argv: list[str] | None = None, default_yaml: str | Path | None = None) -> T:
     """Command line: ``[--config file.yaml] [key=value ...]``; ``default_yaml`` is used without --config."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -294,7 +307,10 @@ def parse_config(cls: type[T], argv: list[str] | None = None, default_yaml: str 
         else:
             overrides.append(arg)
         i += 1
-    return load_config(cls, yaml_path, overrides)
+    cfg = load_config(cls, yaml_path, overrides)
+    if not _first_parsed:
+        _first_parsed.append(cfg)
+    return cfg
 
 
 def describe(cls, prefix: str = "") -> str:

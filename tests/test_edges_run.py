@@ -8,6 +8,7 @@ A bad input ends in one line naming the key, value or path and exit 2, before an
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -219,9 +220,46 @@ def wait_for(child: subprocess.Popen, pattern: str, seen: list[str], timeout: fl
     raise AssertionError(f"no line matching {pattern!r} within {timeout}s")
 
 
-def test_sigterm_while_the_run_is_set_up_is_a_preemption_that_a_requeue_loop_understands(tmp_path, corpus):
+def preempted_before_the_lock(out: Path) -> int:
+    """A recipe started in this process (``cli.run``, then its config read), with SIGTERM arriving
+    before the run locks ``output_dir``; the exit code."""
+    from nlp_ssl.cli import run
+    from nlp_ssl.config import parse_config
+    from nlp_ssl.training.run_config import TrainConfig
+
+    def main():
+        parse_config(TrainConfig, [f"output_dir={out}"])
+        assert callable(signal.getsignal(signal.SIGTERM)), "cli.run catches SIGTERM from its start"
+        signal.raise_signal(signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    with pytest.raises(SystemExit) as ended:
+        run(main)
+    return ended.value.code
+
+
+@pytest.mark.parametrize("folder", ["held by a live run", "of someone else's files"])
+def test_sigterm_before_the_lock_writes_no_status_where_the_run_may_not_write(tmp_path, folder):
     out = tmp_path / "run"
-    run = [f"data.train_file={corpus}", f"output_dir={out}", "train.max_steps=4"]
+    out.mkdir()
+    if folder == "held by a live run":
+        holder = (out / ".lock").open("w")  # another open file: flock sees another holder, as across processes
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    else:
+        (out / "README.md").write_text("# mine\n")
+    before = sorted(p.name for p in out.iterdir())
+    assert preempted_before_the_lock(out) == 75
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_sigterm_at_any_moment_of_setup_is_a_preemption_that_a_requeue_loop_understands(tmp_path, corpus):
+    out = tmp_path / "run"
+    # The first launch, stopped before it locks output_dir: the folder is made for run_status.json.
+    assert preempted_before_the_lock(out) == 75
+    early = "SIGTERM before the run was set up: nothing was lost; continue with resume=auto"
+    assert status(out) | {"time": None} == {"status": "preempted", "exit_code": 75, "step": 0, "message": early, "time": None}
+    # Requeued, stopped again while data and model are set up.
+    run = [f"data.train_file={corpus}", f"output_dir={out}", "train.max_steps=4", "resume=auto"]
     child, seen = start(*run), []
     wait_for(child, r"micro-batch 8 × 1 accumulation", seen)  # set up: data, tokenizer and model come next
     child.send_signal(signal.SIGTERM)
@@ -234,7 +272,7 @@ def test_sigterm_while_the_run_is_set_up_is_a_preemption_that_a_requeue_loop_und
     # The README's loop requeues only after a preemption: a setup that fails now must not look like one.
     broken = recipe(NO_DATA, f"output_dir={out}", "train.max_steps=4", "resume=auto")
     assert broken.returncode == 2 and status(out)["status"] != "preempted"
-    requeued = recipe(*run, "resume=auto")
+    requeued = recipe(*run)
     assert requeued.returncode == 0, requeued.stderr[-3000:]
     assert status(out)["status"] == "finished"
 

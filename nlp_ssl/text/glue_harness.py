@@ -68,6 +68,7 @@ class GlueSettings:
 
 @dataclass
 class GlueConfig(FinetuneTextConfig):
+    STATUS_IN_OUTPUT_DIR = False  # each task's run keeps its own, in its folder
     glue: GlueSettings = field(default_factory=GlueSettings)
 
 

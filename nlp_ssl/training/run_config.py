@@ -186,6 +186,8 @@ class TrainConfig:
     what its model and data are (``model``, ``data`` ...) beside them."""
 
     MOVED_KEYS = MOVED_TRAIN_KEYS
+    #: The run keeps ``run_status.json`` in ``output_dir`` (a harness of several runs, as GLUE, does not).
+    STATUS_IN_OUTPUT_DIR = True
     #: A new or empty folder, or one of an earlier nlp_ssl run (to continue it); never the current
     #: directory unless ``write_into_cwd`` says so.
     output_dir: str = "outputs/run"
