@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.helpers import assert_one_line_exit, run_recipe, silent_endpoint, toy_texts, write_jsonl
+from tests.helpers import ROOT, assert_one_line_exit, run_recipe, silent_endpoint, toy_texts, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -202,15 +202,29 @@ def test_settings_that_would_train_on_nothing_are_refused(tmp_path, checkpoints)
     from nlp_ssl.errors import ConfigError
     from nlp_ssl.text.glue_harness import GlueConfig
     from nlp_ssl.text.text_finetuning import FinetuneTextConfig
+    from recipes.pretrain_bert import PretrainBertConfig
     from recipes.pretrain_clm import PretrainDecoderConfig
+    from recipes.pretrain_mlm import PretrainMLMConfig
 
-    for cls, override, says in [
+    for cls, overrides, says in [
         (PretrainDecoderConfig, "tokenizer.kind=sentencepiece", "tokenizer.kind 'sentencepiece' is not one of"),
         (FinetuneTextConfig, "data.max_length=0", "data.max_length must be > 0, got 0"),
         (GlueConfig, "glue.epochs=0", "glue.epochs must be > 0, got 0"),
+        # Two corpora, one of which would be ignored (a default source steps aside for a file: see below).
+        (PretrainMLMConfig, "data.train_file=texts.jsonl data.source=nobody/nonexistent-ds",
+         "data.train_file texts.jsonl and data.source nobody/nonexistent-ds are both set, but a run reads one of them: "
+         "drop data.source to read the file, or data.train_file to read nobody/nonexistent-ds"),
+        (FinetuneTextConfig, "data.train_file=pool.csv data.source=someone/task",
+         "data.train_file pool.csv and data.source someone/task are both set, but a run reads one of them: drop data.source"),
+        (PretrainBertConfig, "data.train_file=docs.jsonl data.documents=kjv",
+         "data.train_file docs.jsonl and data.documents kjv are both set, but a run reads one of them: drop data.documents"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(says)):
-            load_config(cls, overrides=[override])
+            load_config(cls, overrides=overrides.split())
+    for cls, recipe in [(PretrainMLMConfig, "pretrain_mlm"), (FinetuneTextConfig, "finetune_text"),
+                        (PretrainBertConfig, "pretrain_bert")]:
+        shipped = ROOT / "recipes" / "configs" / f"{recipe}.yaml"
+        assert load_config(cls, shipped, ["data.train_file=texts.jsonl"]).data.train_file == "texts.jsonl"
     # A length the special tokens fill: inputs with no text in them.
     proc = run_recipe("finetune_text.py", f"output_dir={tmp_path / 'run'}", f"model.name_or_path={checkpoints / 'bert'}",
                       "data.max_length=2", "train.max_steps=2", "data.k_per_class=2", "data.validation_per_class=1")

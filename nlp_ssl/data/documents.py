@@ -24,6 +24,7 @@ from nlp_ssl import atomic
 from nlp_ssl.config import check_ranges
 from nlp_ssl.data.cache import cache_root
 from nlp_ssl.data.holdout import hold_out
+from nlp_ssl.data.text import check_one_corpus
 from nlp_ssl.errors import ConfigError, DataError
 
 DOCUMENTS_VERSION = "v1"
@@ -230,7 +231,7 @@ class DocumentDataConfig:
     """The documents that sentence pairs are drawn from, and how long a pair may be."""
 
     #: ``wiki`` (built-in Wikipedia leads, a text per document), ``kjv`` (Bible chapters of verses)
-    #: or ``python_docs`` (pages of the Python documentation). Ignored when ``train_file`` is set.
+    #: or ``python_docs`` (pages of the Python documentation). Left at ``wiki`` when ``train_file`` is set.
     documents: Literal["wiki", "kjv", "python_docs"] = "wiki"
     #: A local file with one document per row (a text, or a list of sentences in jsonl).
     train_file: str | None = None
@@ -249,6 +250,7 @@ class DocumentDataConfig:
     def __post_init__(self):
         check_ranges(self, validation_split="(0, 1)", max_seq_length="(0, inf)", short_seq_prob="[0, 1]",
                      dupe_factor="(0, inf)", max_train_documents="(0, inf)", num_proc="(0, inf)")
+        check_one_corpus(self.train_file, "data.documents", self.documents, "wiki")
 
 
 def load_document_splits(cfg: DocumentDataConfig, seed: int) -> tuple[DatasetDict, str]:

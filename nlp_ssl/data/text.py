@@ -25,6 +25,8 @@ from nlp_ssl.data.lines import check_streamed_file, raise_for_bad_line
 from nlp_ssl.errors import ConfigError, DataError
 
 BUILTIN_PREFIX = "builtin:"
+#: The corpus a run reads unless told otherwise (``data.source``).
+DEFAULT_SOURCE = "builtin:wiki"
 FILE_BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -33,8 +35,8 @@ class TextDataConfig:
     """The corpus (a file, the Hub, a built-in or a prepared store) and how it is cut into blocks."""
 
     #: ``builtin:wiki`` (English, test split held out), ``builtin:wiki_fr``, ``builtin:wiki_es``,
-    #: a ``save_to_disk`` folder, or a Hub dataset name. Ignored when ``train_file`` is set.
-    source: str = "builtin:wiki"
+    #: a ``save_to_disk`` folder, or a Hub dataset name. Left at its default when ``train_file`` is set.
+    source: str = DEFAULT_SOURCE
     dataset_config: str | None = None
     train_file: str | None = None
     #: More unlabelled files whose texts join the training corpus (same ``text_column``; a .txt file's
@@ -62,6 +64,7 @@ class TextDataConfig:
     def __post_init__(self):
         check_ranges(self, validation_split="(0, 1)", block_size="(0, inf)", streaming_validation_documents="(0, inf)",
                      shuffle_buffer="(0, inf)", num_proc="(0, inf)", max_train_documents="(0, inf)")
+        check_one_corpus(self.train_file, "data.source", self.source, DEFAULT_SOURCE)
         if self.extra_train_files and self.streaming:
             raise ConfigError("data.extra_train_files: not supported with data.streaming=true; stream one file or a "
                               "save_to_disk folder that holds them all")
@@ -71,6 +74,14 @@ class TextDataConfig:
 
 # ---------------------------------------------------------------------------------------------
 # Checks on local files
+
+
+def check_one_corpus(train_file: str | None, key: str, value: str, default: str) -> None:
+    """A run reads one corpus: a ``train_file`` beside a source other than the default is refused rather
+    than the source ignored (the default steps aside for a file)."""
+    if train_file and value != default:
+        raise ConfigError(f"data.train_file {train_file} and {key} {value} are both set, but a run reads one of them: "
+                          f"drop {key} to read the file, or data.train_file to read {value}")
 
 
 def check_text_file(path: str | Path, role: str) -> Path:

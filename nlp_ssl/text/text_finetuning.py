@@ -19,6 +19,7 @@ import numpy as np
 
 from nlp_ssl.config import check_ranges
 from nlp_ssl.data.labels import drop_classes, few_label_split, load_labeled_dataset
+from nlp_ssl.data.text import check_one_corpus
 from nlp_ssl.errors import ConfigError, DataError
 from nlp_ssl.metrics import SCORES, compute_scores
 from nlp_ssl.metrics.prediction import predict
@@ -45,7 +46,7 @@ class ClassificationDataConfig:
     """The labelled texts (or pairs): where they come from, k per class, and the held-out rows."""
 
     #: ``builtin:wiki_topic``: the built-in corpus's ``topic`` labels, 11 classes ("Uncategorized"
-    #: dropped), pool = en_train, test = en_test. Ignored when ``train_file`` is set.
+    #: dropped), pool = en_train, test = en_test. Left at its default when ``train_file`` is set.
     source: str = BUILTIN_TOPIC
     #: A labelled csv/jsonl/json/parquet file or ``save_to_disk`` folder (the labelled pool).
     train_file: str | None = None
@@ -71,6 +72,7 @@ class ClassificationDataConfig:
 
     def __post_init__(self):
         check_ranges(self, max_length="(0, inf)")
+        check_one_corpus(self.train_file, "data.source", self.source, BUILTIN_TOPIC)
 
 
 @dataclass
