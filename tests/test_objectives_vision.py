@@ -335,6 +335,16 @@ def test_load_image_dataset_dispatches_and_standardises_columns(tmp_path):
         load_image_dataset(str(tmp_path / "nope"))
 
 
+def test_an_image_source_that_cannot_be_loaded_is_named_by_its_key():
+    from nlp_ssl.data.image_splits import ImagePoolConfig, LabeledImagesConfig, labelled_splits, load_image_pool
+
+    offline = "nobody/nonexistent-ds: not a local folder, and HF_HUB_OFFLINE=1 is set with no copy of it in the datasets cache"
+    with pytest.raises(DataError, match=f"^data.source {offline}$"):  # pretrain_vit
+        load_image_pool(ImagePoolConfig(source="nobody/nonexistent-ds"), seed=0)
+    with pytest.raises(DataError, match=f"^data.test_source {offline}$"):  # finetune_vision
+        labelled_splits(LabeledImagesConfig(source="digits", test_source="nobody/nonexistent-ds", k_per_class=2), seed=0)
+
+
 # --- tasks vs transformers -----------------------------------------------------------------------
 
 

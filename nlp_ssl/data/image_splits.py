@@ -65,10 +65,11 @@ class LabeledImagesConfig:
         check_ranges(self, k_per_class="(0, inf)", validation_per_class="[0, inf)", max_test_images="(0, inf)")
 
 
-def load_images(source: str, split: str, cache_dir: str | None, image_column: str | None = None, label_column: str | None = None):
-    """Any image source as a Dataset with an ``image`` column (and ``label`` when it has one)."""
+def load_images(source: str, split: str, cache_dir: str | None, image_column: str | None = None, label_column: str | None = None,
+                key: str = "data.source"):
+    """Any image source as a Dataset with an ``image`` column (and ``label`` when it has one); errors name ``key``."""
     root = cache_root(cache_dir)
-    return load_image_dataset(source, split, cache_dir=root, image_column=image_column, label_column=label_column)
+    return load_image_dataset(source, split, cache_dir=root, image_column=image_column, label_column=label_column, key=key)
 
 
 def load_image_pool(data: ImagePoolConfig, seed: int, extra_columns: Sequence[str] = ()):
@@ -128,7 +129,8 @@ def labelled_splits(data: LabeledImagesConfig, seed: int, unlabelled: bool = Fal
         keep = np.setdiff1d(np.arange(len(pool)), np.asarray(validation["row"]))
         extra["unlabelled"] = pool.select(keep).select_columns(["image"])
         train, validation = train.remove_columns("row"), validation.remove_columns("row")
-    test = load_images(data.test_source or data.source, data.test_split, data.cache_dir, data.image_column, data.label_column)
+    test = load_images(data.test_source or data.source, data.test_split, data.cache_dir, data.image_column, data.label_column,
+                       key="data.test_source" if data.test_source else "data.source")
     if "label" not in test.column_names:
         raise DataError(f"data.test_source {data.test_source or data.source}: the test split has no labels")
     if test.features["label"] != pool.features["label"]:

@@ -215,7 +215,7 @@ def load_digits_dataset():
     return datasets.Dataset.from_dict(columns, features=_image_features([str(i) for i in range(10)]))
 
 
-def _standardise_columns(dataset, source: str, image_column: str | None, label_column: str | None):
+def _standardise_columns(dataset, where: str, image_column: str | None, label_column: str | None):
     """Rename the source's image and label columns to ``image`` and ``label``; drop nothing else."""
     import datasets
 
@@ -223,11 +223,11 @@ def _standardise_columns(dataset, source: str, image_column: str | None, label_c
     if image_column is None:
         image_columns = [name for name, f in features.items() if isinstance(f, datasets.Image)]
         if not image_columns:
-            raise DataError(f"image dataset {source}: no column has the Image feature; columns are {list(features)}")
+            raise DataError(f"{where}: no column has the Image feature; columns are {list(features)}")
         image_column = "image" if "image" in image_columns else image_columns[0]
     elif image_column not in features:
         raise DataError(
-            f"image dataset {source}: image_column {image_column!r} not found; columns are {list(features)}"
+            f"{where}: image_column {image_column!r} not found; columns are {list(features)}"
         )
     if label_column is None:
         label_column = next((c for c in ("label", "labels") if c in features), None)
@@ -235,7 +235,7 @@ def _standardise_columns(dataset, source: str, image_column: str | None, label_c
             label_column = next((n for n, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
     elif label_column not in features:
         raise DataError(
-            f"image dataset {source}: label_column {label_column!r} not found; columns are {list(features)}"
+            f"{where}: label_column {label_column!r} not found; columns are {list(features)}"
         )
     renames = {}
     for old, new in ((image_column, "image"), (label_column, "label")):
@@ -260,8 +260,9 @@ def load_image_dataset(
     cache_dir: str | os.PathLike | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
+    key: str = "data.source",
 ):
-    """One entry point for every image source, picked from the ``source`` string.
+    """One entry point for every image source, picked from the ``source`` string; errors name ``key``.
 
     - ``"fashion_mnist"``: :func:`load_fashion_mnist` (``split`` = train/test, cached in ``cache_dir``);
     - ``"digits"``: :func:`load_digits_dataset` (the whole set; ``split`` is ignored);
@@ -275,10 +276,11 @@ def load_image_dataset(
     """
     import datasets
 
-    key = source.strip().lower().replace("-", "_")
-    if key == "fashion_mnist":
+    where = f"{key} {source}"
+    builtin = source.strip().lower().replace("-", "_")
+    if builtin == "fashion_mnist":
         return load_fashion_mnist(split, cache_dir)
-    if key == "digits":
+    if builtin == "digits":
         return load_digits_dataset()
     path = Path(source).expanduser()
     if path.is_dir():
@@ -286,17 +288,22 @@ def load_image_dataset(
             dataset = datasets.load_from_disk(str(path))
             if isinstance(dataset, datasets.DatasetDict):
                 if split not in dataset:
-                    raise DataError(f"image dataset {source}: split {split!r} not found; it has {list(dataset)}")
+                    raise DataError(f"{where}: split {split!r} not found; it has {list(dataset)}")
                 dataset = dataset[split]
-            return _standardise_columns(dataset, source, image_column, label_column)
-        return _standardise_columns(load_image_folder(path), source, image_column, label_column)
+            return _standardise_columns(dataset, where, image_column, label_column)
+        return _standardise_columns(load_image_folder(path), where, image_column, label_column)
     if source.startswith((".", "/", "~")):
-        raise DataError(f"image dataset {source}: no such folder")
+        raise DataError(f"{where}: no such folder")
+    from huggingface_hub import constants
+
     from nlp_ssl.hub import check_hub_repo
 
-    check_hub_repo(source, "dataset", "image dataset")
+    check_hub_repo(source, "dataset", key)
     try:
         dataset = datasets.load_dataset(source, split=split, cache_dir=None if cache_dir is None else str(cache_dir))
-    except Exception as err:  # the Hub raises many types; the user needs the name and the reason
-        raise DataError(f"image dataset {source!r} (split {split!r}) could not be loaded from the Hub: {err}") from err
-    return _standardise_columns(dataset, source, image_column, label_column)
+    except Exception as err:  # the Hub raises many types; the user needs the key, the name and the reason
+        if isinstance(err, ConnectionError) and constants.HF_HUB_OFFLINE:
+            raise DataError(f"{where}: not a local folder, and HF_HUB_OFFLINE=1 is set with no copy of it in the "
+                            "datasets cache") from None
+        raise DataError(f"{where}: split {split!r} could not be loaded from the Hub: {err}") from err
+    return _standardise_columns(dataset, where, image_column, label_column)
