@@ -82,7 +82,7 @@ def resolve_model_path(name: str, key: str = "model.name_or_path") -> str:
             check_hub_repo(name, "model", key)
         return name
     if name not in BUILTIN_MODELS:
-        raise ConfigError(f"model.name_or_path {name!r}: unknown built-in model; choose one of {list(BUILTIN_MODELS)}")
+        raise ConfigError(f"{key} {name!r}: unknown built-in model; choose one of {list(BUILTIN_MODELS)}")
     from nlp_ssl.data.minilm import minilm_checkpoint  # data is a sibling of models: import on use only
 
     return str(minilm_checkpoint())

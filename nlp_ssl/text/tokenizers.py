@@ -143,12 +143,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voca
 
 
 def load_tokenizer_from(source: str, key: str):
-    """The tokenizer at ``source`` (a folder or a Hub name, asked about once within ``hub.timeout``), or
-    one line naming ``key``."""
-    if not Path(source).exists():
-        from nlp_ssl.hub import check_hub_repo  # the loader would retry a silent Hub for minutes
-
-        check_hub_repo(source, "model", key)
+    """The tokenizer at ``source`` (a folder or a Hub name, asked about once within ``hub.timeout``: the
+    loader would retry a silent Hub for minutes), or one line naming ``key``."""
+    source = resolve_model_path(source, key)
     try:
         return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
